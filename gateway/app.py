@@ -1,0 +1,67 @@
+"""The ASGI application: `/hooks/*` on a lean path, everything else through Starlette."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
+from gateway.config import Config
+from gateway.errors import PROBLEM_CONTENT_TYPE, problem_body
+from gateway.ingest import PREFIX, IngestApp
+from gateway.store import Store, open_store
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def http_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "not_found")
+    body = problem_body(code, exc.detail, request.state.request_id)
+    return Response(body, status_code=exc.status_code, media_type=PROBLEM_CONTENT_TYPE,
+                    headers=exc.headers)
+
+
+class GatewayApp:
+    """Serves webhooks and the gateway's own endpoints. The store opens in the lifespan."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store if store is not None else open_store(config.store)
+        self.ingest = IngestApp(config, self.store, clock=clock)
+        self.router = RequestIdMiddleware(
+            Starlette(
+                routes=[Route("/healthz", healthz)],
+                lifespan=self._lifespan,
+                exception_handlers={HTTPException: http_problem},
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.store.open()
+        try:
+            yield
+        finally:
+            await self.store.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await self.ingest(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)

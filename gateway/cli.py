@@ -1,0 +1,167 @@
+"""`gateway` command line: run, check-config, send, events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, load_config
+from gateway.defaults import default_config
+from gateway.store import StoredEvent, open_store
+
+CONFIG_HELP = "Config file (default: ./gateway.toml if present, else the embedded default)."
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    envvar="GATEWAY_CONFIG", help=CONFIG_HELP,
+)
+
+
+def _announce(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def resolve_config(path: Path | None) -> Config:
+    """Load the config the way every command does; exit 2 listing every error."""
+    try:
+        if path is not None:
+            return load_config(path)
+        if Path("gateway.toml").is_file():
+            return load_config(Path("gateway.toml"))
+        return default_config(Path.cwd(), announce=_announce)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(f"config error: {line}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gateway")
+def main() -> None:
+    """Webhook gateway for trading platforms: verify, deduplicate and store webhooks."""
+
+
+@main.command()
+@config_option
+@click.option("--host", help="Address to listen on (default: [server] host, 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default: [server] port, 8080).")
+def run(config_path: Path | None, host: str | None, port: int | None) -> None:
+    """Serve webhooks at POST /hooks/{source}."""
+    import uvicorn
+
+    from gateway.app import GatewayApp
+
+    config = resolve_config(config_path)
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("gateway")
+    log.info("config %s; store %s", config.origin, config.store.path)
+    for name, source in config.sources.items():
+        log.info("source %s (%s): POST http://%s:%d/hooks/%s", name, source.scheme, host, port, name)
+    uvicorn.run(
+        GatewayApp(config), host=host, port=port, lifespan="on", access_log=False,
+        server_header=False, log_config=None,
+    )
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path | None) -> None:
+    """Validate the config; exit non-zero listing every error."""
+    config = resolve_config(config_path)
+    names = ", ".join(f"{n} ({s.scheme})" for n, s in config.sources.items())
+    click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; store {config.store.path}")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--event", "event_type", help="Event type of the sample body (default: the scheme's first).")
+@click.option("--file", "body_file", type=click.File("rb"), help="Send this body instead of a sample.")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path), help="Also write the body sent here.")
+@click.option("--url", help="Where to send (default: this config's server, /hooks/SOURCE).")
+@config_option
+def send(
+    source: str, event_type: str | None, body_file: Any, save: Path | None, url: str | None,
+    config_path: Path | None,
+) -> None:
+    """Sign a body exactly as SOURCE's sender would and POST it to the gateway."""
+    import httpx
+
+    from gateway.schemes import get_scheme
+
+    config = resolve_config(config_path)
+    src = config.sources.get(source)
+    if src is None:
+        raise click.BadParameter(f"no source {source!r}; configured: {', '.join(config.sources)}")
+    scheme = get_scheme(src.scheme)
+    body = body_file.read() if body_file else scheme.sample(event_type or scheme.EVENT_TYPES[0])
+    if save:
+        save.write_bytes(body)
+    headers = scheme.sign(body, src, time.time())
+    if url is None:
+        host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        url = f"http://{host}:{config.server.port}/hooks/{source}"
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        click.echo(f"cannot reach {url}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{response.status_code} {response.reason_phrase}")
+    try:
+        click.echo(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode())
+    except ValueError:
+        click.echo(response.text)
+    sys.exit(0 if response.is_success else 1)
+
+
+def _line(event: StoredEvent) -> str:
+    data = event.to_json()
+    return (f"{event.id:>8}  {data['received_at']}  {event.source:<12} {event.event_type or '-':<18} "
+            f"{event.entity_id:<20} {event.status:<11} {event.account or '-':<10} {event.symbol or '-'}")
+
+
+@main.command()
+@config_option
+@click.option("--source", help="Only this source.")
+@click.option("--type", "event_type", help="Only event types matching this glob, e.g. 'position.*'.")
+@click.option("--status", type=click.Choice(["stored", "quarantined"]), help="Only this status.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(
+    config_path: Path | None, source: str | None, event_type: str | None, status: str | None,
+    limit: int, as_json: bool,
+) -> None:
+    """List stored events, newest first."""
+    config = resolve_config(config_path)
+
+    async def fetch() -> list[StoredEvent]:
+        store = open_store(config.store, readonly=True)
+        await store.open()
+        try:
+            return await store.list_events(source=source, event_type=event_type, status=status, limit=limit)
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(fetch())
+    except FileNotFoundError:
+        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
+        sys.exit(1)
+    out = sys.stdout.buffer
+    if not as_json:
+        header = f"{'ID':>8}  {'RECEIVED':<24}  {'SOURCE':<12} {'TYPE':<18} {'ENTITY':<20} {'STATUS':<11} {'ACCOUNT':<10} SYMBOL"
+        click.echo(header)
+    for event in found:
+        if as_json:
+            out.write(orjson.dumps(event.to_json()) + b"\n")
+        else:
+            click.echo(_line(event))
+    out.flush()

@@ -1,0 +1,295 @@
+"""The gateway's configuration: one TOML file, parsed once into frozen, typed objects.
+
+Every problem is reported with the file, the key and what is wrong; loading collects all
+of them before failing so a user fixes the file in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from gateway._secret import Secret
+
+Scheme = Literal["metacopier", "pipsync", "tradrapi"]
+Auth = Literal["hmac", "bearer", "none"]
+Synchronous = Literal["FULL", "NORMAL"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SCHEMES: tuple[str, ...] = get_args(Scheme)
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_TOLERANCE = 300
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """One sender endpoint, `POST /hooks/{name}`."""
+
+    name: str
+    scheme: Scheme
+    secrets: tuple[Secret, ...] = ()
+    tolerance_seconds: int = DEFAULT_TOLERANCE
+    auth: Auth = "hmac"  # metacopier only
+    require_timestamp: bool = True  # metacopier only
+    allow_ips: tuple[IPNetwork, ...] = ()
+    dedup_fields: tuple[str, ...] | None = None
+
+    def allows(self, address: str | None) -> bool:
+        """True when `address` may send to this source (no allowlist allows any)."""
+        if not self.allow_ips:
+            return True
+        if address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.allow_ips)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = DEFAULT_MAX_BODY
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: Path = Path("var/gateway.db")
+    synchronous: Synchronous = "FULL"
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    sources: Mapping[str, SourceConfig]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    origin: str = "<defaults>"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `errors` holds one message per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Checker:
+    """Reads values out of the parsed TOML, recording each problem with its key path."""
+
+    def __init__(self, origin: str, environ: Mapping[str, str]) -> None:
+        self.origin = origin
+        self.environ = environ
+        self.errors: list[str] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.origin}: {key}: {message}")
+
+    def table(self, data: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+        value = data.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(value, Mapping):
+            self.error(key, f"must be a table, got {type(value).__name__}")
+            return {}
+        self.unknown(value, key, allowed)
+        return value
+
+    def unknown(self, data: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+        for name in data:
+            if name not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.error(f"{prefix}.{name}" if prefix else name, f"unknown key (known: {hint})")
+
+    def get(self, data: Mapping[str, Any], key: str, name: str, kind: type, default: Any) -> Any:
+        if name not in data:
+            return default
+        value = data[name]
+        # bool is an int subclass in Python; TOML keeps them apart and so do we.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error(key, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
+            return default
+        return value
+
+    def secret(self, key: str, raw: Any) -> Secret | None:
+        if not isinstance(raw, str) or not raw:
+            self.error(key, "must be a non-empty string")
+            return None
+        if raw.startswith("env:"):
+            var = raw[4:]
+            value = self.environ.get(var)
+            if not value:
+                self.error(key, f"environment variable {var} is not set or empty")
+                return None
+            return Secret(value)
+        return Secret(raw)
+
+
+# Minimum/maximum secret lengths the vendors themselves enforce.
+_SECRET_LENGTH = {
+    ("metacopier", "hmac"): (32, None, "MetaCopier requires HMAC secrets of at least 32 characters"),
+    ("metacopier", "bearer"): (16, None, "use a bearer token of at least 16 characters"),
+    ("pipsync", "hmac"): (8, None, "use the webhook secret PipSync shows"),
+    ("tradrapi", "hmac"): (20, 140, "TradrAPI keys are 20 to 140 characters"),
+}
+
+
+def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
+    key = f"sources[{index}]"
+    if not isinstance(raw, Mapping):
+        c.error(key, "must be a table ([[sources]])")
+        return None
+    allowed = {
+        "name", "scheme", "secret", "secrets", "tolerance_seconds", "auth",
+        "require_timestamp", "allow_ips", "dedup_fields",
+    }
+    c.unknown(raw, key, allowed)
+    before = len(c.errors)
+
+    name = c.get(raw, f"{key}.name", "name", str, None)
+    if name is None:
+        c.error(f"{key}.name", "is required (the endpoint is POST /hooks/{name})")
+    elif not SOURCE_NAME.match(name):
+        c.error(f"{key}.name", f"{name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    key = f"sources[{index}] ({name})" if name else key
+
+    scheme = c.get(raw, f"{key}.scheme", "scheme", str, None)
+    if scheme not in SCHEMES:
+        c.error(f"{key}.scheme", f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+
+    auth = c.get(raw, f"{key}.auth", "auth", str, "hmac")
+    if "auth" in raw and scheme != "metacopier":
+        c.error(f"{key}.auth", "applies to metacopier sources only")
+    elif auth not in get_args(Auth):
+        c.error(f"{key}.auth", f"must be one of hmac, bearer, none, got {auth!r}")
+    require_ts = c.get(raw, f"{key}.require_timestamp", "require_timestamp", bool, True)
+    if "require_timestamp" in raw and scheme != "metacopier":
+        c.error(f"{key}.require_timestamp", "applies to metacopier sources only")
+
+    if "secret" in raw and "secrets" in raw:
+        c.error(f"{key}.secrets", "give either secret or secrets, not both")
+    raw_secrets = raw.get("secrets", [raw["secret"]] if "secret" in raw else [])
+    secrets: list[Secret] = []
+    if not isinstance(raw_secrets, list):
+        c.error(f"{key}.secrets", "must be a list of strings")
+        raw_secrets = []
+    for i, item in enumerate(raw_secrets):
+        secret = c.secret(f"{key}.secrets[{i}]", item)
+        if secret is None:
+            continue
+        bounds = _SECRET_LENGTH.get((scheme, auth if scheme == "metacopier" else "hmac"))
+        if bounds:
+            low, high, why = bounds
+            size = len(secret.reveal())
+            if size < low or (high is not None and size > high):
+                c.error(f"{key}.secrets[{i}]", f"is {size} characters; {why}")
+        secrets.append(secret)
+    if auth == "none":
+        if secrets:
+            c.error(f"{key}.secrets", "auth = \"none\" takes no secrets")
+    elif not raw_secrets and scheme in SCHEMES:
+        c.error(f"{key}.secrets", "at least one secret is required")
+
+    tolerance = c.get(raw, f"{key}.tolerance_seconds", "tolerance_seconds", int, DEFAULT_TOLERANCE)
+    if not 1 <= tolerance <= 7 * 86400:
+        c.error(f"{key}.tolerance_seconds", f"must be between 1 and 604800, got {tolerance}")
+
+    nets: list[IPNetwork] = []
+    raw_ips = c.get(raw, f"{key}.allow_ips", "allow_ips", list, [])
+    for i, item in enumerate(raw_ips):
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            c.error(f"{key}.allow_ips[{i}]", f"{item!r} is not an IP address or CIDR")
+    if auth == "none" and not raw_ips:
+        c.error(f"{key}.auth", 'auth = "none" is refused unless allow_ips limits who may send')
+
+    fields = c.get(raw, f"{key}.dedup_fields", "dedup_fields", list, None)
+    if fields is not None:
+        if not fields or not all(isinstance(f, str) and f.strip(".") for f in fields):
+            c.error(f"{key}.dedup_fields", 'must be a non-empty list of paths like "position.id"')
+            fields = None
+
+    if len(c.errors) > before:
+        return None
+    return SourceConfig(
+        name=name,
+        scheme=scheme,
+        secrets=tuple(secrets),
+        tolerance_seconds=tolerance,
+        auth=auth,
+        require_timestamp=require_ts,
+        allow_ips=tuple(nets),
+        dedup_fields=tuple(fields) if fields is not None else None,
+    )
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    origin: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate parsed TOML into a `Config`, or raise `ConfigError` listing every problem."""
+    c = _Checker(origin, os.environ if environ is None else environ)
+    c.unknown(data, "", {"server", "store", "sources"})
+
+    srv = c.table(data, "server", {"host", "port", "max_body_bytes"})
+    port = c.get(srv, "server.port", "port", int, 8080)
+    if not 0 <= port <= 65535:
+        c.error("server.port", f"must be between 0 and 65535, got {port}")
+    max_body = c.get(srv, "server.max_body_bytes", "max_body_bytes", int, DEFAULT_MAX_BODY)
+    if not 1024 <= max_body <= 64 * 1024 * 1024:
+        c.error("server.max_body_bytes", f"must be between 1024 and 67108864, got {max_body}")
+    server = ServerConfig(host=c.get(srv, "server.host", "host", str, "127.0.0.1"), port=port,
+                          max_body_bytes=max_body)
+
+    st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms"})
+    store_path = Path(c.get(st, "store.path", "path", str, "var/gateway.db"))
+    sync = c.get(st, "store.synchronous", "synchronous", str, "FULL").upper()
+    if sync not in get_args(Synchronous):
+        c.error("store.synchronous", f"must be FULL or NORMAL, got {sync!r}")
+    busy = c.get(st, "store.busy_timeout_ms", "busy_timeout_ms", int, 5000)
+    store = StoreConfig(
+        path=store_path if store_path.is_absolute() else base_dir / store_path,
+        synchronous=sync,
+        busy_timeout_ms=busy,
+    )
+
+    sources: dict[str, SourceConfig] = {}
+    raw_sources = data.get("sources", [])
+    if not isinstance(raw_sources, list) or not raw_sources:
+        c.error("sources", "at least one [[sources]] table is required")
+        raw_sources = []
+    for i, raw in enumerate(raw_sources):
+        source = _source(c, raw, i)
+        if source is None:
+            continue
+        if source.name in sources:
+            c.error(f"sources[{i}].name", f"{source.name!r} is used by another source")
+        sources[source.name] = source
+
+    if c.errors:
+        raise ConfigError(c.errors)
+    return Config(sources=sources, server=server, store=store, origin=origin)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; relative paths resolve against its folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse_config(data, origin=str(path), base_dir=path.resolve().parent, environ=environ)

@@ -1,0 +1,122 @@
+"""`POST /hooks/{source}`: read the body within limits, verify, store, answer.
+
+This is the hot path, so it is a plain ASGI callable: no Request objects, the body read
+once, headers decoded once, one future awaited for the group commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+
+from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
+from gateway.config import Config
+from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.schemes import get_scheme
+from gateway.store import Receipt, Store
+
+log = logging.getLogger("gateway.ingest")
+
+PREFIX = "/hooks/"
+# Credentials are never stored: TradrAPI's static key hash and any bearer token.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-webhook-secret", "cookie"})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived; there is no one to answer."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed `limit` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                break  # the server rejects malformed lengths itself
+            if int(value) > limit:
+                raise GatewayError(
+                    "payload_too_large", f"body is {int(value)} bytes; the limit is {limit} bytes"
+                )
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError("payload_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class IngestApp:
+    """The ASGI app behind `/hooks/`. `clock` is injectable for tests."""
+
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.sources = config.sources
+        self.schemes = {name: get_scheme(s.scheme) for name, s in config.sources.items()}
+        self.max_body = config.server.max_body_bytes
+        self.store = store
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        name = scope["path"][len(PREFIX):]
+        try:
+            body = await self._handle(name, scope, receive, request_id)
+        except ClientGone:
+            return
+        except GatewayError as exc:
+            client = scope.get("client")
+            log.warning(
+                "rejected request_id=%s source=%s code=%s remote=%s detail=%s",
+                request_id, name[:64], exc.code, client[0] if client else "-", exc.detail,
+            )
+            extra = [(b"allow", b"POST")] if exc.code == "method_not_allowed" else []
+            if exc.code == "store_unavailable":
+                extra.append((b"retry-after", b"5"))
+            body = problem_body(exc.code, exc.detail, request_id)
+            await send_response(send, exc.status, body, PROBLEM_CONTENT_TYPE.encode(), request_id, extra)
+            return
+        await send_response(send, 200, body, b"application/json", request_id)
+
+    async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str) -> bytes:
+        source = self.sources.get(name)
+        if source is None:
+            raise GatewayError("unknown_source", f"no source named {name[:64]!r} is configured")
+        if scope["method"] != "POST":
+            raise GatewayError("method_not_allowed", "webhooks are accepted with POST only")
+        client = scope.get("client")
+        remote = client[0] if client else None
+        if not source.allows(remote):
+            raise GatewayError("ip_denied", f"{remote} is not in allow_ips for source {name!r}")
+        body = await read_body(scope, receive, self.max_body)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        received_at = self.clock()
+        verified = self.schemes[name].verify(body, headers, received_at, source)
+        if not verified.events:
+            return orjson.dumps({"request_id": request_id, "events": []})
+        receipt = Receipt(
+            request_id=request_id,
+            source=name,
+            scheme=source.scheme,
+            received_at=received_at,
+            remote_addr=remote,
+            attempt=verified.attempt,
+            headers=[(k, v) for k, v in headers.items() if k not in CREDENTIAL_HEADERS],
+            body=body,
+        )
+        outcomes = await self.store.ingest(receipt, verified.events)
+        return orjson.dumps(
+            {
+                "request_id": request_id,
+                "events": [{"id": o.id, "status": o.status, "dedup_key": o.dedup_key} for o in outcomes],
+            }
+        )

@@ -1,0 +1,62 @@
+"""What a verifier hands the store: authenticated requests split into events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+EventStatus = Literal["stored", "duplicate", "quarantined"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    """One authenticated event, parsed but not yet stored.
+
+    `payload` is the event's own JSON when it is one member of a batch; `None` means
+    the request body itself is the event. `quarantine_reason` is set when the body is
+    authentic but has a shape we cannot read (it is stored, never dropped).
+    """
+
+    event_type: str
+    entity_id: str
+    account: str | None = None
+    symbol: str | None = None
+    payload: bytes | None = None
+    quarantine_reason: str | None = None
+
+    @property
+    def status(self) -> EventStatus:
+        return "quarantined" if self.quarantine_reason else "stored"
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The result of a successful verification: the events and what the sender told us."""
+
+    events: tuple[ParsedEvent, ...]
+    attempt: int | None = None
+    sent_at: float | None = None  # the sender's timestamp, Unix seconds, when it sends one
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one event of a request."""
+
+    id: int
+    status: EventStatus
+    dedup_key: str
+
+
+QUARANTINE_TYPE = ""
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A") if ("%" in part or ":" in part) else part
+
+
+def dedup_key(source: str, event_type: str, entity_id: str) -> str:
+    """`source:event_type:entity_id`, with `%` and `:` escaped so keys never collide.
+
+    Quarantined events (no readable type) use `-` as their type.
+    """
+    return f"{source}:{_escape(event_type) if event_type else '-'}:{_escape(entity_id)}"

@@ -1,0 +1,151 @@
+"""Helpers shared by the scheme verifiers. Everything here is pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, AnyStr
+
+import orjson
+
+from gateway._secret import Secret
+from gateway.errors import Rejected
+from gateway.model import QUARANTINE_TYPE, ParsedEvent
+
+Headers = Mapping[str, str]
+"""Request headers with lower-case names; values decoded as Latin-1, as HTTP carries them."""
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def hmac_sha256_hex(key: bytes, *parts: bytes) -> str:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def parse_hex(value: str, length: int, what: str) -> str:
+    """Lower-cased hex digest of exactly `length` characters, or a `malformed_signature`."""
+    value = value.strip()
+    if len(value) != length or not _HEX.fullmatch(value):
+        shown = f"{len(value)} characters" if len(value) != length else "non-hex characters"
+        raise Rejected("malformed_signature", f"{what} must be {length} hex characters; got {shown}")
+    return value.lower()
+
+
+def matches_any(expected: Iterable[AnyStr], given: AnyStr) -> bool:
+    """Constant-time comparison of `given` against each candidate (str must be ASCII)."""
+    found = False
+    for candidate in expected:
+        # No short-cut: every secret is tried, so timing does not tell which one matched.
+        found |= hmac.compare_digest(candidate, given)
+    return found
+
+
+def parse_unix(value: str, what: str) -> int:
+    value = value.strip()
+    if not _DIGITS.fullmatch(value):
+        raise Rejected("malformed_signature", f"{what} must be a Unix timestamp in digits")
+    return int(value)
+
+
+def check_window(sent_at: float, now: float, tolerance: int, what: str) -> None:
+    """Reject timestamps more than `tolerance` seconds away from `now`, either way."""
+    skew = now - sent_at
+    if skew > tolerance:
+        raise Rejected(
+            "stale_timestamp",
+            f"{what} is {skew:.0f} s in the past; tolerance is {tolerance} s "
+            "(check that the sender's clock and this server's clock are synchronised)",
+        )
+    if -skew > tolerance:
+        raise Rejected(
+            "future_timestamp",
+            f"{what} is {-skew:.0f} s in the future; tolerance is {tolerance} s "
+            "(check that the sender's clock and this server's clock are synchronised)",
+        )
+
+
+def require_header(headers: Headers, names: Sequence[str]) -> str:
+    """The first of `names` (spelled as the vendor documents them) present in `headers`."""
+    for name in names:
+        value = headers.get(name.lower())
+        if value is not None:
+            return value
+    shown = " or ".join(names)
+    raise Rejected("missing_signature", f"the {shown} header is missing")
+
+
+def secret_keys(secrets: Sequence[Secret]) -> Iterable[bytes]:
+    return (s.key for s in secrets)
+
+
+# --- payload side: lenient, never raises -------------------------------------------------
+
+def load_json(body: bytes) -> tuple[Any, str | None]:
+    """The parsed body, or `(None, reason)` when it cannot be read as a JSON object."""
+    if not body:
+        return None, "empty body"
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc}"[:300]
+    if not isinstance(obj, dict):
+        return None, f"JSON {type(obj).__name__} where an object was expected"
+    return obj, None
+
+
+def scalar(value: Any) -> str | None:
+    """A non-empty string or integer as text; anything else is no id."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def at_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def first_at(obj: Any, paths: Iterable[str]) -> str | None:
+    """The first path that holds a usable id wins."""
+    for path in paths:
+        value = scalar(at_path(obj, path))
+        if value is not None:
+            return value
+    return None
+
+
+def first_str(obj: Mapping[str, Any], names: Iterable[str]) -> str | None:
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def content_id(data: bytes) -> str:
+    """Entity id of last resort: the SHA-256 of the bytes that make up the event."""
+    return "sha256-" + hashlib.sha256(data).hexdigest()
+
+
+def quarantined(data: bytes, reason: str, payload: bytes | None = None) -> ParsedEvent:
+    return ParsedEvent(
+        event_type=QUARANTINE_TYPE,
+        entity_id=content_id(data),
+        payload=payload,
+        quarantine_reason=reason,
+    )

@@ -1,0 +1,149 @@
+"""MetaCopier: HMAC-SHA256 hex over `timestamp.body` (or the body), bearer token, or none.
+
+See shared/docs/senders.md. The timestamp header is in milliseconds.
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+from datetime import UTC, datetime
+
+import orjson
+
+from gateway.config import SourceConfig
+from gateway.errors import Rejected
+from gateway.model import ParsedEvent, Verified
+from gateway.schemes._base import (
+    Headers,
+    at_path,
+    check_window,
+    content_id,
+    first_at,
+    first_str,
+    hmac_sha256_hex,
+    load_json,
+    matches_any,
+    parse_hex,
+    parse_unix,
+    quarantined,
+    require_header,
+    scalar,
+)
+
+EVENT_TYPES = ("position.opened", "position.closed", "history.updated")
+SIGNATURE_HEADERS = ("X-MetaCopier-Signature", "X-Webhook-Signature")
+TIMESTAMP_HEADER = "x-metacopier-timestamp"
+ATTEMPT_HEADER = "x-metacopier-delivery-attempt"
+DEFAULT_ID_PATHS = ("position.id", "ticket")
+
+
+def _check_hmac(body: bytes, headers: Headers, now: float, source: SourceConfig) -> float | None:
+    given = require_header(headers, SIGNATURE_HEADERS).strip()
+    if given[:7].lower() == "sha256=":
+        given = given[7:]
+    given = parse_hex(given, 64, "X-MetaCopier-Signature")
+    raw_ts = headers.get(TIMESTAMP_HEADER)
+    if raw_ts is None:
+        if source.require_timestamp:
+            raise Rejected(
+                "missing_signature",
+                "the X-MetaCopier-Timestamp header is missing; enable 'Include timestamp in "
+                "signature' at MetaCopier or set require_timestamp = false for this source",
+            )
+        expected = (hmac_sha256_hex(s.key, body) for s in source.secrets)
+        sent_at = None
+    else:
+        ts_ms = parse_unix(raw_ts, "X-MetaCopier-Timestamp")
+        ts = raw_ts.strip().encode("ascii")
+        expected = (hmac_sha256_hex(s.key, ts, b".", body) for s in source.secrets)
+        sent_at = ts_ms / 1000
+    if not matches_any(expected, given):
+        raise Rejected(
+            "bad_signature",
+            "X-MetaCopier-Signature does not match the body with any configured secret"
+            + ("" if raw_ts is None else " (signed string: timestamp + '.' + raw body)"),
+        )
+    if sent_at is not None:
+        hint = " (X-MetaCopier-Timestamp is in milliseconds)" if ts_ms < 10**12 else ""
+        check_window(sent_at, now, source.tolerance_seconds, "X-MetaCopier-Timestamp" + hint)
+    return sent_at
+
+
+def _check_bearer(headers: Headers, source: SourceConfig) -> None:
+    value = require_header(headers, ("Authorization",))
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Rejected("malformed_signature", "Authorization must be 'Bearer <token>'")
+    candidate = token.encode("latin-1")  # the header's own bytes, as the sender sent them
+    if not matches_any((s.key for s in source.secrets), candidate):
+        raise Rejected("bad_signature", "the bearer token matches no configured secret")
+
+
+def _attempt(headers: Headers) -> int | None:
+    value = headers.get(ATTEMPT_HEADER, "").strip()
+    return int(value) if value.isdigit() and len(value) < 10 else None
+
+
+def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:
+    """Authenticate a MetaCopier request, then read its one event."""
+    sent_at = None
+    if source.auth == "hmac":
+        sent_at = _check_hmac(body, headers, now, source)
+    elif source.auth == "bearer":
+        _check_bearer(headers, source)
+    return Verified(events=(parse(body, source),), attempt=_attempt(headers), sent_at=sent_at)
+
+
+def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
+    obj, reason = load_json(body)
+    if reason is not None:
+        return quarantined(body, reason)
+    event_type = first_str(obj, ("type", "event", "eventType"))
+    if event_type is None:
+        return quarantined(body, "no event type at type, event or eventType")
+    paths = source.dedup_fields or DEFAULT_ID_PATHS
+    return ParsedEvent(
+        event_type=event_type,
+        entity_id=first_at(obj, paths) or content_id(body),
+        account=scalar(obj.get("accountId")),
+        symbol=scalar(at_path(obj, "position.symbol")) or scalar(obj.get("symbol")),
+    )
+
+
+def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "X-MetaCopier-Delivery-Attempt": "1"}
+    if source.auth == "hmac":
+        ts = str(int(now * 1000))
+        sig = hmac_sha256_hex(source.secrets[0].key, ts.encode(), b".", body)
+        headers |= {"X-MetaCopier-Timestamp": ts, "X-MetaCopier-Signature": sig}
+    elif source.auth == "bearer":
+        headers["Authorization"] = f"Bearer {source.secrets[0].reveal()}"
+    return headers
+
+
+def sample(event_type: str) -> bytes:
+    now = datetime.now(UTC)
+    stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    body: dict[str, object] = {
+        "type": event_type,
+        "timestamp": stamp,
+        "accountId": "6f1c2d7e-5b0a-4c1e-9a53-2f7c8f0b9d11",
+    }
+    if event_type != "history.updated":
+        position: dict[str, object] = {
+            "id": str(_random.randbelow(10**9)),
+            "symbol": "EURUSD",
+            "orderType": "Buy",
+            "volume": 0.5,
+            "openPrice": 1.08512,
+            "stopLoss": 1.081,
+            "takeProfit": 1.092,
+            "openTime": stamp[:19] + "Z",
+            "magicNumber": "7001",
+        }
+        if event_type == "position.closed":
+            position |= {"closePrice": 1.0871, "closeTime": stamp[:19] + "Z", "profit": 99.0,
+                         "netProfit": 96.5, "swap": -0.5, "commission": -2.0}
+        body["position"] = position
+    return orjson.dumps(body)

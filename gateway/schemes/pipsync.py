@@ -1,0 +1,118 @@
+"""PipSync: `X-PipSync-Signature: t=<unix>,v1=<hex hmac-sha256 of "t.body">` (Stripe-style).
+
+Several `v1` entries may appear (rotation); unknown keys are ignored. A 13-digit `t` is
+read as milliseconds (our reading, see senders.md).
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+import time
+
+import orjson
+
+from gateway.config import SourceConfig
+from gateway.errors import Rejected
+from gateway.model import ParsedEvent, Verified
+from gateway.schemes._base import (
+    Headers,
+    at_path,
+    check_window,
+    content_id,
+    first_at,
+    first_str,
+    hmac_sha256_hex,
+    load_json,
+    matches_any,
+    parse_hex,
+    parse_unix,
+    quarantined,
+    require_header,
+    scalar,
+)
+
+EVENT_TYPES = ("trade.opened", "trade.closed", "trade.tp_hit", "trade.sl_hit", "signal.received")
+SIGNATURE_HEADER = "X-PipSync-Signature"
+DEFAULT_ID_PATHS = ("data.position_id", "data.trade_id", "data.signal_id", "id")
+
+
+def parse_header(value: str) -> tuple[str, list[str]]:
+    """`(t as sent, [v1 signatures])` from the header; raises `malformed_signature`."""
+    timestamp: str | None = None
+    signatures: list[str] = []
+    for item in value.split(","):
+        key, sep, val = item.strip().partition("=")
+        if not sep:
+            if item.strip():
+                raise Rejected("malformed_signature", f"X-PipSync-Signature has a part without '=': {item.strip()[:20]!r}")
+            continue
+        key = key.strip()
+        if key == "t":
+            if timestamp is not None:
+                raise Rejected("malformed_signature", "X-PipSync-Signature has more than one t")
+            timestamp = val.strip()
+        elif key == "v1":
+            signatures.append(parse_hex(val, 64, "each v1 in X-PipSync-Signature"))
+    if timestamp is None:
+        raise Rejected("malformed_signature", "X-PipSync-Signature has no t=<unix timestamp>")
+    if not signatures:
+        raise Rejected("malformed_signature", "X-PipSync-Signature has no v1=<signature>")
+    return timestamp, signatures
+
+
+def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:
+    """Authenticate a PipSync request, then read its one event."""
+    timestamp, signatures = parse_header(require_header(headers, (SIGNATURE_HEADER,)))
+    t = parse_unix(timestamp, "t in X-PipSync-Signature")
+    signed = timestamp.encode("ascii")
+    expected = [hmac_sha256_hex(s.key, signed, b".", body) for s in source.secrets]
+    if not any(matches_any(expected, given) for given in signatures):
+        raise Rejected(
+            "bad_signature",
+            "no v1 in X-PipSync-Signature matches the body with any configured secret "
+            "(signed string: t + '.' + raw body)",
+        )
+    sent_at = t / 1000 if len(timestamp) == 13 else float(t)
+    check_window(sent_at, now, source.tolerance_seconds, "t in X-PipSync-Signature")
+    return Verified(events=(parse(body, source),), sent_at=sent_at)
+
+
+def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
+    obj, reason = load_json(body)
+    if reason is not None:
+        return quarantined(body, reason)
+    event_type = first_str(obj, ("type",))
+    if event_type is None:
+        return quarantined(body, "no event type at type")
+    return ParsedEvent(
+        event_type=event_type,
+        entity_id=first_at(obj, source.dedup_fields or DEFAULT_ID_PATHS) or content_id(body),
+        account=scalar(at_path(obj, "data.account_id")),
+        symbol=scalar(at_path(obj, "data.symbol")),
+    )
+
+
+def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
+    t = str(int(now))
+    sig = hmac_sha256_hex(source.secrets[0].key, t.encode(), b".", body)
+    return {"Content-Type": "application/json", "X-PipSync-Signature": f"t={t},v1={sig}"}
+
+
+def sample(event_type: str) -> bytes:
+    data: dict[str, object] = {"account_id": "acc_12", "platform": "ctrader", "symbol": "EURUSD"}
+    if event_type == "signal.received":
+        data |= {"signal_id": f"sig_{_random.token_hex(4)}", "action": "buy", "lots": 0.5}
+    else:
+        data |= {
+            "trade_id": f"tr_{_random.token_hex(4)}",
+            "position_id": str(_random.randbelow(10**9)),
+            "side": "buy",
+            "lots": 0.5,
+            "price": 1.08512,
+            "sl": 1.081,
+            "tp": 1.092,
+        }
+    return orjson.dumps(
+        {"id": f"evt_{_random.token_hex(8)}", "type": event_type, "created": int(time.time()),
+         "data": data}
+    )

@@ -1,0 +1,126 @@
+"""TradrAPI: `x-webhook-secret` is the lower-case hex SHA-1 of the shared key.
+
+It is a static credential: no body signature and no timestamp, so deduplication is the
+only replay defence. Bodies are batches under `payload` (or one event at the root); a
+batch is stored atomically, each member deduplicated on its own.
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+import time
+from typing import Any
+
+import orjson
+
+from gateway.config import SourceConfig
+from gateway.errors import Rejected
+from gateway.model import ParsedEvent, Verified
+from gateway.schemes._base import (
+    Headers,
+    at_path,
+    content_id,
+    first_at,
+    load_json,
+    matches_any,
+    parse_hex,
+    quarantined,
+    require_header,
+    scalar,
+)
+
+EVENT_TYPES = (
+    "open_position", "close_position", "open_order", "cancel_order", "balance_operation",
+    "account_created", "account_updated", "challenge_created", "challenge_updated",
+)
+SECRET_HEADER = "x-webhook-secret"
+DEFAULT_ID_PATHS = ("payload.id",)
+
+
+def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:
+    """Authenticate a TradrAPI request, then split its batch into events."""
+    given = require_header(headers, (SECRET_HEADER,)).strip()
+    if len(given) != 40 or any(c not in "0123456789abcdefABCDEF" for c in given):
+        raise Rejected(
+            "malformed_signature",
+            "x-webhook-secret must be the 40-character hex SHA-1 of the shared key "
+            f"(got {len(given)} characters); TradrAPI never sends the key itself",
+        )
+    given = parse_hex(given, 40, "x-webhook-secret")
+    if not matches_any((s.sha1_hex for s in source.secrets), given):
+        raise Rejected("bad_signature", "x-webhook-secret is the SHA-1 of no configured key")
+    return parse(body, source)
+
+
+def _canonical(member: Any) -> bytes:
+    return orjson.dumps(member, option=orjson.OPT_SORT_KEYS)
+
+
+def _member(member: Any, source: SourceConfig, payload: bytes | None) -> ParsedEvent:
+    data = payload if payload is not None else _canonical(member)
+    if not isinstance(member, dict):
+        return quarantined(data, f"batch member is JSON {type(member).__name__}, not an object", data)
+    event_type = member.get("eventType")
+    if not isinstance(event_type, str) or not event_type.strip():
+        return quarantined(data, "batch member has no eventType", payload)
+    if source.dedup_fields:
+        entity = first_at(member, source.dedup_fields)
+    else:
+        entity = first_at(member, DEFAULT_ID_PATHS)
+        updated = scalar(at_path(member, "payload.updatedAt"))
+        if entity is not None and updated is not None:
+            entity = f"{entity}@{updated}"  # an account may be updated many times
+    return ParsedEvent(
+        event_type=event_type,
+        entity_id=entity or content_id(data),
+        account=scalar(member.get("accountId")) or scalar(member.get("exchangeAccountId")),
+        symbol=scalar(at_path(member, "payload.symbol")),
+        payload=payload,
+    )
+
+
+def parse(body: bytes, source: SourceConfig) -> Verified:
+    obj, reason = load_json(body)
+    if reason is not None:
+        return Verified(events=(quarantined(body, reason),))
+    attempts = obj.get("attempts")
+    attempt = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None
+    batch = obj.get("payload")
+    if isinstance(batch, list):
+        # Members are stored as their own canonical JSON; the raw body is kept beside them.
+        events = tuple(_member(m, source, _canonical(m)) for m in batch)
+        return Verified(events=events, attempt=attempt)
+    if "eventType" in obj:
+        return Verified(events=(_member(obj, source, None),), attempt=attempt)
+    return Verified(events=(quarantined(body, "no payload array and no eventType at the root"),))
+
+
+def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
+    return {"Content-Type": "application/json", "x-webhook-secret": source.secrets[0].sha1_hex}
+
+
+def sample(event_type: str, count: int = 1) -> bytes:
+    def event() -> dict[str, Any]:
+        now_ms = int(time.time() * 1000)
+        payload: dict[str, Any] = {
+            "id": _random.randbelow(10**9),
+            "platformOperationId": f"op-{_random.token_hex(4)}",
+            "symbol": "EURUSD",
+        }
+        if event_type in ("open_position", "close_position"):
+            payload |= {"platformTradeId": f"t-{_random.token_hex(4)}", "openPrice": 1.0851,
+                        "lots": 1, "type": "BUY", "balance": 10000, "openedAt": now_ms}
+            if event_type == "close_position":
+                payload |= {"closePrice": 1.0871, "profit": 200.0, "closedAt": now_ms}
+        elif event_type == "balance_operation":
+            payload |= {"referenceId": f"ref-{_random.token_hex(4)}", "amount": 500,
+                        "currency": "USD", "operation": "add", "balance": 10500}
+        elif event_type.startswith("account_"):
+            payload = {"id": _random.randbelow(10**6), "platform": "MT5", "currency": "USD",
+                       "leverage": 100, "email": "trader@example.com", "createdAt": now_ms}
+            if event_type == "account_updated":
+                payload["updatedAt"] = now_ms
+        return {"brandId": 12, "serverId": 3, "accountId": 99121, "eventType": event_type,
+                "platform": "MT5", "payload": payload}
+
+    return orjson.dumps({"payload": [event() for _ in range(count)], "count": count, "attempts": 1})

@@ -1,0 +1,64 @@
+"""SQLite schema and its migrations. Each entry moves the schema up one version."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: receipts (one row per authenticated request that brought a new event) and events.
+    (
+    """CREATE TABLE receipts (
+        id          INTEGER PRIMARY KEY,
+        request_id  TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        received_at INTEGER NOT NULL,      -- Unix time, microseconds
+        remote_addr TEXT,
+        attempt     INTEGER,               -- the sender's own delivery attempt counter
+        headers     BLOB NOT NULL,         -- JSON [[name, value], ...], credentials removed
+        body        BLOB NOT NULL          -- the raw request body, byte for byte
+    )""",
+    """CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        receipt_id  INTEGER NOT NULL REFERENCES receipts(id),
+        source      TEXT NOT NULL,
+        scheme      TEXT NOT NULL,
+        event_type  TEXT NOT NULL,         -- '' when quarantined without a readable type
+        entity_id   TEXT NOT NULL,
+        dedup_key   TEXT NOT NULL UNIQUE,  -- source:event_type:entity_id, kept forever
+        status      TEXT NOT NULL,         -- stored | quarantined
+        account     TEXT,
+        symbol      TEXT,
+        received_at INTEGER NOT NULL,
+        payload     BLOB,                  -- this event's JSON; NULL: the receipt body is the event
+        quarantine_reason TEXT
+    )""",
+    "CREATE INDEX events_source ON events(source, id)",
+    "CREATE INDEX events_receipt ON events(receipt_id)",
+    ),
+)
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it. Idempotent."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    if current > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"the store has schema version {current}; this gateway knows up to {len(MIGRATIONS)}"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
