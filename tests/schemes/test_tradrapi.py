@@ -1,0 +1,451 @@
+"""TradrAPI: `x-webhook-secret` = hex SHA-1 of the key; batches split into events."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway._secret import Secret
+from gateway.config import SourceConfig, parse_config
+from gateway.errors import Rejected
+from gateway.model import Verified
+from gateway.schemes import get_scheme, tradrapi
+from tests.conftest import TR_BODY, TR_KEY, TR_KEY_NEW, source_table, tr_sign
+
+# senders.md test vector
+TR_HDR = "e2eb5eaa018f8a000f08232be248ecf04825fe54"
+TR_HDR_NEW = hashlib.sha1(TR_KEY_NEW.encode()).hexdigest()
+UNCONFIGURED = "tradrapi-key-nobody-configured"
+NOW = 1763633702.0
+
+TR = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY), Secret(TR_KEY_NEW)))
+TR_ONE = SourceConfig(name="tr1", scheme="tradrapi", secrets=(Secret(TR_KEY),))
+AUTH = {"x-webhook-secret": TR_HDR}
+
+REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
+                "future_timestamp"}
+
+
+def rejected(headers: dict[str, str], body: bytes = TR_BODY, source: SourceConfig = TR) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        tradrapi.verify(body, headers, NOW, source)
+    return info.value
+
+
+def canonical(member: Any) -> bytes:
+    return orjson.dumps(member, option=orjson.OPT_SORT_KEYS)
+
+
+def sha256_id(data: bytes) -> str:
+    return "sha256-" + hashlib.sha256(data).hexdigest()
+
+
+def member(event_type: Any = "open_position", **payload: Any) -> dict[str, Any]:
+    return {"brandId": 12, "serverId": 3, "accountId": 99121, "eventType": event_type, "platform": "MT5",
+            "payload": payload}
+
+
+def verify(obj: Any, source: SourceConfig = TR) -> Verified:
+    return tradrapi.verify(orjson.dumps(obj), AUTH, NOW, source)
+
+
+# --- test vectors ----------------------------------------------------------------------
+
+def test_vector() -> None:
+    assert hashlib.sha1(TR_KEY.encode()).hexdigest() == TR_HDR
+    assert Secret(TR_KEY).sha1_hex == TR_HDR
+    assert tr_sign() == {"x-webhook-secret": TR_HDR}
+
+
+def test_sign_reproduces_vector() -> None:
+    headers = tradrapi.sign(TR_BODY, TR, NOW)
+    assert headers["x-webhook-secret"] == TR_HDR
+    assert tradrapi.verify(TR_BODY, headers, NOW, TR).events[0].entity_id == "5561201"
+
+
+def test_registry_resolves_module() -> None:
+    assert get_scheme("tradrapi") is tradrapi
+    assert "open_position" in tradrapi.EVENT_TYPES
+
+
+# --- authentication --------------------------------------------------------------------
+
+def test_reference_request_verifies() -> None:
+    verified = tradrapi.verify(TR_BODY, AUTH, NOW, TR)
+    assert verified.attempt == 1
+    assert verified.sent_at is None
+    (event,) = verified.events
+    assert event.event_type == "open_position"
+    assert event.entity_id == "5561201"
+    assert event.account == "99121"
+    assert event.symbol == "EURUSD"
+    assert event.status == "stored"
+    assert event.quarantine_reason is None
+    assert event.payload == canonical(orjson.loads(TR_BODY)["payload"][0])
+
+
+@pytest.mark.parametrize("now", [0.0, NOW - 10**7, NOW + 10**7, 4e9])
+def test_no_timestamp_check(now: float) -> None:
+    assert tradrapi.verify(TR_BODY, AUTH, now, TR).events[0].entity_id == "5561201"
+
+
+@pytest.mark.parametrize(
+    ("value", "source"),
+    [(TR_HDR, TR), (TR_HDR.upper(), TR), (f"  {TR_HDR} ", TR), (TR_HDR_NEW, TR), (TR_HDR, TR_ONE),
+     (TR_HDR[:20] + TR_HDR[20:].upper(), TR_ONE)],
+    ids=["lower", "upper", "spaces", "rotated", "single", "mixed-case"],
+)
+def test_header_accepted(value: str, source: SourceConfig) -> None:
+    assert tradrapi.verify(TR_BODY, {"x-webhook-secret": value}, NOW, source).events[0].entity_id == "5561201"
+
+
+@pytest.mark.parametrize(
+    ("value", "source"),
+    [
+        (hashlib.sha1(UNCONFIGURED.encode()).hexdigest(), TR),
+        (TR_HDR_NEW, TR_ONE),
+        (TR_HDR[:-1] + ("0" if TR_HDR[-1] != "0" else "1"), TR),
+        ("0" * 40, TR),
+        (hashlib.sha1(TR_KEY.encode() + b"\n").hexdigest(), TR),
+    ],
+    ids=["unconfigured", "not-rotated-in", "one-char", "zeros", "key-with-newline"],
+)
+def test_bad_signature(value: str, source: SourceConfig) -> None:
+    exc = rejected({"x-webhook-secret": value}, source=source)
+    assert exc.code == "bad_signature"
+    assert "SHA-1" in exc.detail
+
+
+@pytest.mark.parametrize("key", [TR_KEY, TR_KEY_NEW])
+def test_plaintext_key_is_malformed_and_says_sha1(key: str) -> None:
+    exc = rejected({"x-webhook-secret": key})
+    assert exc.code == "malformed_signature"
+    assert "SHA-1" in exc.detail
+    assert f"got {len(key)} characters" in exc.detail
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "   ", "garbage", TR_HDR[:-1], TR_HDR + "0", "g" * 40, "é" * 40, "ÿ" * 40, "\x00" * 40, "０" * 40,
+     "٣" * 40, "€" * 40, TR_HDR[:-1] + "ÿ", f"sha1={TR_HDR}", hashlib.sha256(TR_KEY.encode()).hexdigest(),
+     TR_HDR[:20] + " " + TR_HDR[21:] + "a", "0x" + TR_HDR[2:]],
+)
+def test_malformed(value: str) -> None:
+    exc = rejected({"x-webhook-secret": value})
+    assert exc.code == "malformed_signature"
+    assert "40-character hex SHA-1" in exc.detail
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"authorization": f"Bearer {TR_HDR}"}, {"x-webhook-signature": TR_HDR}],
+    ids=["none", "authorization", "other-name"],
+)
+def test_missing(headers: dict[str, str]) -> None:
+    exc = rejected(headers)
+    assert exc.code == "missing_signature"
+    assert "x-webhook-secret" in exc.detail
+
+
+def test_auth_checked_before_body() -> None:
+    assert rejected({}, body=b"not json").code == "missing_signature"
+    assert rejected({"x-webhook-secret": "0" * 40}, body=b"").code == "bad_signature"
+
+
+# --- batches ---------------------------------------------------------------------------
+
+def test_batch_yields_one_event_per_member_in_order() -> None:
+    members = [
+        member("open_position", id=1, symbol="EURUSD"),
+        member("close_position", id=1, symbol="EURUSD"),
+        member("balance_operation", id=9, referenceId="ref-1"),
+        {**member("account_updated", id=5, updatedAt=1763633702000), "accountId": None,
+         "exchangeAccountId": "ex-5"},
+    ]
+    verified = verify({"payload": members, "count": 4, "attempts": 3})
+    assert verified.attempt == 3
+    assert [e.event_type for e in verified.events] == [
+        "open_position", "close_position", "balance_operation", "account_updated"]
+    assert [e.entity_id for e in verified.events] == ["1", "1", "9", "5@1763633702000"]
+    assert [e.account for e in verified.events] == ["99121", "99121", "99121", "ex-5"]
+    assert [e.symbol for e in verified.events] == ["EURUSD", "EURUSD", None, None]
+    assert [e.payload for e in verified.events] == [canonical(m) for m in members]
+    assert all(e.status == "stored" for e in verified.events)
+
+
+def test_malformed_members_are_quarantined_others_stored() -> None:
+    good1 = member("open_position", id=1)
+    good2 = member("close_position", id=2)
+    members: list[Any] = [good1, 5, "open_position", None, [good1], {"no": "type"}, member(""),
+                          member("   "), member(7), member(None), good2]
+    verified = verify({"payload": members, "attempts": 1})
+    assert len(verified.events) == len(members)
+    assert [e.status for e in verified.events] == ["stored"] + ["quarantined"] * 9 + ["stored"]
+    assert (verified.events[0].entity_id, verified.events[-1].entity_id) == ("1", "2")
+    for event, raw in zip(verified.events[1:-1], members[1:-1], strict=True):
+        assert event.event_type == ""
+        assert event.entity_id == sha256_id(canonical(raw))
+        assert event.payload == canonical(raw)
+        assert event.quarantine_reason
+    assert "not an object" in (verified.events[1].quarantine_reason or "")
+    assert "no eventType" in (verified.events[5].quarantine_reason or "")
+
+
+def test_empty_batch_has_no_events() -> None:
+    verified = verify({"payload": [], "count": 0, "attempts": 2})
+    assert verified.events == ()
+    assert verified.attempt == 2
+
+
+def test_root_single_event() -> None:
+    obj = {**member("open_position", id=5561201, symbol="EURUSD"), "attempts": 4}
+    verified = verify(obj)
+    assert verified.attempt == 4
+    (event,) = verified.events
+    assert (event.event_type, event.entity_id, event.account, event.symbol) == (
+        "open_position", "5561201", "99121", "EURUSD")
+    assert event.payload is None  # the body itself is the event
+    assert event.status == "stored"
+
+
+def test_root_single_event_fallback_is_canonical_hash() -> None:
+    obj = member("open_position", symbol="EURUSD")
+    (event,) = verify(obj).events
+    assert event.entity_id == sha256_id(canonical(obj))
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(1, 1), (7, 7), (0, 0), ("2", None), (True, None), (None, None), (2.5, None), ([1], None)],
+)
+def test_attempts_at_root(attempts: Any, expected: int | None) -> None:
+    assert verify({"payload": [member(id=1)], "attempts": attempts}).attempt == expected
+
+
+def test_attempts_absent() -> None:
+    assert verify({"payload": [member(id=1)]}).attempt is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "entity"),
+    [
+        ({"id": 77, "updatedAt": 1763633702000}, "77@1763633702000"),
+        ({"id": 77, "updatedAt": "2026-11-20T10:15:01.000Z"}, "77@2026-11-20T10:15:01.000Z"),
+        ({"id": "acc-77", "updatedAt": 5.0}, "acc-77@5"),
+        ({"id": 77, "updatedAt": None}, "77"),
+        ({"id": 77, "updatedAt": ""}, "77"),
+        ({"id": 77, "updatedAt": True}, "77"),
+        ({"id": 77}, "77"),
+        ({"id": 0}, "0"),
+    ],
+)
+def test_entity_id_with_updated_at(payload: dict[str, Any], entity: str) -> None:
+    assert verify({"payload": [member("account_updated", **payload)]}).events[0].entity_id == entity
+
+
+def test_repeated_updates_are_distinct_and_retries_identical() -> None:
+    first = member("account_updated", id=77, updatedAt=1)
+    second = member("account_updated", id=77, updatedAt=2)
+    ids = [e.entity_id for e in verify({"payload": [first, second, first]}).events]
+    assert ids == ["77@1", "77@2", "77@1"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"symbol": "EURUSD"}, {"id": None, "updatedAt": 5}, {"id": True}, {"id": 1.5}, {"id": "  "},
+     {"id": {"nested": 1}}],
+)
+def test_fallback_entity_is_canonical_member_hash(payload: dict[str, Any]) -> None:
+    m = member("open_position", **payload)
+    (event,) = verify({"payload": [m]}).events
+    assert event.entity_id == sha256_id(canonical(m))
+    assert event.status == "stored"
+
+
+def test_fallback_entity_ignores_key_order_and_whitespace() -> None:
+    a = b'{"payload":[{"eventType":"open_position","payload":{"symbol":"EURUSD","lots":1}}]}'
+    b = b'{"payload": [ {"payload": {"lots": 1, "symbol": "EURUSD"}, "eventType": "open_position"} ]}'
+    ea = tradrapi.verify(a, AUTH, NOW, TR).events[0]
+    eb = tradrapi.verify(b, AUTH, NOW, TR).events[0]
+    assert ea.entity_id == eb.entity_id == sha256_id(b'{"eventType":"open_position","payload":{"lots":1,'
+                                                     b'"symbol":"EURUSD"}}')
+    assert ea.payload == eb.payload
+
+
+def test_payload_not_object_member() -> None:
+    m = {"eventType": "open_position", "accountId": "a", "payload": [1, 2]}
+    (event,) = verify({"payload": [m]}).events
+    assert (event.status, event.event_type, event.entity_id) == ("stored", "open_position",
+                                                                 sha256_id(canonical(m)))
+
+
+def test_unknown_event_type_is_stored() -> None:
+    (event,) = verify({"payload": [member("challenge_exploded", id=3)]}).events
+    assert (event.status, event.event_type, event.entity_id) == ("stored", "challenge_exploded", "3")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "empty body"),
+        (b"{", "not valid JSON"),
+        (b'{"payload":[{"eventType":"open_position","x":"\xfe"}]}', "not valid JSON"),
+        (b"\xef\xbb", "not valid JSON"),
+        (b"[]", "JSON list"),
+        (b'[{"eventType":"open_position"}]', "JSON list"),
+        (b'"open_position"', "JSON str"),
+        (b"true", "JSON bool"),
+        (b"{}", "no payload array"),
+        (b'{"payload":{"id":1},"count":1}', "no payload array"),
+        (b'{"payload":"x"}', "no payload array"),
+        (b'{"event":"open_position"}', "no payload array"),
+    ],
+)
+def test_root_quarantine(body: bytes, reason: str) -> None:
+    verified = tradrapi.verify(body, AUTH, NOW, TR)
+    (event,) = verified.events
+    assert event.status == "quarantined"
+    assert event.event_type == ""
+    assert event.entity_id == sha256_id(body)
+    assert event.payload is None
+    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: tradrapi.parse drops root `attempts` when the root is "
+                                       "quarantined (no payload array, no eventType)")
+def test_attempts_kept_when_root_quarantined() -> None:
+    verified = tradrapi.verify(b'{"payload":{"id":1},"attempts":3}', AUTH, NOW, TR)
+    assert verified.events[0].status == "quarantined"
+    assert verified.attempt == 3
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError,
+                   reason="BUG: tradrapi._canonical: orjson.dumps raises JSONEncodeError (TypeError) "
+                          "for members nested >= 255 levels that orjson.loads accepted (limit 1024)")
+@pytest.mark.parametrize("shape", ["batch", "root"])
+def test_deeply_nested_authentic_body_does_not_raise(shape: str) -> None:
+    deep = b"[" * 300 + b"]" * 300
+    if shape == "batch":
+        body = b'{"payload":[' + deep + b"]}"
+    else:
+        body = b'{"eventType":"open_position","payload":{"x":' + deep + b"}}"
+    verified = tradrapi.verify(body, AUTH, NOW, TR)
+    assert len(verified.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "entity"),
+    [(("payload.platformTradeId",), "t-1"), (("nope", "payload.platformOperationId"), "op-1"),
+     (("accountId",), "99121")],
+)
+def test_dedup_fields_override(fields: tuple[str, ...], entity: str) -> None:
+    source = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY),), dedup_fields=fields)
+    assert tradrapi.verify(TR_BODY, AUTH, NOW, source).events[0].entity_id == entity
+
+
+def test_dedup_fields_override_uses_path_as_is() -> None:
+    source = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY),),
+                          dedup_fields=("payload.id",))
+    m = member("account_updated", id=77, updatedAt=1)
+    assert verify({"payload": [m]}, source).events[0].entity_id == "77"
+    m = member("account_updated", other=1)
+    assert verify({"payload": [m]}, source).events[0].entity_id == sha256_id(canonical(m))
+
+
+def test_source_from_parse_config(tmp_path: Path) -> None:
+    table = source_table("tr", "tradrapi", dedup_fields=["payload.platformTradeId"])
+    source = parse_config({"sources": [table]}, origin="test.toml", base_dir=tmp_path).sources["tr"]
+    assert tradrapi.verify(TR_BODY, tr_sign(TR_KEY_NEW), NOW, source).events[0].entity_id == "t-1"
+    exc = rejected(tr_sign(UNCONFIGURED), source=source)
+    assert exc.code == "bad_signature"
+
+
+def test_sample_bodies_parse() -> None:
+    for event_type in tradrapi.EVENT_TYPES:
+        body = tradrapi.sample(event_type, count=3)
+        verified = tradrapi.verify(body, AUTH, NOW, TR)
+        assert verified.attempt == 1
+        assert [e.event_type for e in verified.events] == [event_type] * 3
+        for event, raw in zip(verified.events, orjson.loads(body)["payload"], strict=True):
+            expected = str(raw["payload"]["id"])
+            if "updatedAt" in raw["payload"]:
+                expected += f"@{raw['payload']['updatedAt']}"
+            assert event.entity_id == expected
+
+
+# --- properties ------------------------------------------------------------------------
+
+HEADER_NAMES = ["x-webhook-secret", "authorization"]
+headers_strategy = st.dictionaries(
+    st.sampled_from(HEADER_NAMES) | st.text(max_size=20),
+    st.text(max_size=60) | st.text("0123456789abcdefABCDEF", min_size=40, max_size=40), max_size=4)
+json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+members = json_values | st.fixed_dictionaries(
+    {},
+    optional={"eventType": json_values | st.sampled_from(tradrapi.EVENT_TYPES),
+              "accountId": json_values, "exchangeAccountId": json_values,
+              "payload": json_values | st.fixed_dictionaries(
+                  {}, optional={"id": json_values, "updatedAt": json_values, "symbol": json_values})},
+)
+roots = st.fixed_dictionaries(
+    {}, optional={"payload": st.lists(members, max_size=5) | json_values, "attempts": json_values,
+                  "count": json_values, "eventType": json_values})
+
+
+def _outcome(body: bytes, headers: dict[str, str]) -> Verified | None:
+    try:
+        verified = tradrapi.verify(body, headers, NOW, TR)
+    except Rejected as exc:
+        assert exc.code in REJECT_CODES
+        return None
+    assert isinstance(verified, Verified)
+    return verified
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=300), headers=headers_strategy)
+def test_property_arbitrary_request_verifies_or_rejects(body: bytes, headers: dict[str, str]) -> None:
+    verified = _outcome(body, headers)
+    if verified is not None:
+        assert headers.get("x-webhook-secret", "").strip().lower() in (TR_HDR, TR_HDR_NEW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=300) | roots.map(orjson.dumps))
+def test_property_authentic_body_never_raises(body: bytes) -> None:
+    verified = _outcome(body, AUTH)
+    assert verified is not None
+    obj = _load(body)
+    batch = obj.get("payload") if isinstance(obj, dict) else None
+    if isinstance(batch, list):
+        assert len(verified.events) == len(batch)
+        for event, raw in zip(verified.events, batch, strict=True):
+            good = isinstance(raw, dict) and isinstance(raw.get("eventType"), str) and raw["eventType"].strip()
+            assert event.status == ("stored" if good else "quarantined")
+            assert event.payload == canonical(raw)
+            if not good:
+                assert event.entity_id == sha256_id(canonical(raw))
+    else:
+        assert len(verified.events) == 1
+        if obj is None or "eventType" not in obj:
+            assert verified.events[0].status == "quarantined"
+            assert verified.events[0].entity_id == sha256_id(body)
+
+
+def _load(body: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None

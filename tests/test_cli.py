@@ -1,0 +1,198 @@
+"""The `gateway` command as a user runs it: real subprocesses, a real server, real files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+GATEWAY = [str(Path(sys.executable).parent / "gateway")]
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+    proc = subprocess.run([*GATEWAY, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
+    if check:
+        assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, cwd: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log = cwd / f"server-{self.port}.log"
+        self.log_file = self.log.open("w")
+        self.proc = subprocess.Popen([*GATEWAY, "run", "--port", str(self.port), *args], cwd=cwd,
+                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gateway run failed:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.log_file.close()
+        return self.log.read_text()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def test_every_command_has_help(workdir: Path) -> None:
+    for command in ([], ["run"], ["check-config"], ["send"], ["events"]):
+        out = run(*command, "--help", cwd=workdir).stdout
+        assert "Usage:" in out
+    assert "Usage:" in subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True,
+                                      text=True, check=True).stdout
+
+
+def test_default_setup_end_to_end(workdir: Path) -> None:
+    """The README walk-through: run on the embedded default, send each scheme, list, resend."""
+    server = Server(workdir)
+    try:
+        secrets_file = workdir / "var" / "secrets.toml"
+        assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+        for name in ("metacopier", "pipsync", "tradrapi"):
+            sent = run("send", name, "--url", f"{server.url}/hooks/{name}", "--save", f"{name}.json",
+                       cwd=workdir)
+            assert sent.stdout.startswith("200 OK"), sent.stdout
+            assert '"status": "stored"' in sent.stdout
+        lines = run("events", "--json", cwd=workdir).stdout.splitlines()
+        events = [orjson.loads(line) for line in lines]
+        assert [e["source"] for e in events] == ["tradrapi", "pipsync", "metacopier"]
+        for event in events:
+            assert {"id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status",
+                    "received_at", "payload"} <= event.keys()
+            assert event["status"] == "stored" and event["received_at"].endswith("Z")
+            assert isinstance(event["payload"], dict)
+        assert events[2]["event_type"] == "position.opened"
+        assert events[2]["payload"]["position"]["id"] == events[2]["entity_id"]
+
+        for name in ("metacopier", "pipsync", "tradrapi"):
+            again = run("send", name, "--file", f"{name}.json", "--url", f"{server.url}/hooks/{name}",
+                        cwd=workdir)
+            assert '"status": "duplicate"' in again.stdout, again.stdout
+        assert len(run("events", "--json", cwd=workdir).stdout.splitlines()) == 3
+
+        table = run("events", "--source", "pipsync", cwd=workdir).stdout.splitlines()
+        assert table[0].split()[:3] == ["ID", "RECEIVED", "SOURCE"] and len(table) == 2
+        assert "trade.opened" in table[1]
+    finally:
+        log = server.stop()
+    # The generated secrets are announced once, on the start that created them.
+    secrets = dict(line.split(" = ") for line in secrets_file.read_text().splitlines() if " = " in line)
+    assert all(value.strip('"') in log for value in secrets.values())
+    server = Server(workdir)
+    second_log = server.stop()
+    assert not any(value.strip('"') in second_log for value in secrets.values())
+
+
+def test_send_uses_the_config_and_default_event_types(workdir: Path) -> None:
+    port = free_port()
+    (workdir / "gateway.toml").write_text(f"""
+[server]
+port = {port}
+
+[[sources]]
+name = "copier"
+scheme = "metacopier"
+secrets = ["{'k' * 40}"]
+
+[[sources]]
+name = "copier-bearer"
+scheme = "metacopier"
+auth = "bearer"
+secret = "env:BEARER_TOKEN"
+""")
+    os.environ["BEARER_TOKEN"] = "t" * 32
+    try:
+        server = Server(workdir, port=port)
+        try:
+            out = run("send", "copier", "--event", "position.closed", cwd=workdir).stdout
+            assert "copier:position.closed:" in out
+            out = run("send", "copier-bearer", "--event", "history.updated", cwd=workdir).stdout
+            assert "copier-bearer:history.updated:sha256-" in out
+            bad = run("send", "nope", cwd=workdir, check=False)
+            assert bad.returncode != 0 and "copier" in bad.stderr
+            types = [orjson.loads(x)["event_type"] for x in run("events", "--json", "--type", "position.*",
+                                                                 cwd=workdir).stdout.splitlines()]
+            assert types == ["position.closed"]
+        finally:
+            server.stop()
+    finally:
+        del os.environ["BEARER_TOKEN"]
+
+
+def test_send_reports_rejections_with_nonzero_exit(workdir: Path) -> None:
+    server = Server(workdir)
+    try:
+        (workdir / "other.toml").write_text(f"""
+[[sources]]
+name = "metacopier"
+scheme = "metacopier"
+secret = "{'w' * 40}"
+""")
+        proc = run("send", "metacopier", "--config", "other.toml", "--url", f"{server.url}/hooks/metacopier",
+                   cwd=workdir, check=False)
+        assert proc.returncode == 1
+        assert proc.stdout.startswith("401 Unauthorized") and "bad_signature" in proc.stdout
+    finally:
+        server.stop()
+    unreachable = run("send", "metacopier", "--url", f"http://127.0.0.1:{free_port()}/hooks/metacopier",
+                      cwd=workdir, check=False)
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+def test_check_config(workdir: Path) -> None:
+    good = workdir / "good.toml"
+    good.write_text('[[sources]]\nname = "tr"\nscheme = "tradrapi"\nsecret = "0123456789abcdefghijk"\n')
+    assert "OK: 1 source(s): tr (tradrapi)" in run("check-config", "--config", str(good), cwd=workdir).stdout
+    bad = workdir / "bad.toml"
+    bad.write_text('[server]\nport = "80"\n[[sources]]\nname = "x y"\nscheme = "nope"\nscret = "a"\n')
+    proc = run("check-config", "--config", str(bad), cwd=workdir, check=False)
+    assert proc.returncode == 2
+    errors = proc.stderr.splitlines()
+    assert len(errors) >= 4
+    assert all(line.startswith(f"config error: {bad}:") for line in errors)
+    for fragment in ("server.port: must be int", "sources[0].scret: unknown key", "scheme: must be one of",
+                     "name: 'x y' must be"):
+        assert any(fragment in line for line in errors), (fragment, errors)
+    # `run` refuses to start on the same file, with the same messages.
+    proc = run("run", "--config", str(bad), cwd=workdir, check=False)
+    assert proc.returncode == 2 and "sources[0].scret" in proc.stderr
+
+
+def test_events_before_any_store_exists(workdir: Path) -> None:
+    (workdir / "gateway.toml").write_text('[[sources]]\nname = "p"\nscheme = "pipsync"\nsecret = "s3cr3t-value"\n')
+    proc = run("events", cwd=workdir, check=False)
+    assert proc.returncode == 1 and "no event store" in proc.stderr
