@@ -157,8 +157,8 @@ def events(
         sys.exit(1)
     out = sys.stdout.buffer
     if not as_json:
-        header = f"{'ID':>8}  {'RECEIVED':<24}  {'SOURCE':<12} {'TYPE':<18} {'ENTITY':<20} {'STATUS':<11} {'ACCOUNT':<10} SYMBOL"
-        click.echo(header)
+        click.echo(f"{'ID':>8}  {'RECEIVED':<24}  {'SOURCE':<12} {'TYPE':<18} {'ENTITY':<20} "
+                   f"{'STATUS':<11} {'ACCOUNT':<10} SYMBOL")
     for event in found:
         if as_json:
             out.write(orjson.dumps(event.to_json()) + b"\n")

@@ -213,10 +213,9 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
         c.error(f"{key}.auth", 'auth = "none" is refused unless allow_ips limits who may send')
 
     fields = c.get(raw, f"{key}.dedup_fields", "dedup_fields", list, None)
-    if fields is not None:
-        if not fields or not all(isinstance(f, str) and f.strip(".") for f in fields):
-            c.error(f"{key}.dedup_fields", 'must be a non-empty list of paths like "position.id"')
-            fields = None
+    if fields is not None and not (fields and all(isinstance(f, str) and f.strip(".") for f in fields)):
+        c.error(f"{key}.dedup_fields", 'must be a non-empty list of paths like "position.id"')
+        fields = None
 
     if len(c.errors) > before:
         return None

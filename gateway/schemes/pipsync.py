@@ -44,7 +44,8 @@ def parse_header(value: str) -> tuple[str, list[str]]:
         key, sep, val = item.strip().partition("=")
         if not sep:
             if item.strip():
-                raise Rejected("malformed_signature", f"X-PipSync-Signature has a part without '=': {item.strip()[:20]!r}")
+                shown = item.strip()[:20]
+                raise Rejected("malformed_signature", f"X-PipSync-Signature has a part without '=': {shown!r}")
             continue
         key = key.strip()
         if key == "t":

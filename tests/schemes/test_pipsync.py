@@ -29,6 +29,7 @@ UNCONFIGURED = "whsec_nobody_configured_this"
 PS = SourceConfig(name="ps", scheme="pipsync", secrets=(Secret(PS_SECRET), Secret(PS_SECRET_NEW)))
 PS_ONE = SourceConfig(name="ps1", scheme="pipsync", secrets=(Secret(PS_SECRET),))
 
+FULLWIDTH = {ord(d): ord(d) + 0xFEE0 for d in "0123456789"}  # "1" -> "\uff11", looks like a digit
 REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
                 "future_timestamp"}
 
@@ -229,7 +230,7 @@ def test_missing_signature(headers: dict[str, str]) -> None:
         f"t=abc,v1={SIG}",
         f"t=-1,v1={SIG}",
         f"t=1763633702.5,v1={SIG}",
-        f"t=１７６３６３３７０２,v1={SIG}",
+        f"t={str(T).translate(FULLWIDTH)},v1={SIG}",
         f"t=²,v1={SIG}",
         f"t={'9' * 20},v1={SIG}",
         f"t={T},v1=xyz",
