@@ -73,7 +73,11 @@ class IngestApp:
             body = await self._handle(name, scope, receive, request_id)
         except ClientGone:
             return
-        except GatewayError as exc:
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                # A bug, not bad input: log it with its traceback, answer in our own format.
+                log.exception("internal error request_id=%s source=%s", request_id, name[:64])
+                exc = GatewayError("internal_error", "the gateway failed unexpectedly; see its log")
             client = scope.get("client")
             log.warning(
                 "rejected request_id=%s source=%s code=%s remote=%s detail=%s",

@@ -391,3 +391,31 @@ def anyio_backend() -> str:
 def test_store_path_is_created(tmp_path: Path, make_config: Callable[..., Config], serve: Serve) -> None:
     gw = serve(make_config())
     assert Path(gw.app.config.store.path).exists()
+
+
+def test_a_bug_is_a_logged_problem_json_500_and_the_server_keeps_serving(
+    make_config: Callable[..., Config], serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one stub in this file: a real store cannot be made to raise a programming error."""
+    from gateway.store.sqlite import SQLiteStore
+
+    class BuggyStore(SQLiteStore):
+        async def ingest(self, receipt, events):  # type: ignore[no-untyped-def]
+            if receipt.body.startswith(b'{"type":"position.opened","accountId":"a1","position":{"id":"bug"'):
+                raise KeyError("simulated bug")
+            return await super().ingest(receipt, events)
+
+    config = make_config()
+    from gateway.app import GatewayApp
+    from tests.conftest import RunningGateway as RG
+
+    gw = RG(GatewayApp(config, store=BuggyStore(config.store.path))).__enter__()
+    try:
+        body = unique_mc("bug")
+        problem = assert_problem(gw.post("/hooks/metacopier", body, mc_sign(body)), 500, "internal_error")
+        assert "simulated bug" not in str(problem["detail"])
+        assert "simulated bug" in caplog.text  # the traceback is in the log, not the response
+        ok = unique_mc("fine")
+        assert gw.post("/hooks/metacopier", ok, mc_sign(ok)).status_code == 200
+    finally:
+        gw.__exit__()
