@@ -75,14 +75,18 @@ def _check_bearer(headers: Headers, source: SourceConfig) -> None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Rejected("malformed_signature", "Authorization must be 'Bearer <token>'")
-    candidate = token.encode("latin-1")  # the header's own bytes, as the sender sent them
+    try:
+        candidate = token.encode("latin-1")  # the header's own bytes, as the sender sent them
+    except UnicodeEncodeError:
+        raise Rejected("malformed_signature", "the bearer token is not Latin-1 text") from None
     if not matches_any((s.key for s in source.secrets), candidate):
         raise Rejected("bad_signature", "the bearer token matches no configured secret")
 
 
 def _attempt(headers: Headers) -> int | None:
     value = headers.get(ATTEMPT_HEADER, "").strip()
-    return int(value) if value.isdigit() and len(value) < 10 else None
+    # isdigit() alone would accept '²' (a Latin-1 byte), which int() refuses
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else None
 
 
 def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:

@@ -86,13 +86,19 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
     attempts = obj.get("attempts")
     attempt = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None
     batch = obj.get("payload")
-    if isinstance(batch, list):
-        # Members are stored as their own canonical JSON; the raw body is kept beside them.
-        events = tuple(_member(m, source, _canonical(m)) for m in batch)
-        return Verified(events=events, attempt=attempt)
-    if "eventType" in obj:
-        return Verified(events=(_member(obj, source, None),), attempt=attempt)
-    return Verified(events=(quarantined(body, "no payload array and no eventType at the root"),))
+    try:
+        if isinstance(batch, list):
+            # Members are stored as their own canonical JSON; the raw body is kept beside them.
+            events = tuple(_member(m, source, _canonical(m)) for m in batch)
+            return Verified(events=events, attempt=attempt)
+        if "eventType" in obj:
+            return Verified(events=(_member(obj, source, None),), attempt=attempt)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels of nesting but writes only 255: keep the body whole.
+        reason = "JSON nested too deeply to store per event"
+        return Verified(events=(quarantined(body, reason),), attempt=attempt)
+    reason = "no payload array and no eventType at the root"
+    return Verified(events=(quarantined(body, reason),), attempt=attempt)
 
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:

@@ -89,7 +89,8 @@ def test_sign_bearer_and_none() -> None:
 
 
 def test_registry_resolves_module() -> None:
-    assert get_scheme("metacopier") is metacopier
+    scheme: object = get_scheme("metacopier")
+    assert scheme is metacopier
     assert metacopier.EVENT_TYPES[0] == "position.opened"
 
 
@@ -352,9 +353,6 @@ def test_bearer_non_ascii_token_compared_as_sent_bytes() -> None:
     assert metacopier.verify(MC_BODY, {"authorization": header}, MC_NOW, source).events
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="BUG: a bearer token outside Latin-1 raises UnicodeEncodeError "
-                          "(metacopier._check_bearer: token.encode('latin-1'))")
 def test_bearer_token_outside_latin1_is_rejected_not_crashing() -> None:
     assert rejected(MC_BODY, {"authorization": "Bearer tok€n-0123456789"}, source=BEARER).code in (
         "bad_signature", "malformed_signature")
@@ -369,17 +367,11 @@ def test_auth_none_passes_without_credentials(headers: dict[str, str]) -> None:
 
 # --- delivery attempt ------------------------------------------------------------------
 
-ATTEMPT_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="BUG: metacopier._attempt accepts str.isdigit() values such as '²' (a Latin-1 header byte "
-           "0xB2) and int() then raises ValueError: a 500 instead of attempt=None",
-)
-
 @pytest.mark.parametrize(
     ("value", "attempt"),
     [("1", 1), ("5", 5), (" 3 ", 3), ("999999999", 999999999), (None, None), ("", None), ("abc", None),
      ("-1", None), ("1.0", None), ("2x", None), ("9999999999", None),
-     pytest.param("²", None, marks=ATTEMPT_BUG), pytest.param("¹", None, marks=ATTEMPT_BUG)],
+     ("²", None), ("¹", None)],
 )
 def test_delivery_attempt(value: str | None, attempt: int | None) -> None:
     headers = signed()
@@ -565,7 +557,6 @@ def test_property_bearer_latin1_headers_verify_or_reject(body: bytes, headers: d
     _outcome(body, headers, MC_NOW, BEARER)
 
 
-@ATTEMPT_BUG
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy)
 @example(body=MC_BODY, headers={"x-metacopier-delivery-attempt": "²"})

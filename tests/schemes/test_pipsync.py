@@ -68,7 +68,8 @@ def test_sign_reproduces_vector_and_verifies(now: float) -> None:
 
 
 def test_registry_resolves_module() -> None:
-    assert get_scheme("pipsync") is pipsync
+    scheme: object = get_scheme("pipsync")
+    assert scheme is pipsync
     assert set(pipsync.EVENT_TYPES) == {"signal.received", "trade.opened", "trade.closed", "trade.tp_hit",
                                         "trade.sl_hit"}
 
