@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from gateway._secret import Secret
@@ -51,6 +52,8 @@ class SourceConfig:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 on a dual-stack socket
         return any(ip in net for net in self.allow_ips)
 
 
@@ -157,7 +160,7 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
     name = c.get(raw, f"{key}.name", "name", str, None)
     if name is None:
         c.error(f"{key}.name", "is required (the endpoint is POST /hooks/{name})")
-    elif not SOURCE_NAME.match(name):
+    elif not SOURCE_NAME.fullmatch(name):
         c.error(f"{key}.name", f"{name!r} must be 1-64 letters, digits, '_', '.' or '-'")
     key = f"sources[{index}] ({name})" if name else key
 
@@ -258,6 +261,8 @@ def parse_config(
     if sync not in get_args(Synchronous):
         c.error("store.synchronous", f"must be FULL or NORMAL, got {sync!r}")
     busy = c.get(st, "store.busy_timeout_ms", "busy_timeout_ms", int, 5000)
+    if not 0 <= busy <= 600_000:
+        c.error("store.busy_timeout_ms", f"must be between 0 and 600000, got {busy}")
     store = StoreConfig(
         path=store_path if store_path.is_absolute() else base_dir / store_path,
         synchronous=sync,
@@ -279,7 +284,7 @@ def parse_config(
 
     if c.errors:
         raise ConfigError(c.errors)
-    return Config(sources=sources, server=server, store=store, origin=origin)
+    return Config(sources=MappingProxyType(sources), server=server, store=store, origin=origin)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

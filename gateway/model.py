@@ -59,4 +59,10 @@ def dedup_key(source: str, event_type: str, entity_id: str) -> str:
 
     Quarantined events (no readable type) use `-` as their type.
     """
-    return f"{source}:{_escape(event_type) if event_type else '-'}:{_escape(entity_id)}"
+    if not event_type:
+        kind = "-"
+    elif event_type == "-":
+        kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
+    else:
+        kind = _escape(event_type)
+    return f"{source}:{kind}:{_escape(entity_id)}"

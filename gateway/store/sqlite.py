@@ -62,6 +62,11 @@ def _prepare(path: Path, synchronous: str) -> None:
         conn.close()
 
 
+def _is_busy(exc: Exception) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in (
+        sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _loads(data: bytes | None) -> Any:
     if data is None:
         return None
@@ -90,9 +95,11 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.commits = 0  # groups committed; tests and metrics read it
 
     async def open(self) -> None:
+        self._closing = False
         if not self.readonly:
             await asyncio.to_thread(_prepare, self.path, self.synchronous)
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
@@ -111,12 +118,13 @@ class SQLiteStore:
         if self.readonly:
             try:
                 await self._reader.execute("SELECT 1 FROM events LIMIT 1")
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # no schema, or not a database at all
                 await self._reader.close()
                 self._reader = None
                 raise FileNotFoundError(f"{self.path} holds no event store") from exc
 
     async def close(self) -> None:
+        self._closing = True  # from here on ingest() refuses, so nothing queues behind _STOP
         if self._task is not None:
             self._queue.put_nowait(_STOP)
             await self._task
@@ -127,7 +135,7 @@ class SQLiteStore:
         self._writer = self._reader = None
 
     async def ingest(self, receipt: Receipt, events: Sequence[ParsedEvent]) -> list[Outcome]:
-        if self._task is None or self._task.done():
+        if self._closing or self._task is None or self._task.done():
             raise StoreUnavailable("the store writer is not running")
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((receipt, events, future))
@@ -148,9 +156,29 @@ class SQLiteStore:
                     break
                 group.append(nxt)
                 size += len(nxt[1])
-            await self._commit(group)
+            await self._commit_isolated(group)
 
-    async def _commit(self, group: list[_Item]) -> None:
+    async def _commit_isolated(self, group: list[_Item]) -> None:
+        """Commit the group; if it fails, retry its requests one by one so that one bad
+        request does not fail its neighbours. A lock timeout is not retried that way: every
+        retry would wait out busy_timeout again."""
+        error = await self._commit(group)
+        if error is None or len(group) == 1 or _is_busy(error):
+            if error is not None:
+                self._fail(group)
+            return
+        for item in group:
+            if await self._commit([item]) is not None:
+                self._fail([item])
+
+    @staticmethod
+    def _fail(group: list[_Item]) -> None:
+        for _, _, future in group:
+            if not future.done():
+                future.set_exception(StoreUnavailable())
+
+    async def _commit(self, group: list[_Item]) -> Exception | None:
+        """One transaction for the whole group; answers the group only on success."""
         db = self._writer
         assert db is not None
         keys = [[dedup_key(r.source, e.event_type, e.entity_id) for e in evs] for r, evs, _ in group]
@@ -169,7 +197,7 @@ class SQLiteStore:
             for (receipt, events, _), event_keys in zip(group, keys, strict=True):
                 outcomes: list[Outcome] = []
                 this_receipt: int | None = None
-                received_us = int(receipt.received_at * 1_000_000)
+                received_us = round(receipt.received_at * 1_000_000)
                 for event, key in zip(events, event_keys, strict=True):
                     if key in known:
                         outcomes.append(Outcome(known[key], "duplicate", key))
@@ -202,14 +230,12 @@ class SQLiteStore:
                     await db.execute("ROLLBACK")
             except Exception as rollback_exc:  # the connection itself may be gone
                 log.error("store rollback failed: %s", rollback_exc)
-            for _, _, future in group:
-                if not future.done():
-                    future.set_exception(StoreUnavailable())
-            return
+            return exc
         self.commits += 1
         for (_, _, future), outcomes in zip(group, results, strict=True):
             if not future.done():  # a request may have been cancelled meanwhile
                 future.set_result(outcomes)
+        return None
 
     async def list_events(
         self,
@@ -219,7 +245,8 @@ class SQLiteStore:
         status: str | None = None,
         limit: int = 100,
     ) -> list[StoredEvent]:
-        assert self._reader is not None, "store is not open"
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
         where: list[str] = []
         args: list[Any] = []
         for clause, value in (

@@ -1,0 +1,518 @@
+"""The event store contract. Every backend runs these tests.
+
+A backend plugs in with a small helper class (see `SQLiteBackend`) that opens stores on one
+location and reaches into the database for what the contract cannot observe itself: the raw
+receipt row, and a fault injected into inserts. Adding PostgreSQL means one more such class
+in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.config import StoreConfig
+from gateway.errors import StoreUnavailable
+from gateway.model import Outcome, ParsedEvent, dedup_key
+from gateway.store import Receipt, Store, StoredEvent, open_store
+
+pytestmark = pytest.mark.anyio
+
+RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class SQLiteBackend:
+    name = "sqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.config = StoreConfig(path=tmp_path / "x.db")
+        self.stores: list[Store] = []
+
+    def new(self, *, readonly: bool = False) -> Store:
+        """A store on this backend's location, not opened yet; closed at teardown."""
+        store = open_store(self.config, readonly=readonly)
+        self.stores.append(store)
+        return store
+
+    async def open(self, *, readonly: bool = False) -> Store:
+        store = self.new(readonly=readonly)
+        await store.open()
+        return store
+
+    async def close_all(self) -> None:
+        for store in reversed(self.stores):
+            await store.close()
+
+    def _connect(self) -> closing[sqlite3.Connection]:
+        return closing(sqlite3.connect(self.config.path, isolation_level=None))
+
+    def create_without_schema(self) -> None:
+        """A database that exists but holds no event store."""
+        with self._connect() as conn:
+            conn.execute("CREATE TABLE unrelated (x)")
+
+    def fail_inserts_of(self, entity_id: str) -> None:
+        """From now on, inserting an event with this entity id aborts (a real database error)."""
+        with self._connect() as conn:
+            conn.execute(
+                "CREATE TRIGGER injected_fault BEFORE INSERT ON events"
+                f" WHEN NEW.entity_id = '{entity_id}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+
+    def heal(self) -> None:
+        with self._connect() as conn:
+            conn.execute("DROP TRIGGER injected_fault")
+
+    def raw_receipt(self, request_id: str) -> tuple[Any, bytes]:
+        """The stored headers (decoded JSON) and the body bytes of one request."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT headers, body FROM receipts WHERE request_id = ?", (request_id,)).fetchall()
+        assert len(rows) == 1, rows
+        headers, body = rows[0]
+        return orjson.loads(headers), body
+
+    def count_receipts(self) -> int:
+        with self._connect() as conn:
+            count: int = conn.execute("SELECT count(*) FROM receipts").fetchone()[0]
+        return count
+
+
+BACKENDS = [SQLiteBackend]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda cls: cls.name)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str) -> AsyncIterator[Any]:
+    backend = request.param(tmp_path)
+    try:
+        yield backend
+    finally:
+        await backend.close_all()
+
+
+@pytest.fixture
+async def store(backend: Any) -> Store:
+    opened: Store = await backend.open()
+    return opened
+
+
+def receipt(
+    request_id: str = "req-1",
+    *,
+    source: str = "src",
+    scheme: str = "metacopier",
+    body: bytes = b'{"type":"position.opened","position":{"id":"88412231"}}',
+    received_at: float = RECEIVED_AT,
+    remote_addr: str | None = "203.0.113.7",
+    attempt: int | None = 2,
+    headers: Sequence[tuple[str, str]] = (("content-type", "application/json"),),
+) -> Receipt:
+    return Receipt(request_id=request_id, source=source, scheme=scheme, received_at=received_at,
+                   remote_addr=remote_addr, attempt=attempt, headers=headers, body=body)
+
+
+def event(entity_id: str = "88412231", event_type: str = "position.opened", **extra: Any) -> ParsedEvent:
+    return ParsedEvent(event_type=event_type, entity_id=entity_id, **extra)
+
+
+async def one(store: Store, rec: Receipt, ev: ParsedEvent) -> Outcome:
+    [outcome] = await store.ingest(rec, [ev])
+    return outcome
+
+
+# --- storing one event ------------------------------------------------------------------------
+
+
+async def test_ingest_one_event_and_read_it_back(store: Store) -> None:
+    outcome = await one(store, receipt(), event(account="acc-1", symbol="EURUSD"))
+    assert outcome.status == "stored"
+    assert outcome.dedup_key == "src:position.opened:88412231"
+    assert isinstance(outcome.id, int)
+    assert outcome.id > 0
+
+    assert await store.list_events() == [
+        StoredEvent(
+            id=outcome.id, source="src", scheme="metacopier", event_type="position.opened",
+            entity_id="88412231", dedup_key="src:position.opened:88412231", status="stored",
+            account="acc-1", symbol="EURUSD", received_at=RECEIVED_AT, request_id="req-1", attempt=2,
+            remote_addr="203.0.113.7",
+            payload={"type": "position.opened", "position": {"id": "88412231"}},  # the receipt body
+            quarantine_reason=None,
+        )
+    ]
+
+
+async def test_payload_comes_from_the_event_when_set(store: Store) -> None:
+    body = b'{"payload":[{"eventType":"open_position","payload":{"id":1}}],"count":1}'
+    member = b'{"eventType":"open_position","payload":{"id":1}}'
+    await one(store, receipt(scheme="tradrapi", body=body), event("1", "open_position", payload=member))
+    [stored] = await store.list_events()
+    assert stored.payload == {"eventType": "open_position", "payload": {"id": 1}}
+
+
+async def test_quarantined_event_with_an_unreadable_body(store: Store) -> None:
+    body = b"\xff\xfe not json at all"
+    ev = event("sha256-abc", "", quarantine_reason="body is not JSON")
+    outcome = await one(store, receipt(body=body), ev)
+    assert outcome.status == "quarantined"
+    assert outcome.dedup_key == "src:-:sha256-abc"
+
+    [stored] = await store.list_events()
+    assert stored.status == "quarantined"
+    assert stored.event_type == ""
+    assert stored.payload is None
+    assert stored.quarantine_reason == "body is not JSON"
+    assert stored.to_json()["event_type"] is None
+    assert stored.to_json()["quarantine_reason"] == "body is not JSON"
+
+
+async def test_received_at_round_trips_to_the_microsecond(store: Store) -> None:
+    now = time.time()
+    await one(store, receipt("exact"), event("1"))
+    await one(store, receipt("now", received_at=now), event("2"))
+    newest, oldest = await store.list_events()
+    assert oldest.received_at == RECEIVED_AT
+    assert abs(newest.received_at - now) < 1e-6
+
+
+async def test_to_json_is_the_public_shape(store: Store) -> None:
+    outcome = await one(store, receipt(), event(account="acc-1", symbol="EURUSD"))
+    [stored] = await store.list_events()
+    data = stored.to_json()
+    assert data == {
+        "id": outcome.id,
+        "source": "src",
+        "scheme": "metacopier",
+        "event_type": "position.opened",
+        "entity_id": "88412231",
+        "dedup_key": "src:position.opened:88412231",
+        "status": "stored",
+        "account": "acc-1",
+        "symbol": "EURUSD",
+        "received_at": "2025-11-20T10:15:02.123Z",
+        "request_id": "req-1",
+        "attempt": 2,
+        "remote_addr": "203.0.113.7",
+        "quarantine_reason": None,
+        "payload": {"type": "position.opened", "position": {"id": "88412231"}},
+    }
+    parsed = datetime.fromisoformat(data["received_at"].replace("Z", "+00:00"))
+    assert parsed.tzinfo == UTC
+    assert abs(parsed.timestamp() - RECEIVED_AT) < 0.001
+    orjson.dumps(data)  # serialisable as is
+
+
+# --- deduplication ----------------------------------------------------------------------------
+
+
+async def test_same_key_again_is_a_duplicate_of_the_original(store: Store) -> None:
+    first = await one(store, receipt("req-1"), event())
+    again = await one(store, receipt("req-2", body=b'{"retry":true}', attempt=3), event())
+    assert again == Outcome(first.id, "duplicate", first.dedup_key)
+    [stored] = await store.list_events()
+    assert stored.request_id == "req-1"
+    assert stored.attempt == 2
+    assert stored.payload == {"type": "position.opened", "position": {"id": "88412231"}}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("src", "position.opened", "1"), ("src", "position.closed", "1")),
+        (("src", "position.opened", "1"), ("other", "position.opened", "1")),
+        (("src", "position.opened", "1"), ("src", "position.opened", "2")),
+        (("src", "a:b", "c"), ("src", "a", "b:c")),  # ':' is escaped, keys never collide
+        (("src", "a%3Ab", "c"), ("src", "a:b", "c")),
+        pytest.param(("src", "", "1"), ("src", "-", "1"), id="quarantined-vs-dash-type"),
+    ],
+)
+async def test_different_key_is_a_new_event(
+    store: Store, first: tuple[str, str, str], second: tuple[str, str, str]
+) -> None:
+    outcomes = []
+    for i, (source, event_type, entity_id) in enumerate((first, second)):
+        reason = None if event_type else "no type"
+        outcomes.append(await one(store, receipt(f"req-{i}", source=source),
+                                  event(entity_id, event_type, quarantine_reason=reason)))
+    assert [o.status for o in outcomes] == [
+        "quarantined" if not first[1] else "stored",
+        "quarantined" if not second[1] else "stored",
+    ]
+    assert outcomes[0].id != outcomes[1].id
+    assert outcomes[0].dedup_key == dedup_key(*first)
+    assert outcomes[1].dedup_key == dedup_key(*second)
+    assert len(await store.list_events()) == 2
+
+
+async def test_dedup_survives_a_restart(backend: Any) -> None:
+    store = await backend.open()
+    first = await one(store, receipt("req-1"), event())
+    await store.close()
+
+    reopened = await backend.open()
+    assert reopened is not store
+    assert await one(reopened, receipt("req-2"), event()) == Outcome(first.id, "duplicate", first.dedup_key)
+    fresh = await one(reopened, receipt("req-3"), event("other"))
+    assert fresh.status == "stored"
+    assert fresh.id > first.id
+    assert [e.id for e in await reopened.list_events()] == [fresh.id, first.id]
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+async def test_batch_statuses_come_back_in_order(store: Store) -> None:
+    earlier = await one(store, receipt("req-0"), event("1"))
+    batch = [
+        event("2", payload=b'{"n":2}'),
+        event("1", payload=b'{"n":1}'),           # stored by an earlier request
+        event("3", payload=b'{"n":3}'),
+        event("3", payload=b'{"n":"3 again"}'),  # same key as the member before
+        event("sha256-x", "", payload=b"{broken", quarantine_reason="member is not JSON"),
+        event("4", "position.closed", payload=b'{"n":4}'),
+    ]
+    outcomes = await store.ingest(receipt("req-batch", scheme="tradrapi", body=b"[the whole batch]"), batch)
+
+    assert [o.status for o in outcomes] == ["stored", "duplicate", "stored", "duplicate", "quarantined", "stored"]
+    assert outcomes[1].id == earlier.id
+    assert outcomes[3].id == outcomes[2].id
+    assert [o.dedup_key for o in outcomes] == [dedup_key("src", e.event_type, e.entity_id) for e in batch]
+    new_ids = [outcomes[i].id for i in (0, 2, 4, 5)]
+    assert len(set(new_ids)) == 4
+    assert earlier.id not in new_ids
+
+    stored = {e.id: e for e in await store.list_events()}
+    assert set(stored) == {earlier.id, *new_ids}
+    assert stored[outcomes[2].id].payload == {"n": 3}  # the first copy wins
+    assert stored[outcomes[4].id].payload is None
+    assert {stored[i].request_id for i in new_ids} == {"req-batch"}
+    assert stored[earlier.id].request_id == "req-0"
+
+
+async def test_a_request_of_only_duplicates_stores_nothing(store: Store, backend: Any) -> None:
+    await store.ingest(receipt("req-1"), [event("1"), event("2")])
+    outcomes = await store.ingest(receipt("req-2"), [event("2"), event("1")])
+    assert [o.status for o in outcomes] == ["duplicate", "duplicate"]
+    assert backend.count_receipts() == 1
+
+
+async def test_empty_request(store: Store) -> None:
+    assert await store.ingest(receipt(), []) == []
+    assert await store.list_events() == []
+
+
+async def test_a_failed_batch_stores_none_of_its_events(store: Store, backend: Any) -> None:
+    earlier = await one(store, receipt("req-0"), event("0"))
+    backend.fail_inserts_of("boom")
+    batch = [event("1"), event("0"), event("2"), event("boom")]
+
+    with pytest.raises(StoreUnavailable) as info:
+        await store.ingest(receipt("req-batch"), batch)
+    assert info.value.status == 503
+    assert [e.id for e in await store.list_events()] == [earlier.id]
+    assert backend.count_receipts() == 1
+
+    # The store keeps working, and the retried batch goes through once the fault is gone.
+    assert (await one(store, receipt("req-other"), event("other"))).status == "stored"
+    backend.heal()
+    outcomes = await store.ingest(receipt("req-retry"), batch)
+    assert [o.status for o in outcomes] == ["stored", "duplicate", "stored", "stored"]
+    assert len(await store.list_events()) == 5
+
+
+async def test_one_failing_request_does_not_fail_its_group(store: Store, backend: Any) -> None:
+    """Requests committed in the same group as a failing one are retried on their own."""
+    backend.fail_inserts_of("poison")
+    entities = [f"ok-{i}" for i in range(30)]
+    entities.insert(15, "poison")
+    results = await asyncio.gather(
+        *(one(store, receipt(f"req-{e}"), event(e)) for e in entities), return_exceptions=True
+    )
+    failed = [e for e, r in zip(entities, results, strict=True) if isinstance(r, BaseException)]
+    assert failed == ["poison"]
+    assert isinstance(results[15], StoreUnavailable)
+    assert sorted(e.entity_id for e in await store.list_events(limit=100)) == sorted(entities[:15] + entities[16:])
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+
+async def test_concurrent_requests_share_commits(store: Store) -> None:
+    commits_before = getattr(store, "commits", 0)
+    completed: list[int] = []
+
+    async def send(i: int) -> Outcome:
+        outcome = await one(store, receipt(f"req-{i}"), event(str(i)))
+        completed.append(outcome.id)
+        return outcome
+
+    outcomes = await asyncio.gather(*(send(i) for i in range(200)))
+
+    assert {o.status for o in outcomes} == {"stored"}
+    ids = [o.id for o in outcomes]
+    assert len(set(ids)) == 200
+    assert completed == sorted(completed)  # answered in commit order, ids increasing
+    assert ids == sorted(ids)  # queued in call order, committed in that order
+    if hasattr(store, "commits"):
+        commits = store.commits - commits_before
+        print(f"200 concurrent ingests took {commits} commit(s)")
+        assert 1 <= commits < 200
+
+    later = await one(store, receipt("req-later"), event("later"))
+    assert later.id > max(ids)
+    listed = await store.list_events(limit=1000)
+    assert [e.id for e in listed] == sorted([*ids, later.id], reverse=True)
+
+
+# --- read-only stores -------------------------------------------------------------------------
+
+
+async def test_readonly_store_needs_an_existing_store(backend: Any) -> None:
+    with pytest.raises(FileNotFoundError):
+        await backend.new(readonly=True).open()
+
+
+async def test_readonly_store_refuses_a_database_without_the_schema(backend: Any) -> None:
+    backend.create_without_schema()
+    with pytest.raises(FileNotFoundError):
+        await backend.new(readonly=True).open()
+
+
+async def test_readonly_store_refuses_an_empty_file(backend: Any) -> None:
+    backend.config.path.write_bytes(b"")
+    with pytest.raises(FileNotFoundError):
+        await backend.new(readonly=True).open()
+
+
+async def test_readonly_store_refuses_a_file_that_is_not_a_database(backend: Any) -> None:
+    backend.config.path.write_bytes(b"this is not a database, " * 100)
+    with pytest.raises(FileNotFoundError):
+        await backend.new(readonly=True).open()  # teardown closes the leaked reader
+
+
+async def test_readonly_store_reads_while_a_writer_is_open(store: Store, backend: Any) -> None:
+    first = await one(store, receipt("req-1"), event("1"))
+    reader = await backend.open(readonly=True)
+    assert [e.id for e in await reader.list_events()] == [first.id]
+
+    second = await one(store, receipt("req-2"), event("2"))
+    assert [e.id for e in await reader.list_events()] == [second.id, first.id]
+
+    with pytest.raises(StoreUnavailable):
+        await reader.ingest(receipt("req-3"), [event("3")])
+
+
+async def test_readonly_store_reads_after_the_writer_closed(backend: Any) -> None:
+    writer = await backend.open()
+    first = await one(writer, receipt("req-1"), event("1"))
+    await writer.close()
+    reader = await backend.open(readonly=True)
+    assert [e.id for e in await reader.list_events()] == [first.id]
+
+
+# --- filters ----------------------------------------------------------------------------------
+
+
+async def test_list_events_filters_and_order(store: Store) -> None:
+    ids = {}
+    for name, source, event_type, entity, reason in [
+        ("a-open", "src-a", "position.opened", "1", None),
+        ("b-open", "src-b", "position.opened", "2", None),
+        ("a-close", "src-a", "position.closed", "1", None),
+        ("a-hist", "src-a", "history.updated", "h", None),
+        ("a-quar", "src-a", "", "q", "no type"),
+        ("b-close", "src-b", "position.closed", "2", None),
+    ]:
+        outcome = await one(store, receipt(name, source=source), event(entity, event_type, quarantine_reason=reason))
+        ids[name] = outcome.id
+
+    async def listed(**filters: Any) -> list[str]:
+        by_id = {v: k for k, v in ids.items()}
+        return [by_id[e.id] for e in await store.list_events(**filters)]
+
+    assert await listed() == ["b-close", "a-quar", "a-hist", "a-close", "b-open", "a-open"]
+    assert await listed(source="src-a") == ["a-quar", "a-hist", "a-close", "a-open"]
+    assert await listed(event_type="position.*") == ["b-close", "a-close", "b-open", "a-open"]
+    assert await listed(event_type="position.closed") == ["b-close", "a-close"]
+    assert await listed(event_type="*.updated") == ["a-hist"]
+    assert await listed(event_type="Position.*") == []
+    assert await listed(status="quarantined") == ["a-quar"]
+    assert await listed(status="stored", source="src-b") == ["b-close", "b-open"]
+    assert await listed(source="src-a", event_type="position.*") == ["a-close", "a-open"]
+    assert await listed(limit=2) == ["b-close", "a-quar"]
+    assert await listed(source="src-a", limit=1) == ["a-quar"]
+    assert await listed(source="nobody") == []
+
+
+# --- what is kept of the request --------------------------------------------------------------
+
+
+async def test_receipt_is_kept_exactly(store: Store, backend: Any) -> None:
+    headers = [("content-type", "application/json"), ("x-multi", "1"), ("x-multi", "2"), ("x-latin", "caf\xe9")]
+    body = b"\x00\xff\xfe{not utf-8}\r\n\x80"
+    await one(store, receipt("req-raw", body=body, headers=headers, remote_addr="2001:db8::1", attempt=5),
+              event("raw", quarantine_reason="body is not JSON"))
+
+    stored_headers, stored_body = backend.raw_receipt("req-raw")
+    assert stored_headers == [list(h) for h in headers]
+    assert stored_body == body
+    [stored] = await store.list_events()
+    assert stored.remote_addr == "2001:db8::1"
+    assert stored.attempt == 5
+    assert stored.payload is None
+
+
+async def test_unknown_remote_and_attempt_round_trip(store: Store) -> None:
+    await one(store, receipt(remote_addr=None, attempt=None, headers=()), event())
+    [stored] = await store.list_events()
+    assert stored.remote_addr is None
+    assert stored.attempt is None
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+
+
+async def test_ingest_before_open_is_unavailable(backend: Any) -> None:
+    with pytest.raises(StoreUnavailable):
+        await backend.new().ingest(receipt(), [event()])
+
+
+async def test_ingest_after_close_is_unavailable(store: Store) -> None:
+    await one(store, receipt("req-1"), event("1"))
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.ingest(receipt("req-2"), [event("2")])
+
+
+async def test_close_commits_what_is_queued(backend: Any) -> None:
+    store = await backend.open()
+    pending = [asyncio.create_task(one(store, receipt(f"req-{i}"), event(str(i)))) for i in range(5)]
+    await asyncio.sleep(0)  # every request is queued
+    await store.close()
+    assert {(await p).status for p in pending} == {"stored"}
+    reopened = await backend.open(readonly=True)
+    assert len(await reopened.list_events()) == 5
+
+
+async def test_ingest_racing_close_does_not_hang(store: Store) -> None:
+    closing_task = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close() has queued its stop marker and waits for the writer
+    try:
+        async with asyncio.timeout(2):
+            with pytest.raises(StoreUnavailable):
+                await store.ingest(receipt(), [event()])
+    finally:
+        await closing_task

@@ -1,0 +1,104 @@
+"""The SQLite schema: migrations, their idempotence, and the file SQLiteStore.open prepares."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from gateway.store._schema import MIGRATIONS, SchemaTooNew, migrate
+from gateway.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=[None, ""], ids=["autocommit", "legacy-transactions"])
+def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """A fresh connection, in autocommit mode and in Python's default transaction mode."""
+    with closing(sqlite3.connect(tmp_path / "schema.db", isolation_level=request.param)) as conn:
+        yield conn
+
+
+def names(conn: sqlite3.Connection, kind: str) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = ? AND name NOT LIKE 'sqlite_%'", (kind,))
+    return {r[0] for r in rows}
+
+
+def versions(conn: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+
+
+def test_migrate_creates_the_schema(conn: sqlite3.Connection) -> None:
+    assert migrate(conn) == len(MIGRATIONS)
+    assert names(conn, "table") == {"schema_version", "receipts", "events"}
+    assert {"events_source", "events_receipt"} <= names(conn, "index")
+    assert versions(conn) == list(range(1, len(MIGRATIONS) + 1))
+    assert not conn.in_transaction
+
+
+def test_migrate_twice_is_idempotent(conn: sqlite3.Connection) -> None:
+    migrate(conn)
+    conn.execute(
+        "INSERT INTO receipts (request_id, source, received_at, headers, body) VALUES ('r', 's', 1, '[]', x'00')"
+    )
+    conn.commit()
+    assert migrate(conn) == len(MIGRATIONS)
+    assert versions(conn) == list(range(1, len(MIGRATIONS) + 1))
+    assert conn.execute("SELECT count(*) FROM receipts").fetchone() == (1,)
+
+
+def test_dedup_key_is_unique(conn: sqlite3.Connection) -> None:
+    migrate(conn)
+    conn.execute("INSERT INTO receipts (id, request_id, source, received_at, headers, body)"
+                 " VALUES (1, 'r', 's', 1, '[]', x'')")
+    insert = ("INSERT INTO events (receipt_id, source, scheme, event_type, entity_id, dedup_key, status,"
+              " received_at) VALUES (1, 's', 'metacopier', 't', 'e', 's:t:e', 'stored', 1)")
+    conn.execute(insert)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute(insert)
+    conn.rollback()
+
+
+def test_newer_schema_is_refused(conn: sqlite3.Connection) -> None:
+    migrate(conn)
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    newest = len(MIGRATIONS)
+    with pytest.raises(SchemaTooNew, match=f"version {newest + 1}; this gateway knows up to {newest}"):
+        migrate(conn)
+
+
+@pytest.mark.anyio
+async def test_open_creates_the_folder_and_a_wal_file(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "gateway.db"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert path.is_file()
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert versions(conn) == list(range(1, len(MIGRATIONS) + 1))
+            assert {"receipts", "events"} <= names(conn, "table")
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    with closing(sqlite3.connect(path)) as conn:
+        migrate(conn)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS) + 1,))
+        conn.commit()
+    store = SQLiteStore(path)
+    try:
+        with pytest.raises(SchemaTooNew):
+            await store.open()
+    finally:
+        await store.close()
