@@ -196,3 +196,26 @@ def test_events_before_any_store_exists(workdir: Path) -> None:
     (workdir / "gateway.toml").write_text('[[sources]]\nname = "p"\nscheme = "pipsync"\nsecret = "s3cr3t-value"\n')
     proc = run("events", cwd=workdir, check=False)
     assert proc.returncode == 1 and "no event store" in proc.stderr
+
+
+def test_readme_run_command(workdir: Path) -> None:
+    """`scripts/run` installs (a no-op here, the suite runs from that venv) and serves the default."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "run"
+    port = free_port()
+    log = (workdir / "run.log").open("w")
+    proc = subprocess.Popen([str(script), "--port", str(port)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        sent = run("send", "tradrapi", "--url", f"http://127.0.0.1:{port}/hooks/tradrapi", cwd=workdir)
+        assert '"status": "stored"' in sent.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+    assert (workdir / "var" / "gateway.db").exists()
