@@ -6,6 +6,7 @@ of them before failing so a user fixes the file in one pass.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 import re
@@ -58,6 +59,32 @@ class SourceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """One `[[plugins]]` entry: which events go to which plugin, and how it is retried."""
+
+    name: str
+    use: str
+    sources: tuple[str, ...] = ("*",)
+    events: tuple[str, ...] = ("*",)
+    quarantined: bool = False
+    max_attempts: int = 10
+    timeout_seconds: float = 30.0
+    concurrency: int = 4
+    retry_backoff_seconds: float = 1.0
+    retry_backoff_max_seconds: float = 300.0
+    # Options can hold secrets (the http plugin's): never shown in repr or logs.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def matches(self, source: str, event_type: str, quarantined: bool) -> bool:
+        """Does this plugin want the event? Quarantined events go only to plugins that ask."""
+        if quarantined and not self.quarantined:
+            return False
+        if not any(fnmatch.fnmatchcase(source, glob) for glob in self.sources):
+            return False
+        return quarantined or any(fnmatch.fnmatchcase(event_type, glob) for glob in self.events)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -76,7 +103,9 @@ class Config:
     sources: Mapping[str, SourceConfig]
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    plugins: tuple[PluginConfig, ...] = ()
     origin: str = "<defaults>"
+    base_dir: Path = Path(".")
 
 
 class ConfigError(Exception):
@@ -234,6 +263,70 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
     )
 
 
+PLUGIN_NAME = SOURCE_NAME
+
+
+def _globs(c: _Checker, raw: Mapping[str, Any], key: str, name: str) -> tuple[str, ...]:
+    value = c.get(raw, f"{key}.{name}", name, list, ["*"])
+    if not value or not all(isinstance(v, str) and v for v in value):
+        c.error(f"{key}.{name}", 'must be a non-empty list of glob strings, e.g. ["*"]')
+        return ("*",)
+    return tuple(value)
+
+
+def _number(c: _Checker, raw: Mapping[str, Any], key: str, name: str, default: float,
+            low: float, high: float) -> float:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        c.error(f"{key}.{name}", f"must be a number, got {type(value).__name__} {value!r}")
+        return default
+    if not low <= value <= high:
+        c.error(f"{key}.{name}", f"must be between {low:g} and {high:g}, got {value}")
+    return float(value)
+
+
+def _plugin(c: _Checker, raw: Any, index: int) -> PluginConfig | None:
+    key = f"plugins[{index}]"
+    if not isinstance(raw, Mapping):
+        c.error(key, "must be a table ([[plugins]])")
+        return None
+    allowed = {
+        "name", "use", "sources", "events", "quarantined", "max_attempts", "timeout_seconds",
+        "concurrency", "retry_backoff_seconds", "retry_backoff_max_seconds", "options",
+    }
+    c.unknown(raw, key, allowed)
+    before = len(c.errors)
+    name = c.get(raw, f"{key}.name", "name", str, None)
+    if name is None or not PLUGIN_NAME.fullmatch(name):
+        c.error(f"{key}.name", "is required: 1-64 letters, digits, '_', '.' or '-'")
+    key = f"plugins[{index}] ({name})" if name else key
+    use = c.get(raw, f"{key}.use", "use", str, None)
+    if not use:
+        c.error(f"{key}.use", 'is required: a built-in (jsonl, http, exec), "package.module:factory" '
+                              "or an entry point name in the group gateway.plugins")
+    max_attempts = c.get(raw, f"{key}.max_attempts", "max_attempts", int, 10)
+    if not 1 <= max_attempts <= 1000:
+        c.error(f"{key}.max_attempts", f"must be between 1 and 1000, got {max_attempts}")
+    concurrency = c.get(raw, f"{key}.concurrency", "concurrency", int, 4)
+    if not 1 <= concurrency <= 256:
+        c.error(f"{key}.concurrency", f"must be between 1 and 256, got {concurrency}")
+    options = c.get(raw, f"{key}.options", "options", dict, {})
+    plugin = PluginConfig(
+        name=name or "",
+        use=use or "",
+        sources=_globs(c, raw, key, "sources"),
+        events=_globs(c, raw, key, "events"),
+        quarantined=c.get(raw, f"{key}.quarantined", "quarantined", bool, False),
+        max_attempts=max_attempts,
+        timeout_seconds=_number(c, raw, key, "timeout_seconds", 30.0, 0.01, 3600),
+        concurrency=concurrency,
+        retry_backoff_seconds=_number(c, raw, key, "retry_backoff_seconds", 1.0, 0.001, 3600),
+        retry_backoff_max_seconds=_number(c, raw, key, "retry_backoff_max_seconds", 300.0, 0.001, 86400),
+        options=MappingProxyType(dict(options)),
+    )
+    return None if len(c.errors) > before else plugin
+
+
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -243,7 +336,7 @@ def parse_config(
 ) -> Config:
     """Validate parsed TOML into a `Config`, or raise `ConfigError` listing every problem."""
     c = _Checker(origin, os.environ if environ is None else environ)
-    c.unknown(data, "", {"server", "store", "sources"})
+    c.unknown(data, "", {"server", "store", "sources", "plugins"})
 
     srv = c.table(data, "server", {"host", "port", "max_body_bytes"})
     port = c.get(srv, "server.port", "port", int, 8080)
@@ -282,9 +375,23 @@ def parse_config(
             c.error(f"sources[{i}].name", f"{source.name!r} is used by another source")
         sources[source.name] = source
 
+    plugins: list[PluginConfig] = []
+    raw_plugins = data.get("plugins", [])
+    if not isinstance(raw_plugins, list):
+        c.error("plugins", "must be an array of tables ([[plugins]])")
+        raw_plugins = []
+    for i, raw in enumerate(raw_plugins):
+        plugin = _plugin(c, raw, i)
+        if plugin is None:
+            continue
+        if any(p.name == plugin.name for p in plugins):
+            c.error(f"plugins[{i}].name", f"{plugin.name!r} is used by another plugin")
+        plugins.append(plugin)
+
     if c.errors:
         raise ConfigError(c.errors)
-    return Config(sources=MappingProxyType(sources), server=server, store=store, origin=origin)
+    return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
+                  origin=origin, base_dir=base_dir)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

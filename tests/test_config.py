@@ -139,6 +139,7 @@ def test_full_config_loads_into_frozen_typed_objects(write: Callable[[str], Path
         store=StoreConfig(path=path.resolve().parent / "data" / "events.db", synchronous="NORMAL",
                           busy_timeout_ms=250),
         origin=str(path),
+        base_dir=path.resolve().parent,
     )
     assert config == expected
     assert list(config.sources) == ["mc", "mc-bearer", "mc.open", "ps_1", "tr"]
@@ -334,7 +335,7 @@ def test_source_error(write: Callable[[str], Path], table: str, key: str, fragme
 
 TOP_ERRORS: list[tuple[str, str, str, str]] = [
     ("unknown-top-level-key", 'colour = "blue"\n' + MC_SOURCE, "colour",
-     "unknown key (known: server, sources, store)"),
+     "unknown key (known: plugins, server, sources, store)"),
     ("unknown-server-key", '[server]\nhots = "0.0.0.0"\n' + MC_SOURCE, "server.hots", "unknown key"),
     ("unknown-store-key", '[store]\nfile = "x.db"\n' + MC_SOURCE, "store.file", "unknown key"),
     ("server-not-a-table", "server = 5\n" + MC_SOURCE, "server", "must be a table, got int"),

@@ -19,6 +19,7 @@ def test_example_loads() -> None:
     assert sorted(config.sources) == ["metacopier", "pipsync", "tradrapi"]
     assert len(config.sources["metacopier"].secrets) == 2
     assert config.store.path == EXAMPLE.parent / "var" / "gateway.db"
+    assert [p.name for p in config.plugins] == ["journal"]
 
 
 def test_example_mentions_every_key() -> None:
@@ -27,6 +28,9 @@ def test_example_mentions_every_key() -> None:
     # every key name the loader accepts appears in a quoted set/get in config.py
     accepted = set(re.findall(r'c\.get\([^,]+, [^,]+, "(\w+)"', source))
     accepted |= {"secret", "secrets", "name", "scheme", "auth", "require_timestamp"}
+    accepted |= set(re.findall(r'_number\(c, raw, key, "(\w+)"', source))
+    accepted |= set(re.findall(r'_globs\(c, raw, key, "(\w+)"', source))
     assert len(accepted) > 12
     documented = set(re.findall(r"^#? ?(\w+) =", text, flags=re.M))
+    documented |= set(re.findall(r"^\[+\w+\.(\w+)\]", text, flags=re.M))  # [plugins.options]
     assert accepted <= documented, accepted - documented

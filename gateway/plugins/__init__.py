@@ -1,0 +1,107 @@
+"""The plugin contract: what a plugin receives, what it must provide, how it signals failure.
+
+A plugin is any object with `async deliver(event)`:
+
+- return normally to acknowledge the event (it will not be delivered again);
+- raise any exception to ask for a retry (exponential backoff with jitter, up to the
+  plugin's `max_attempts`);
+- raise `PermanentFailure` to dead-letter the event at once (`gateway replay` can
+  redeliver it later).
+
+It may also have `async start()` (called once before the first delivery) and
+`async stop()` (called once at shutdown, after the last delivery). A plugin is built by a
+factory `factory(options, context) -> plugin`, named in the config by `use`: a built-in name
+(`jsonl`, `http`, `exec`), an import string `"package.module:factory"`, or the name of an
+entry point in the group `gateway.plugins`. A factory that raises `ValueError` or
+`TypeError` is reported as a config error naming the plugin.
+
+Delivery is at least once, in order per (plugin, source, entity id): make `deliver`
+idempotent, e.g. by keying on `event.id`. See docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from gateway.store import iso_utc
+
+ENTRY_POINT_GROUP = "gateway.plugins"
+
+
+class PermanentFailure(Exception):
+    """Raised by a plugin for an event it will never accept: dead-letter it, no retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored event, as every plugin receives it.
+
+    Attributes:
+        id: the gateway's event id, unique and increasing; use it for idempotency.
+        source: the source name (`POST /hooks/{source}`).
+        scheme: `metacopier`, `pipsync` or `tradrapi`.
+        event_type: the sender's type, e.g. `position.opened`; `""` when quarantined.
+        entity_id: the deduplication id (position id, trade id, ...).
+        dedup_key: `source:event_type:entity_id`.
+        status: `stored` or `quarantined`.
+        account: the sender's account id, when present.
+        symbol: the instrument, when present.
+        received_at: Unix time (seconds) the gateway received the request.
+        payload: the parsed event (for a TradrAPI batch, this member); None if unparseable.
+        body: the raw request body, byte for byte, as the sender sent it.
+        attempt: this plugin's delivery attempt for this event, starting at 1.
+    """
+
+    id: int
+    source: str
+    scheme: str
+    event_type: str
+    entity_id: str
+    dedup_key: str
+    status: str
+    account: str | None
+    symbol: str | None
+    received_at: float
+    payload: Any
+    body: bytes
+    attempt: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON-ready data (without the raw body), as the built-ins send it."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "scheme": self.scheme,
+            "event_type": self.event_type or None,
+            "entity_id": self.entity_id,
+            "dedup_key": self.dedup_key,
+            "status": self.status,
+            "account": self.account,
+            "symbol": self.symbol,
+            "received_at": iso_utc(self.received_at),
+            "payload": self.payload,
+        }
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What the gateway calls. `start` and `stop` are optional."""
+
+    async def deliver(self, event: Event) -> None:
+        """Handle one event. Return to acknowledge; raise to retry; PermanentFailure to dead-letter."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginContext:
+    """Given to a factory: the plugin's configured name and the config file's folder
+    (resolve relative paths in options against it)."""
+
+    name: str
+    base_dir: Path
+
+
+class PluginFactory(Protocol):
+    def __call__(self, options: Mapping[str, Any], context: PluginContext) -> Plugin: ...
