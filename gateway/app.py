@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,7 +16,11 @@ from starlette.routing import Route
 from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
 from gateway.config import Config
 from gateway.errors import PROBLEM_CONTENT_TYPE, problem_body
+from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
+from gateway.metrics import Metrics
+from gateway.plugins import Plugin
+from gateway.plugins.loader import load_plugins
 from gateway.store import Store, open_store
 
 
@@ -39,24 +44,40 @@ class GatewayApp:
         config: Config,
         *,
         store: Store | None = None,
+        plugins: dict[str, Plugin] | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        shutdown_grace: float = 5.0,
     ) -> None:
+        """`plugins` defaults to building those the config names (raises ConfigError)."""
         self.config = config
         self.store = store if store is not None else open_store(config.store)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.plugins = plugins if plugins is not None else load_plugins(config)
+        self.fanout = Fanout(config.plugins, self.plugins, self.store, self.metrics, clock)
+        self.shutdown_grace = shutdown_grace
         self.ingest = IngestApp(config, self.store, clock=clock)
         self.router = RequestIdMiddleware(
             Starlette(
-                routes=[Route("/healthz", healthz)],
+                routes=[Route("/healthz", healthz), Route("/metrics", self._metrics)],
                 lifespan=self._lifespan,
                 exception_handlers={HTTPException: http_problem},
             )
         )
 
+    async def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.open()
         try:
-            yield
+            await self.fanout.start()
+            try:
+                yield
+            finally:
+                # uvicorn has stopped taking requests: finish deliveries, then the store.
+                await self.fanout.stop(self.shutdown_grace)
         finally:
             await self.store.close()
 

@@ -15,7 +15,8 @@ import orjson
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
 from gateway.defaults import default_config
-from gateway.store import StoredEvent, open_store
+from gateway.plugins import Plugin
+from gateway.store import DeliveryRecord, StoredEvent, open_store
 
 CONFIG_HELP = "Config file (default: ./gateway.toml if present, else the embedded default)."
 config_option = click.option(
@@ -28,6 +29,12 @@ def _announce(text: str) -> None:
     click.echo(text, err=True)
 
 
+def _exit_config_error(exc: ConfigError) -> None:
+    for line in exc.errors:
+        click.echo(f"config error: {line}", err=True)
+    sys.exit(2)
+
+
 def resolve_config(path: Path | None) -> Config:
     """Load the config the way every command does; exit 2 listing every error."""
     try:
@@ -37,9 +44,18 @@ def resolve_config(path: Path | None) -> Config:
             return load_config(Path("gateway.toml"))
         return default_config(Path.cwd(), announce=_announce)
     except ConfigError as exc:
-        for line in exc.errors:
-            click.echo(f"config error: {line}", err=True)
-        sys.exit(2)
+        _exit_config_error(exc)
+        raise  # unreachable
+
+
+def build_plugins(config: Config) -> dict[str, Plugin]:
+    from gateway.plugins.loader import load_plugins
+
+    try:
+        return load_plugins(config)
+    except ConfigError as exc:
+        _exit_config_error(exc)
+        raise  # unreachable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,6 +75,7 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     from gateway.app import GatewayApp
 
     config = resolve_config(config_path)
+    plugins = build_plugins(config)
     host = host or config.server.host
     port = config.server.port if port is None else port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -66,8 +83,11 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     log.info("config %s; store %s", config.origin, config.store.path)
     for name, source in config.sources.items():
         log.info("source %s (%s): POST http://%s:%d/hooks/%s", name, source.scheme, host, port, name)
+    for plugin in config.plugins:
+        log.info("plugin %s (%s): sources %s, events %s", plugin.name, plugin.use, ",".join(plugin.sources),
+                 ",".join(plugin.events))
     uvicorn.run(
-        GatewayApp(config), host=host, port=port, lifespan="on", access_log=False,
+        GatewayApp(config, plugins=plugins), host=host, port=port, lifespan="on", access_log=False,
         server_header=False, log_config=None,
     )
 
@@ -77,8 +97,11 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
 def check_config(config_path: Path | None) -> None:
     """Validate the config; exit non-zero listing every error."""
     config = resolve_config(config_path)
+    build_plugins(config)
     names = ", ".join(f"{n} ({s.scheme})" for n, s in config.sources.items())
-    click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; store {config.store.path}")
+    plugins = ", ".join(f"{p.name} ({p.use})" for p in config.plugins) or "none"
+    click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; plugins: {plugins}; "
+               f"store {config.store.path}")
 
 
 @main.command()
@@ -165,3 +188,75 @@ def events(
         else:
             click.echo(_line(event))
     out.flush()
+
+
+def _delivery_line(d: DeliveryRecord) -> str:
+    error = (d.last_error or "")[:60]
+    return (f"{d.id:>8} {d.event_id:>8}  {d.plugin:<14} {d.status:<9} {d.attempts:>3}  {d.source:<12} "
+            f"{d.event_type or '-':<18} {d.entity_id:<20} {error}")
+
+
+@main.command()
+@config_option
+@click.option("--plugin", help="Only this plugin.")
+@click.option("--status", type=click.Choice(["pending", "delivered", "dead"]), help="Only this status.")
+@click.option("--event", "event_id", type=int, help="Only the deliveries of this event id.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def deliveries(
+    config_path: Path | None, plugin: str | None, status: str | None, event_id: int | None, limit: int,
+    as_json: bool,
+) -> None:
+    """List deliveries to plugins, newest first."""
+    config = resolve_config(config_path)
+
+    async def fetch() -> list[DeliveryRecord]:
+        store = open_store(config.store, readonly=True)
+        await store.open()
+        try:
+            return await store.list_deliveries(plugin=plugin, status=status, event_id=event_id, limit=limit)
+        finally:
+            await store.close()
+
+    try:
+        found = asyncio.run(fetch())
+    except FileNotFoundError:
+        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo(f"{'ID':>8} {'EVENT':>8}  {'PLUGIN':<14} {'STATUS':<9} {'TRY':>3}  {'SOURCE':<12} "
+                   f"{'TYPE':<18} {'ENTITY':<20} LAST ERROR")
+    for record in found:
+        click.echo(orjson.dumps(record.to_json()).decode() if as_json else _delivery_line(record))
+
+
+@main.command()
+@config_option
+@click.option("--plugin", required=True, help="The plugin to redeliver to.")
+@click.option("--event", "event_id", type=int, help="Redeliver this event id (also to a plugin that never had it).")
+@click.option("--dead", is_flag=True, help="Redeliver every dead-lettered delivery of the plugin.")
+def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bool) -> None:
+    """Queue deliveries again; the running gateway delivers them within a second."""
+    if (event_id is None) == (not dead):
+        raise click.UsageError("give exactly one of --event ID or --dead")
+    config = resolve_config(config_path)
+    if plugin not in {p.name for p in config.plugins}:
+        names = ", ".join(p.name for p in config.plugins) or "none"
+        raise click.BadParameter(f"no plugin {plugin!r}; configured: {names}", param_hint="--plugin")
+    if not config.store.path.exists():
+        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
+        sys.exit(1)
+
+    async def requeue() -> int:
+        store = open_store(config.store)
+        await store.open()
+        try:
+            return await store.replay(plugin, event_id=event_id, dead=dead)
+        finally:
+            await store.close()
+
+    changed = asyncio.run(requeue())
+    if event_id is not None and not changed:
+        click.echo(f"no event {event_id} in the store", err=True)
+        sys.exit(1)
+    click.echo(f"{changed} delivery(ies) to {plugin} queued again")

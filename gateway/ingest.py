@@ -15,6 +15,7 @@ import orjson
 from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
 from gateway.config import Config
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.routing import Router
 from gateway.schemes import get_scheme
 from gateway.store import Receipt, Store
 
@@ -65,6 +66,7 @@ class IngestApp:
         self.max_body = config.server.max_body_bytes
         self.store = store
         self.clock = clock
+        self.router = Router(config.plugins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
@@ -117,7 +119,8 @@ class IngestApp:
             headers=[(k, v) for k, v in headers.items() if k not in CREDENTIAL_HEADERS],
             body=body,
         )
-        outcomes = await self.store.ingest(receipt, verified.events)
+        routes = self.router.routes(name, verified.events)
+        outcomes = await self.store.ingest(receipt, verified.events, routes)
         return orjson.dumps(
             {
                 "request_id": request_id,

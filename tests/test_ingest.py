@@ -400,10 +400,10 @@ def test_a_bug_is_a_logged_problem_json_500_and_the_server_keeps_serving(
     from gateway.store.sqlite import SQLiteStore
 
     class BuggyStore(SQLiteStore):
-        async def ingest(self, receipt, events):  # type: ignore[no-untyped-def]
+        async def ingest(self, receipt, events, routes=None):  # type: ignore[no-untyped-def]
             if receipt.body.startswith(b'{"type":"position.opened","accountId":"a1","position":{"id":"bug"'):
                 raise KeyError("simulated bug")
-            return await super().ingest(receipt, events)
+            return await super().ingest(receipt, events, routes)
 
     config = make_config()
     from gateway.app import GatewayApp

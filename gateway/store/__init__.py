@@ -5,10 +5,10 @@ Every backend runs the same contract tests (tests/store/test_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.config import StoreConfig
 from gateway.model import EventStatus, Outcome, ParsedEvent
@@ -69,6 +69,87 @@ class StoredEvent:
         }
 
 
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A pending delivery whose time has come, with what the plugin needs of its event.
+
+    `data` is the event's own bytes: the request body, or the member's JSON in a batch.
+    """
+
+    id: int
+    plugin: str
+    attempts: int
+    event_id: int
+    source: str
+    scheme: str
+    event_type: str
+    entity_id: str
+    dedup_key: str
+    status: EventStatus
+    account: str | None
+    symbol: str | None
+    received_at: float
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """How one delivery attempt ended. `status` "pending" means retry at `next_attempt_at`."""
+
+    id: int
+    status: DeliveryStatus
+    next_attempt_at: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A delivery row as listed by `gateway deliveries` and the API."""
+
+    id: int
+    event_id: int
+    plugin: str
+    source: str
+    entity_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "plugin": self.plugin,
+            "source": self.source,
+            "entity_id": self.entity_id,
+            "event_type": self.event_type or None,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": iso_utc(self.next_attempt_at) if self.status == "pending" else None,
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStats:
+    pending: int
+    oldest_pending_at: float | None
+    dead: int
+
+
+CommitListener = Callable[[frozenset[str]], None]
+"""Called after a commit that queued deliveries, with the names of the plugins concerned."""
+
+
 def iso_utc(timestamp: float) -> str:
     stamp = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
@@ -83,12 +164,46 @@ class Store(Protocol):
     async def close(self) -> None:
         """Commit what is queued, then release everything."""
 
-    async def ingest(self, receipt: Receipt, events: Sequence[ParsedEvent]) -> list[Outcome]:
+    async def ingest(
+        self,
+        receipt: Receipt,
+        events: Sequence[ParsedEvent],
+        routes: Sequence[Sequence[str]] | None = None,
+    ) -> list[Outcome]:
         """Store the request's new events atomically; return once they are durable.
 
-        Events already stored (same source, event type and entity id) come back as
-        `duplicate` with the id of the stored copy. Raises `StoreUnavailable`.
+        `routes[i]` names the plugins that get `events[i]`: their delivery rows are written
+        in the same transaction. Events already stored (same source, event type and entity
+        id) come back as `duplicate` with the id of the stored copy and are not routed again.
+        Raises `StoreUnavailable`.
         """
+        ...
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call `listener` after each commit that queued deliveries."""
+
+    async def due_deliveries(self, plugin: str, now: float, limit: int) -> list[DueDelivery]:
+        """Pending deliveries due by `now`, oldest first, at most one per (source, entity id):
+        a delivery waits while an earlier one of the same entity is pending."""
+        ...
+
+    async def finish_deliveries(self, results: Sequence[DeliveryResult]) -> None:
+        """Record how attempts ended (one transaction)."""
+
+    async def replay(self, plugin: str, *, event_id: int | None = None, dead: bool = False) -> int:
+        """Make deliveries pending again: one event's (creating its row if the plugin never
+        had it) or every dead one. Returns how many rows changed. Never copies an event."""
+        ...
+
+    async def delivery_stats(self, plugin: str) -> DeliveryStats:
+        """Backlog, oldest pending receive time and dead letters of one plugin."""
+        ...
+
+    async def list_deliveries(
+        self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        """Delivery rows, newest first."""
         ...
 
     async def list_events(

@@ -35,6 +35,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     "CREATE INDEX events_source ON events(source, id)",
     "CREATE INDEX events_receipt ON events(receipt_id)",
     ),
+    # 2: the outbox. One row per (plugin, event), written in the event's own transaction.
+    (
+    """CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        event_id        INTEGER NOT NULL REFERENCES events(id),
+        plugin          TEXT NOT NULL,
+        source          TEXT NOT NULL,     -- with entity_id: the ordering key per plugin
+        entity_id       TEXT NOT NULL,
+        status          TEXT NOT NULL,     -- pending | delivered | dead
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,  -- Unix time, microseconds
+        created_at      INTEGER NOT NULL,  -- the event's receive time
+        updated_at      INTEGER NOT NULL,
+        last_error      TEXT,
+        UNIQUE (plugin, event_id)          -- replay reuses the row: never a second copy
+    )""",
+    "CREATE INDEX deliveries_pending ON deliveries(plugin, id) WHERE status = 'pending'",
+    "CREATE INDEX deliveries_order ON deliveries(plugin, source, entity_id, id) WHERE status = 'pending'",
+    "CREATE INDEX deliveries_status ON deliveries(plugin, status, id)",
+    "CREATE INDEX deliveries_event ON deliveries(event_id)",
+    ),
 )
 
 

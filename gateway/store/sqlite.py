@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,39 @@ import orjson
 
 from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, ParsedEvent, dedup_key
-from gateway.store import Receipt, StoredEvent
+from gateway.store import (
+    CommitListener,
+    DeliveryRecord,
+    DeliveryResult,
+    DeliveryStats,
+    DueDelivery,
+    Receipt,
+    StoredEvent,
+    _outbox,
+)
 from gateway.store._schema import migrate
 
 log = logging.getLogger("gateway.store")
 
-_Item = tuple[Receipt, Sequence[ParsedEvent], "asyncio.Future[list[Outcome]]"]
+
+@dataclass(slots=True)
+class _Ingest:
+    receipt: Receipt
+    events: Sequence[ParsedEvent]
+    routes: Sequence[Sequence[str]] | None
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Op:
+    """Any other write, run inside the writer's transaction."""
+
+    run: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    future: asyncio.Future[Any]
+    size: int = 1
+
+
+_Item = _Ingest | _Op
 _STOP = None
 MAX_GROUP_EVENTS = 5000  # events per transaction; a 500-event batch never waits for another
 
@@ -60,6 +89,10 @@ def _prepare(path: Path, synchronous: str) -> None:
         migrate(conn)
     finally:
         conn.close()
+
+
+def _size(item: _Item) -> int:
+    return len(item.events) if isinstance(item, _Ingest) else item.size
 
 
 def _is_busy(exc: Exception) -> bool:
@@ -97,6 +130,7 @@ class SQLiteStore:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0  # groups committed; tests and metrics read it
+        self._listeners: list[CommitListener] = []
 
     async def open(self) -> None:
         self._closing = False
@@ -134,12 +168,28 @@ class SQLiteStore:
                 await conn.close()
         self._writer = self._reader = None
 
-    async def ingest(self, receipt: Receipt, events: Sequence[ParsedEvent]) -> list[Outcome]:
+    def _submit(self, item: _Item) -> asyncio.Future[Any]:
+        # No await between the check and the put: nothing can queue behind close()'s _STOP.
         if self._closing or self._task is None or self._task.done():
             raise StoreUnavailable("the store writer is not running")
-        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((receipt, events, future))
-        return await future
+        self._queue.put_nowait(item)
+        return item.future
+
+    async def ingest(
+        self,
+        receipt: Receipt,
+        events: Sequence[ParsedEvent],
+        routes: Sequence[Sequence[str]] | None = None,
+    ) -> list[Outcome]:
+        future = asyncio.get_running_loop().create_future()
+        outcomes: list[Outcome] = await self._submit(_Ingest(receipt, events, routes, future))
+        return outcomes
+
+    async def _write(self, run: Callable[[aiosqlite.Connection], Awaitable[Any]], size: int = 1) -> Any:
+        return await self._submit(_Op(run, asyncio.get_running_loop().create_future(), size))
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
 
     async def _run(self) -> None:
         stopping = False
@@ -147,15 +197,15 @@ class SQLiteStore:
             item = await self._queue.get()
             if item is _STOP:
                 break
-            group = [item]
-            size = len(item[1])
+            group: list[_Item] = [item]
+            size = _size(item)
             while size < MAX_GROUP_EVENTS and not self._queue.empty():
                 nxt = self._queue.get_nowait()
                 if nxt is _STOP:
                     stopping = True
                     break
                 group.append(nxt)
-                size += len(nxt[1])
+                size += _size(nxt)
             await self._commit_isolated(group)
 
     async def _commit_isolated(self, group: list[_Item]) -> None:
@@ -173,58 +223,28 @@ class SQLiteStore:
 
     @staticmethod
     def _fail(group: list[_Item]) -> None:
-        for _, _, future in group:
-            if not future.done():
-                future.set_exception(StoreUnavailable())
+        for item in group:
+            if not item.future.done():
+                item.future.set_exception(StoreUnavailable())
 
     async def _commit(self, group: list[_Item]) -> Exception | None:
         """One transaction for the whole group; answers the group only on success."""
         db = self._writer
         assert db is not None
-        keys = [[dedup_key(r.source, e.event_type, e.entity_id) for e in evs] for r, evs, _ in group]
+        ingests = [item for item in group if isinstance(item, _Ingest)]
         try:
             await db.execute("BEGIN IMMEDIATE")
-            flat = [k for ks in keys for k in ks]
-            async with db.execute(_EXISTING, (orjson.dumps(flat),)) as cur:
-                known: dict[str, int] = dict(await cur.fetchall())  # type: ignore[arg-type]
-            async with db.execute(_NEXT_IDS) as cur:
-                row = await cur.fetchone()
-            assert row is not None
-            receipt_id, event_id = row
-            receipt_rows: list[tuple[Any, ...]] = []
-            event_rows: list[tuple[Any, ...]] = []
-            results: list[list[Outcome]] = []
-            for (receipt, events, _), event_keys in zip(group, keys, strict=True):
-                outcomes: list[Outcome] = []
-                this_receipt: int | None = None
-                received_us = round(receipt.received_at * 1_000_000)
-                for event, key in zip(events, event_keys, strict=True):
-                    if key in known:
-                        outcomes.append(Outcome(known[key], "duplicate", key))
-                        continue
-                    if this_receipt is None:
-                        receipt_id += 1
-                        this_receipt = receipt_id
-                        receipt_rows.append((
-                            this_receipt, receipt.request_id, receipt.source, received_us,
-                            receipt.remote_addr, receipt.attempt,
-                            orjson.dumps(receipt.headers), receipt.body,
-                        ))
-                    event_id += 1
-                    known[key] = event_id
-                    event_rows.append((
-                        event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
-                        event.entity_id, key, event.status, event.account, event.symbol,
-                        received_us, event.payload, event.quarantine_reason,
-                    ))
-                    outcomes.append(Outcome(event_id, event.status, key))
-                results.append(outcomes)
-            if receipt_rows:
-                await db.executemany(_INSERT_RECEIPT, receipt_rows)
-                await db.executemany(_INSERT_EVENT, event_rows)
+            results: dict[int, Any] = {}
+            notify: set[str] = set()
+            if ingests:
+                outcomes = await self._store_events(db, ingests, notify)
+                results.update({id(item): o for item, o in zip(ingests, outcomes, strict=True)})
+            for item in group:
+                if isinstance(item, _Op):
+                    results[id(item)] = await item.run(db)
             await db.execute("COMMIT")
         except Exception as exc:
-            log.error("store commit failed for %d request(s): %s", len(group), exc)
+            log.error("store commit failed for %d item(s): %s", len(group), exc)
             try:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
@@ -232,10 +252,94 @@ class SQLiteStore:
                 log.error("store rollback failed: %s", rollback_exc)
             return exc
         self.commits += 1
-        for (_, _, future), outcomes in zip(group, results, strict=True):
-            if not future.done():  # a request may have been cancelled meanwhile
-                future.set_result(outcomes)
+        for item in group:
+            if not item.future.done():  # a request may have been cancelled meanwhile
+                item.future.set_result(results[id(item)])
+        if notify:
+            for listener in self._listeners:
+                listener(frozenset(notify))
         return None
+
+    async def _store_events(
+        self, db: aiosqlite.Connection, items: list[_Ingest], notify: set[str]
+    ) -> list[list[Outcome]]:
+        keys = [[dedup_key(i.receipt.source, e.event_type, e.entity_id) for e in i.events] for i in items]
+        flat = [k for ks in keys for k in ks]
+        async with db.execute(_EXISTING, (orjson.dumps(flat),)) as cur:
+            known: dict[str, int] = dict(await cur.fetchall())  # type: ignore[arg-type]
+        async with db.execute(_NEXT_IDS) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        receipt_id, event_id = row
+        receipt_rows: list[tuple[Any, ...]] = []
+        event_rows: list[tuple[Any, ...]] = []
+        delivery_rows: list[tuple[Any, ...]] = []
+        results: list[list[Outcome]] = []
+        for item, event_keys in zip(items, keys, strict=True):
+            receipt = item.receipt
+            outcomes: list[Outcome] = []
+            this_receipt: int | None = None
+            received_us = round(receipt.received_at * 1_000_000)
+            for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
+                if key in known:
+                    outcomes.append(Outcome(known[key], "duplicate", key))
+                    continue
+                if this_receipt is None:
+                    receipt_id += 1
+                    this_receipt = receipt_id
+                    receipt_rows.append((
+                        this_receipt, receipt.request_id, receipt.source, received_us,
+                        receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body,
+                    ))
+                event_id += 1
+                known[key] = event_id
+                event_rows.append((
+                    event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
+                    event.entity_id, key, event.status, event.account, event.symbol,
+                    received_us, event.payload, event.quarantine_reason,
+                ))
+                for plugin in item.routes[index] if item.routes else ():
+                    delivery_rows.append((event_id, plugin, receipt.source, event.entity_id,
+                                          received_us, received_us, received_us))
+                    notify.add(plugin)
+                outcomes.append(Outcome(event_id, event.status, key))
+            results.append(outcomes)
+        if receipt_rows:
+            await db.executemany(_INSERT_RECEIPT, receipt_rows)
+            await db.executemany(_INSERT_EVENT, event_rows)
+        if delivery_rows:
+            await db.executemany(_outbox.INSERT, delivery_rows)
+        return results
+
+    # --- the outbox --------------------------------------------------------------------
+
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("the store is not open")
+        return self._reader
+
+    async def due_deliveries(self, plugin: str, now: float, limit: int) -> list[DueDelivery]:
+        return await _outbox.due(self._read(), plugin, now, limit)
+
+    async def finish_deliveries(self, results: Sequence[DeliveryResult]) -> None:
+        if results:
+            await self._write(lambda db: _outbox.finish(db, results, time.time()), size=len(results))
+
+    async def replay(self, plugin: str, *, event_id: int | None = None, dead: bool = False) -> int:
+        changed: int = await self._write(lambda db: _outbox.replay(db, plugin, event_id, dead, time.time()))
+        if changed:
+            for listener in self._listeners:
+                listener(frozenset({plugin}))
+        return changed
+
+    async def delivery_stats(self, plugin: str) -> DeliveryStats:
+        return await _outbox.stats(self._read(), plugin)
+
+    async def list_deliveries(
+        self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRecord]:
+        return await _outbox.listing(self._read(), plugin, status, event_id, limit)
 
     async def list_events(
         self,
@@ -245,8 +349,7 @@ class SQLiteStore:
         status: str | None = None,
         limit: int = 100,
     ) -> list[StoredEvent]:
-        if self._reader is None:
-            raise StoreUnavailable("the store is not open")
+        reader = self._read()
         where: list[str] = []
         args: list[Any] = []
         for clause, value in (
@@ -260,7 +363,7 @@ class SQLiteStore:
         sql = _SELECT_EVENTS + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY e.id DESC LIMIT ?"
         args.append(limit)
-        async with self._reader.execute(sql, args) as cur:
+        async with reader.execute(sql, args) as cur:
             rows = await cur.fetchall()
         return [
             StoredEvent(
