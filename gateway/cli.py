@@ -1,4 +1,4 @@
-"""`gateway` command line: run, check-config, send, events."""
+"""`gateway` command line: run, check-config, send, events, deliveries, replay."""
 
 from __future__ import annotations
 

@@ -62,6 +62,11 @@ class PluginRunner:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
+        # A due-query that started before an outcome was committed may still list that
+        # delivery as pending: remember when each outcome landed (flush generation) and
+        # ignore it in queries that started earlier. Otherwise it would be delivered twice.
+        self._generation = 0
+        self._finished: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[DeliveryResult] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -84,9 +89,11 @@ class PluginRunner:
     async def stop(self, grace: float) -> None:
         """Stop taking deliveries, let those in flight finish for `grace` s, then cancel them."""
         self._stopping = True
-        self._wake.set()
         if self._loop_task is not None:
-            await self._loop_task
+            # The loop may be waiting for a slot that hanging deliveries hold: cancel it.
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
         if self._tasks:
             _, late = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in late:
@@ -106,12 +113,16 @@ class PluginRunner:
             now = self.clock()
             if now - self._stats_at >= STATS_SECONDS:
                 await self._refresh_stats(now)
+            generation = self._generation
             try:
                 due = await self.store.due_deliveries(self.name, now, self.batch)
             except Exception as exc:  # store fault: keep going, the rows are still there
                 log.warning("plugin %s cannot read its deliveries: %s", self.name, exc)
                 due = []
-            fresh = [d for d in due if d.id not in self._in_flight]
+            finished = self._finished
+            fresh = [d for d in due if d.id not in self._in_flight and finished.get(d.id, -1) <= generation]
+            if finished:  # what landed before this query started is reflected from now on
+                self._finished = {k: g for k, g in finished.items() if g > generation}
             for delivery in fresh:
                 await self._slots.acquire()
                 if self._stopping:
@@ -181,8 +192,10 @@ class PluginRunner:
         except Exception as exc:  # the rows stay pending and are delivered again: at least once
             log.warning("plugin %s: cannot record %d outcome(s): %s", self.name, len(batch), exc)
         finally:
+            self._generation += 1
             for result in batch:
                 self._in_flight.discard(result.id)
+                self._finished[result.id] = self._generation
             self._wake.set()
 
     async def _refresh_stats(self, now: float) -> None:

@@ -55,7 +55,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
     """Build a Config with one source per scheme (named after it) plus any extra sources."""
 
     def make(*extra_sources: dict[str, Any], server: dict[str, Any] | None = None,
-             only: list[dict[str, Any]] | None = None) -> Config:
+             only: list[dict[str, Any]] | None = None, plugins: list[dict[str, Any]] | None = None) -> Config:
         sources = only if only is not None else [
             source_table("metacopier", "metacopier"),
             source_table("pipsync", "pipsync"),
@@ -63,7 +63,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
             *extra_sources,
         ]
         data = {"sources": sources, "store": {"path": str(tmp_path / "gateway.db")},
-                "server": server or {}}
+                "server": server or {}, "plugins": plugins or []}
         return parse_config(data, origin="test.toml", base_dir=tmp_path)
 
     return make
@@ -117,12 +117,12 @@ class RunningGateway:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Config], RunningGateway]]:
+def serve() -> Iterator[Callable[..., RunningGateway]]:
     """Start the gateway for a config; every server started is stopped at the end."""
     started: list[RunningGateway] = []
 
-    def start(config: Config) -> RunningGateway:
-        gw = RunningGateway(GatewayApp(config)).__enter__()
+    def start(config: Config, **app_options: Any) -> RunningGateway:
+        gw = RunningGateway(GatewayApp(config, **app_options)).__enter__()
         started.append(gw)
         return gw
 

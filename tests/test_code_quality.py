@@ -11,7 +11,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_clean() -> None:
-    proc = subprocess.run([str(BIN / "ruff"), "check", "gateway", "tests"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([str(BIN / "ruff"), "check", "gateway", "tests", "examples"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -8,12 +8,16 @@ A plugin is any object with `async deliver(event)`:
 - raise `PermanentFailure` to dead-letter the event at once (`gateway replay` can
   redeliver it later).
 
-It may also have `async start()` (called once before the first delivery) and
-`async stop()` (called once at shutdown, after the last delivery). A plugin is built by a
+The gateway enforces the plugin's `timeout_seconds` by cancelling `deliver()`: clean up
+on `asyncio.CancelledError` (kill child processes, abort requests) and re-raise. It may
+also have `async start()` (called once before the first delivery) and `async stop()`
+(called once at shutdown, after the last delivery has finished or been cancelled). A plugin is built by a
 factory `factory(options, context) -> plugin`, named in the config by `use`: a built-in name
 (`jsonl`, `http`, `exec`), an import string `"package.module:factory"`, or the name of an
-entry point in the group `gateway.plugins`. A factory that raises `ValueError` or
-`TypeError` is reported as a config error naming the plugin.
+entry point in the group `gateway.plugins`. `options` is exactly the plugin's
+`[plugins.options]` table (none of the gateway's own keys). A factory that raises
+`ValueError` or `TypeError` is reported as a config error naming the plugin; do I/O in
+`start()`, not in the factory (`gateway check-config` builds plugins too).
 
 Delivery is at least once, in order per (plugin, source, entity id): make `deliver`
 idempotent, e.g. by keying on `event.id`. See docs/plugins.md.
@@ -51,7 +55,8 @@ class Event:
         symbol: the instrument, when present.
         received_at: Unix time (seconds) the gateway received the request.
         payload: the parsed event (for a TradrAPI batch, this member); None if unparseable.
-        body: the raw request body, byte for byte, as the sender sent it.
+        body: the event's own bytes: the raw request body, byte for byte, for a
+            single-event request; the member's JSON (keys sorted) for a TradrAPI batch member.
         attempt: this plugin's delivery attempt for this event, starting at 1.
     """
 
