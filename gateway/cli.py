@@ -6,8 +6,9 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import orjson
@@ -16,7 +17,9 @@ from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
 from gateway.defaults import default_config
 from gateway.plugins import Plugin
-from gateway.store import DeliveryRecord, StoredEvent, open_store
+from gateway.store import DeliveryRecord, Store, StoredEvent, open_store
+
+T = TypeVar("T")
 
 CONFIG_HELP = "Config file (default: ./gateway.toml if present, else the embedded default)."
 config_option = click.option(
@@ -145,6 +148,24 @@ def send(
     sys.exit(0 if response.is_success else 1)
 
 
+def read_store(config: Config, query: Callable[[Store], Awaitable[T]]) -> T:
+    """Run one read against the store, opened read-only; exit 1 if there is no store yet."""
+
+    async def run_query() -> T:
+        store = open_store(config.store, readonly=True)
+        await store.open()
+        try:
+            return await query(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run_query())
+    except FileNotFoundError:
+        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
+        sys.exit(1)
+
+
 def _line(event: StoredEvent) -> str:
     data = event.to_json()
     return (f"{event.id:>8}  {data['received_at']}  {event.source:<12} {event.event_type or '-':<18} "
@@ -165,19 +186,9 @@ def events(
     """List stored events, newest first."""
     config = resolve_config(config_path)
 
-    async def fetch() -> list[StoredEvent]:
-        store = open_store(config.store, readonly=True)
-        await store.open()
-        try:
-            return await store.list_events(source=source, event_type=event_type, status=status, limit=limit)
-        finally:
-            await store.close()
-
-    try:
-        found = asyncio.run(fetch())
-    except FileNotFoundError:
-        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
-        sys.exit(1)
+    found: list[StoredEvent] = read_store(
+        config, lambda store: store.list_events(source=source, event_type=event_type, status=status, limit=limit)
+    )
     out = sys.stdout.buffer
     if not as_json:
         click.echo(f"{'ID':>8}  {'RECEIVED':<24}  {'SOURCE':<12} {'TYPE':<18} {'ENTITY':<20} "
@@ -210,19 +221,9 @@ def deliveries(
     """List deliveries to plugins, newest first."""
     config = resolve_config(config_path)
 
-    async def fetch() -> list[DeliveryRecord]:
-        store = open_store(config.store, readonly=True)
-        await store.open()
-        try:
-            return await store.list_deliveries(plugin=plugin, status=status, event_id=event_id, limit=limit)
-        finally:
-            await store.close()
-
-    try:
-        found = asyncio.run(fetch())
-    except FileNotFoundError:
-        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
-        sys.exit(1)
+    found: list[DeliveryRecord] = read_store(
+        config, lambda store: store.list_deliveries(plugin=plugin, status=status, event_id=event_id, limit=limit)
+    )
     if not as_json:
         click.echo(f"{'ID':>8} {'EVENT':>8}  {'PLUGIN':<14} {'STATUS':<9} {'TRY':>3}  {'SOURCE':<12} "
                    f"{'TYPE':<18} {'ENTITY':<20} LAST ERROR")
