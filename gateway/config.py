@@ -96,6 +96,7 @@ class StoreConfig:
     path: Path = Path("var/gateway.db")
     synchronous: Synchronous = "FULL"
     busy_timeout_ms: int = 5000
+    rejections_per_source: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +349,7 @@ def parse_config(
     server = ServerConfig(host=c.get(srv, "server.host", "host", str, "127.0.0.1"), port=port,
                           max_body_bytes=max_body)
 
-    st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms"})
+    st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms", "rejections_per_source"})
     store_path = Path(c.get(st, "store.path", "path", str, "var/gateway.db"))
     sync = c.get(st, "store.synchronous", "synchronous", str, "FULL").upper()
     if sync not in get_args(Synchronous):
@@ -356,10 +357,14 @@ def parse_config(
     busy = c.get(st, "store.busy_timeout_ms", "busy_timeout_ms", int, 5000)
     if not 0 <= busy <= 600_000:
         c.error("store.busy_timeout_ms", f"must be between 0 and 600000, got {busy}")
+    kept = c.get(st, "store.rejections_per_source", "rejections_per_source", int, 1000)
+    if not 0 <= kept <= 1_000_000:
+        c.error("store.rejections_per_source", f"must be between 0 and 1000000, got {kept}")
     store = StoreConfig(
         path=store_path if store_path.is_absolute() else base_dir / store_path,
         synchronous=sync,
         busy_timeout_ms=busy,
+        rejections_per_source=kept,
     )
 
     sources: dict[str, SourceConfig] = {}

@@ -6,6 +6,7 @@ once, headers decoded once, one future awaited for the group commit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from gateway.config import Config
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
 from gateway.routing import Router
 from gateway.schemes import get_scheme
-from gateway.store import Receipt, Store
+from gateway.store import Receipt, Rejection, Store
 
 log = logging.getLogger("gateway.ingest")
 
@@ -30,12 +31,24 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived; there is no one to answer."""
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+class _Seen:
+    """What a request showed before it failed, for the rejection log."""
+
+    __slots__ = ("body", "declared")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.declared: int | None = None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, seen: _Seen | None = None) -> bytes:
     """The whole body, refused as soon as it is known to exceed `limit` bytes."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if not value.isdigit():
                 break  # the server rejects malformed lengths itself
+            if seen is not None:
+                seen.declared = int(value)
             if int(value) > limit:
                 raise GatewayError(
                     "payload_too_large", f"body is {int(value)} bytes; the limit is {limit} bytes"
@@ -57,6 +70,14 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def _declared(scope: Scope) -> int | None:
+    """The Content-Length a refused request announced (its body was never read)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and len(value) < 16:
+            return int(value)
+    return None
+
+
 class IngestApp:
     """The ASGI app behind `/hooks/`. `clock` is injectable for tests."""
 
@@ -71,8 +92,9 @@ class IngestApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         name = scope["path"][len(PREFIX):]
+        seen = _Seen()
         try:
-            body = await self._handle(name, scope, receive, request_id)
+            body = await self._handle(name, scope, receive, request_id, seen)
         except ClientGone:
             return
         except Exception as exc:
@@ -85,6 +107,14 @@ class IngestApp:
                 "rejected request_id=%s source=%s code=%s remote=%s detail=%s",
                 request_id, name[:64], exc.code, client[0] if client else "-", exc.detail,
             )
+            self.store.record_rejection(Rejection(
+                received_at=self.clock(), request_id=request_id, source=name[:64], code=exc.code,
+                detail=exc.detail, remote_addr=client[0] if client else None,
+                header_names=tuple(k.decode("latin-1") for k, _ in scope["headers"]),
+                body_size=len(seen.body) if seen.body is not None else seen.declared or _declared(scope),
+                body_sha256=hashlib.sha256(seen.body).hexdigest() if seen.body is not None else None,
+                known_source=name in self.sources,
+            ))
             extra = [(b"allow", b"POST")] if exc.code == "method_not_allowed" else []
             if exc.code == "store_unavailable":
                 extra.append((b"retry-after", b"5"))
@@ -93,7 +123,7 @@ class IngestApp:
             return
         await send_response(send, 200, body, b"application/json", request_id)
 
-    async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str) -> bytes:
+    async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str, seen: _Seen) -> bytes:
         source = self.sources.get(name)
         if source is None:
             raise GatewayError("unknown_source", f"no source named {name[:64]!r} is configured")
@@ -103,7 +133,8 @@ class IngestApp:
         remote = client[0] if client else None
         if not source.allows(remote):
             raise GatewayError("ip_denied", f"{remote} is not in allow_ips for source {name!r}")
-        body = await read_body(scope, receive, self.max_body)
+        body = await read_body(scope, receive, self.max_body, seen)
+        seen.body = body
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         received_at = self.clock()
         verified = self.schemes[name].verify(body, headers, received_at, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import sqlite3
@@ -419,3 +420,60 @@ def test_a_bug_is_a_logged_problem_json_500_and_the_server_keeps_serving(
         assert gw.post("/hooks/metacopier", ok, mc_sign(ok)).status_code == 200
     finally:
         gw.__exit__()
+
+
+# --- rejection forensics ----------------------------------------------------------------------
+
+def test_rejections_are_recorded_without_bodies_or_credentials(gateway: RunningGateway) -> None:
+    body = b'{"type":"position.opened","position":{"id":"forensic-1"}}'
+    headers = mc_sign(body, "wrong-secret-" + "x" * 30)
+    r = gateway.post("/hooks/metacopier", body, {**headers, "Authorization": f"Bearer {MC_SECRET}"})
+    assert r.status_code == 401
+    gateway.post("/hooks/tradrapi", TR_BODY, {"x-webhook-secret": TR_KEY})
+    gateway.post("/hooks/no-such-source", b"x" * 10, {})
+
+    def recorded() -> list[tuple[object, ...]]:
+        return db_rows(gateway, "SELECT request_id, bucket, source, code, detail, remote_addr, header_names,"
+                                " body_size, body_sha256 FROM rejections ORDER BY id")
+
+    deadline = time.monotonic() + 5
+    while len(recorded()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first, second, third = recorded()
+    assert first[0] == r.headers["x-request-id"]
+    assert first[1:4] == ("metacopier", "metacopier", "bad_signature")
+    assert first[5] == "127.0.0.1"
+    assert {"x-metacopier-signature", "x-metacopier-timestamp", "authorization"} <= set(orjson.loads(first[6]))
+    assert first[7] == len(body) and first[8] == hashlib.sha256(body).hexdigest()
+    assert second[3] == "malformed_signature" and second[7] == len(TR_BODY)
+    assert third[1:4] == ("?", "no-such-source", "unknown_source")  # unknown names share one bucket
+    assert third[7] == 10 and third[8] is None  # body never read for an unknown source
+    dump = "\n".join(sqlite3.connect(gateway.app.config.store.path).iterdump())
+    for secret in (MC_SECRET, TR_KEY, headers["X-MetaCopier-Signature"]):
+        assert secret not in dump
+    assert "forensic-1" not in dump  # the unauthenticated body itself is never kept
+
+
+def test_rejection_log_is_bounded_under_a_flood(make_config: Callable[..., Config], serve: Serve) -> None:
+    gw = serve(make_config(), )
+    gw.app.store.rejections_per_source = 25  # type: ignore[attr-defined]
+
+    async def flood() -> None:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            sem = asyncio.Semaphore(32)
+
+            async def one(i: int) -> None:
+                async with sem:
+                    path = "/hooks/metacopier" if i % 2 else f"/hooks/random-{i}"
+                    await client.post(path, content=b"{}", headers={"X-MetaCopier-Signature": "0" * 64})
+
+            await asyncio.gather(*(one(i) for i in range(1000)))
+
+    asyncio.run(flood())
+    time.sleep(0.3)
+    buckets = dict(db_rows(gw, "SELECT bucket, count(*) FROM rejections GROUP BY bucket"))
+    assert buckets == {"metacopier": 25, "?": 25}
+    assert db_rows(gw, "SELECT count(*) FROM events") == [(0,)]
+    assert db_rows(gw, "SELECT count(*) FROM receipts") == [(0,)]
+    newest = db_rows(gw, "SELECT max(id) FROM rejections")[0][0]
+    assert newest >= 990  # the newest are the ones kept

@@ -146,6 +146,37 @@ class DeliveryStats:
     dead: int
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused request, as kept for forensics: never a body, a header value or a secret."""
+
+    received_at: float
+    request_id: str
+    source: str
+    code: str
+    detail: str
+    remote_addr: str | None
+    header_names: tuple[str, ...]
+    body_size: int | None
+    body_sha256: str | None
+    known_source: bool = True
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": iso_utc(self.received_at),
+            "request_id": self.request_id,
+            "source": self.source,
+            "code": self.code,
+            "detail": self.detail,
+            "remote_addr": self.remote_addr,
+            "header_names": list(self.header_names),
+            "body_size": self.body_size,
+            "body_sha256": self.body_sha256,
+        }
+
+
 CommitListener = Callable[[frozenset[str]], None]
 """Called after a commit that queued deliveries, with the names of the plugins concerned."""
 
@@ -199,6 +230,17 @@ class Store(Protocol):
         """Backlog, oldest pending receive time and dead letters of one plugin."""
         ...
 
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Keep a rejected request's forensics, without waiting: written with the next group,
+        pruned to the newest `rejections_per_source` per source (unknown names share one
+        bucket). Under a flood, records beyond a bounded buffer are dropped, never queued."""
+
+    async def list_rejections(
+        self, *, source: str | None = None, code: str | None = None, limit: int = 100
+    ) -> list[Rejection]:
+        """Recorded rejections, newest first."""
+        ...
+
     async def list_deliveries(
         self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
         limit: int = 100,
@@ -226,4 +268,5 @@ def open_store(config: StoreConfig, *, readonly: bool = False) -> Store:
         synchronous=config.synchronous,
         busy_timeout_ms=config.busy_timeout_ms,
         readonly=readonly,
+        rejections_per_source=config.rejections_per_source,
     )

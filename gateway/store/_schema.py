@@ -56,6 +56,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     "CREATE INDEX deliveries_status ON deliveries(plugin, status, id)",
     "CREATE INDEX deliveries_event ON deliveries(event_id)",
     ),
+    # 3: what the read API filters on, and the bounded log of rejected requests.
+    (
+    "CREATE INDEX events_type ON events(event_type, id)",
+    "CREATE INDEX events_account ON events(account, id) WHERE account IS NOT NULL",
+    "CREATE INDEX events_symbol ON events(symbol, id) WHERE symbol IS NOT NULL",
+    "CREATE INDEX events_received ON events(received_at)",
+    """CREATE TABLE rejections (
+        id          INTEGER PRIMARY KEY,
+        received_at INTEGER NOT NULL,      -- Unix time, microseconds
+        request_id  TEXT NOT NULL,
+        bucket      TEXT NOT NULL,         -- the source, or '?' for unknown names: bounds the table
+        source      TEXT NOT NULL,         -- the name as requested (truncated)
+        code        TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        remote_addr TEXT,
+        header_names TEXT NOT NULL,        -- JSON list; never values, so never a credential
+        body_size   INTEGER,
+        body_sha256 TEXT                   -- never the body of an unauthenticated request
+    )""",
+    "CREATE INDEX rejections_bucket ON rejections(bucket, id)",
+    "CREATE INDEX rejections_code ON rejections(code, id)",
+    ),
 )
 
 

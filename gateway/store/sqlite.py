@@ -29,7 +29,9 @@ from gateway.store import (
     DeliveryStats,
     DueDelivery,
     Receipt,
+    Rejection,
     StoredEvent,
+    _forensics,
     _outbox,
 )
 from gateway.store._schema import migrate
@@ -57,6 +59,7 @@ class _Op:
 _Item = _Ingest | _Op
 _STOP = None
 MAX_GROUP_EVENTS = 5000  # events per transaction; a 500-event batch never waits for another
+MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyond this is dropped
 
 _INSERT_RECEIPT = (
     "INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers,"
@@ -91,6 +94,12 @@ def _prepare(path: Path, synchronous: str) -> None:
         conn.close()
 
 
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Forensics are best effort: a failed write is logged by the writer, not raised."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _size(item: _Item) -> int:
     return len(item.events) if isinstance(item, _Ingest) else item.size
 
@@ -119,8 +128,13 @@ class SQLiteStore:
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
         readonly: bool = False,
+        rejections_per_source: int = 1000,
     ) -> None:
         self.path = Path(path)
+        self.rejections_per_source = rejections_per_source
+        self._rejections: list[Rejection] = []
+        self._rejections_queued = False
+        self.rejections_dropped = 0
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self.readonly = readonly
@@ -190,6 +204,30 @@ class SQLiteStore:
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        if self.rejections_per_source == 0 or self._closing or self._task is None or self._task.done():
+            return
+        if len(self._rejections) >= MAX_PENDING_REJECTIONS:
+            self.rejections_dropped += 1
+            return
+        self._rejections.append(rejection)
+        if not self._rejections_queued:  # one writer operation drains whatever has piled up
+            self._rejections_queued = True
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_forget)
+            self._queue.put_nowait(_Op(self._write_rejections, future))
+
+    async def _write_rejections(self, db: aiosqlite.Connection) -> None:
+        batch, self._rejections = self._rejections, []
+        self._rejections_queued = False
+        if batch:
+            await _forensics.insert(db, batch, self.rejections_per_source)
+
+    async def list_rejections(
+        self, *, source: str | None = None, code: str | None = None, limit: int = 100
+    ) -> list[Rejection]:
+        return await _forensics.listing(self._read(), source, code, limit)
 
     async def _run(self) -> None:
         stopping = False
