@@ -29,6 +29,24 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Filters for listing events. `event_type` is a glob; times are Unix seconds.
+    `after` continues a listing past the event with that id, in the listing's order."""
+
+    source: str | None = None
+    scheme: str | None = None
+    event_type: str | None = None
+    account: str | None = None
+    symbol: str | None = None
+    status: str | None = None
+    since: float | None = None
+    until: float | None = None
+    newest_first: bool = True
+    after: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as read back from the store."""
 
@@ -181,6 +199,13 @@ CommitListener = Callable[[frozenset[str]], None]
 """Called after a commit that queued deliveries, with the names of the plugins concerned."""
 
 
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    event: StoredEvent
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
 def iso_utc(timestamp: float) -> str:
     stamp = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
@@ -248,15 +273,21 @@ class Store(Protocol):
         """Delivery rows, newest first."""
         ...
 
-    async def list_events(
-        self,
-        *,
-        source: str | None = None,
-        event_type: str | None = None,
-        status: str | None = None,
-        limit: int = 100,
-    ) -> list[StoredEvent]:
-        """Stored events, newest first. `event_type` is a glob."""
+    async def list_events(self, query: EventQuery | None = None, **filters: Any) -> list[StoredEvent]:
+        """Stored events matching `query` (or an EventQuery built from `filters`).
+        Keyset-paginated on id: a page never skips or repeats while new events arrive."""
+        ...
+
+    async def get_event(self, event_id: int) -> EventDetail | None:
+        """One event with its raw request body and the headers kept."""
+        ...
+
+    async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
+        """(source, event type, status, count) of events received in [since, until)."""
+        ...
+
+    async def retry_delivery(self, delivery_id: int) -> bool:
+        """Make one delivery pending again, due now. False if there is no such delivery."""
         ...
 
 

@@ -28,6 +28,8 @@ from gateway.store import (
     DeliveryResult,
     DeliveryStats,
     DueDelivery,
+    EventDetail,
+    EventQuery,
     Receipt,
     Rejection,
     StoredEvent,
@@ -379,36 +381,66 @@ class SQLiteStore:
     ) -> list[DeliveryRecord]:
         return await _outbox.listing(self._read(), plugin, status, event_id, limit)
 
-    async def list_events(
-        self,
-        *,
-        source: str | None = None,
-        event_type: str | None = None,
-        status: str | None = None,
-        limit: int = 100,
-    ) -> list[StoredEvent]:
-        reader = self._read()
+    async def list_events(self, query: EventQuery | None = None, **filters: Any) -> list[StoredEvent]:
+        query = query if query is not None else EventQuery(**filters)
         where: list[str] = []
         args: list[Any] = []
         for clause, value in (
-            ("e.source = ?", source),
-            ("e.event_type GLOB ?", event_type),
-            ("e.status = ?", status),
+            ("e.source = ?", query.source),
+            ("e.scheme = ?", query.scheme),
+            ("e.event_type GLOB ?", query.event_type),
+            ("e.account = ?", query.account),
+            ("e.symbol = ?", query.symbol),
+            ("e.status = ?", query.status),
+            ("e.received_at >= ?", None if query.since is None else round(query.since * 1_000_000)),
+            ("e.received_at < ?", None if query.until is None else round(query.until * 1_000_000)),
+            ("e.id < ?" if query.newest_first else "e.id > ?", query.after),
         ):
             if value is not None:
                 where.append(clause)
                 args.append(value)
         sql = _SELECT_EVENTS + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY e.id DESC LIMIT ?"
-        args.append(limit)
-        async with reader.execute(sql, args) as cur:
+        sql += f" ORDER BY e.id {'DESC' if query.newest_first else 'ASC'} LIMIT ?"
+        args.append(query.limit)
+        async with self._read().execute(sql, args) as cur:
             rows = await cur.fetchall()
-        return [
-            StoredEvent(
-                id=r[0], source=r[1], scheme=r[2], event_type=r[3], entity_id=r[4],
-                dedup_key=r[5], status=r[6], account=r[7], symbol=r[8],
-                received_at=r[9] / 1_000_000, request_id=r[10], attempt=r[11],
-                remote_addr=r[12], payload=_loads(r[13]), quarantine_reason=r[14],
-            )
-            for r in rows
-        ]
+        return [_event(r) for r in rows]
+
+    async def get_event(self, event_id: int) -> EventDetail | None:
+        sql = _SELECT_EVENTS.replace("FROM events e", ", r.body, r.headers FROM events e") + " WHERE e.id = ?"
+        async with self._read().execute(sql, (event_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return EventDetail(event=_event(row), body=row[15], headers=[tuple(h) for h in orjson.loads(row[16])])
+
+    async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
+        sql = "SELECT source, event_type, status, count(*) FROM events WHERE received_at >= ? AND received_at < ?"
+        low = 0 if since is None else round(since * 1_000_000)
+        high = 2**62 if until is None else round(until * 1_000_000)
+        async with self._read().execute(sql + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", (low, high)) as cur:
+            return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+
+    async def retry_delivery(self, delivery_id: int) -> bool:
+        async def run(db: aiosqlite.Connection) -> tuple[int, str | None]:
+            now = round(time.time() * 1_000_000)
+            cursor = await db.execute(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL,"
+                " updated_at = ? WHERE id = ? RETURNING plugin", (now, now, delivery_id))
+            row = await cursor.fetchone()
+            await cursor.close()
+            return (1, row[0]) if row else (0, None)
+
+        changed, plugin = await self._write(run)
+        if plugin is not None:
+            for listener in self._listeners:
+                listener(frozenset({plugin}))
+        return bool(changed)
+
+
+def _event(r: Any) -> StoredEvent:
+    return StoredEvent(
+        id=r[0], source=r[1], scheme=r[2], event_type=r[3], entity_id=r[4], dedup_key=r[5], status=r[6],
+        account=r[7], symbol=r[8], received_at=r[9] / 1_000_000, request_id=r[10], attempt=r[11],
+        remote_addr=r[12], payload=_loads(r[13]), quarantine_reason=r[14],
+    )
