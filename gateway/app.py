@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
+from gateway.api import Api
+from gateway.auth import Tokens, load_or_create_key
 from gateway.config import Config
 from gateway.errors import PROBLEM_CONTENT_TYPE, problem_body
 from gateway.fanout import Fanout
@@ -57,9 +59,11 @@ class GatewayApp:
         self.fanout = Fanout(config.plugins, self.plugins, self.store, self.metrics, clock)
         self.shutdown_grace = shutdown_grace
         self.ingest = IngestApp(config, self.store, clock=clock)
+        self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
+        self.api = Api(self.store, self.tokens, config.api.public, clock=clock)
         self.router = RequestIdMiddleware(
             Starlette(
-                routes=[Route("/healthz", healthz), Route("/metrics", self._metrics)],
+                routes=[Route("/healthz", healthz), Route("/metrics", self._metrics), *self.api.routes()],
                 lifespan=self._lifespan,
                 exception_handlers={HTTPException: http_problem},
             )

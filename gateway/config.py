@@ -84,6 +84,25 @@ class PluginConfig:
         return quarantined or any(fnmatch.fnmatchcase(event_type, glob) for glob in self.events)
 
 
+SCOPES = ("events:read", "deliveries:write")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """An API client (OAuth2 client credentials) and the scopes it may ask for."""
+
+    id: str
+    secret: Secret
+    scopes: tuple[str, ...] = ("events:read",)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    public: bool = False  # true: reads need no token (a trusted network only)
+    token_ttl_seconds: int = 3600
+    clients: Mapping[str, ClientConfig] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -105,6 +124,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     plugins: tuple[PluginConfig, ...] = ()
+    api: ApiConfig = field(default_factory=ApiConfig)
     origin: str = "<defaults>"
     base_dir: Path = Path(".")
 
@@ -328,6 +348,45 @@ def _plugin(c: _Checker, raw: Any, index: int) -> PluginConfig | None:
     return None if len(c.errors) > before else plugin
 
 
+def _api(c: _Checker, data: Mapping[str, Any]) -> ApiConfig:
+    raw = c.table(data, "api", {"public", "token_ttl_seconds"})
+    ttl = c.get(raw, "api.token_ttl_seconds", "token_ttl_seconds", int, 3600)
+    if not 60 <= ttl <= 7 * 86400:
+        c.error("api.token_ttl_seconds", f"must be between 60 and 604800, got {ttl}")
+    clients: dict[str, ClientConfig] = {}
+    raw_clients = data.get("clients", [])
+    if not isinstance(raw_clients, list):
+        c.error("clients", "must be an array of tables ([[clients]])")
+        raw_clients = []
+    for i, entry in enumerate(raw_clients):
+        key = f"clients[{i}]"
+        if not isinstance(entry, Mapping):
+            c.error(key, "must be a table ([[clients]])")
+            continue
+        c.unknown(entry, key, {"id", "secret", "scopes"})
+        client_id = c.get(entry, f"{key}.id", "id", str, None)
+        if client_id is None or not SOURCE_NAME.fullmatch(client_id):
+            c.error(f"{key}.id", "is required: 1-64 letters, digits, '_', '.' or '-'")
+            continue
+        key = f"clients[{i}] ({client_id})"
+        secret = c.secret(f"{key}.secret", entry.get("secret"))
+        if secret is not None and len(secret.reveal()) < 16:
+            c.error(f"{key}.secret", "must be at least 16 characters")
+        scopes = c.get(entry, f"{key}.scopes", "scopes", list, ["events:read"])
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown or not scopes:
+            c.error(f"{key}.scopes", f"must be a non-empty list of {', '.join(SCOPES)}; got {scopes!r}")
+        if client_id in clients:
+            c.error(f"{key}.id", f"{client_id!r} is used by another client")
+        if secret is not None:
+            clients[client_id] = ClientConfig(id=client_id, secret=secret, scopes=tuple(scopes))
+    return ApiConfig(
+        public=c.get(raw, "api.public", "public", bool, False),
+        token_ttl_seconds=ttl,
+        clients=MappingProxyType(clients),
+    )
+
+
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -337,7 +396,7 @@ def parse_config(
 ) -> Config:
     """Validate parsed TOML into a `Config`, or raise `ConfigError` listing every problem."""
     c = _Checker(origin, os.environ if environ is None else environ)
-    c.unknown(data, "", {"server", "store", "sources", "plugins"})
+    c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients"})
 
     srv = c.table(data, "server", {"host", "port", "max_body_bytes"})
     port = c.get(srv, "server.port", "port", int, 8080)
@@ -393,10 +452,11 @@ def parse_config(
             c.error(f"plugins[{i}].name", f"{plugin.name!r} is used by another plugin")
         plugins.append(plugin)
 
+    api = _api(c, data)
     if c.errors:
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
-                  origin=origin, base_dir=base_dir)
+                  api=api, origin=origin, base_dir=base_dir)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -22,6 +22,17 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "payload_too_large": (413, "Payload too large"),
     "store_unavailable": (503, "Store unavailable"),
     "internal_error": (500, "Internal error"),
+    # the read API
+    "unauthorized": (401, "Authentication required"),
+    "invalid_token": (401, "Invalid token"),
+    "token_expired": (401, "Token expired"),
+    "insufficient_scope": (403, "Insufficient scope"),
+    "invalid_client": (401, "Invalid client"),
+    "invalid_request": (400, "Invalid request"),
+    "unsupported_grant_type": (400, "Unsupported grant type"),
+    "invalid_scope": (400, "Invalid scope"),
+    "invalid_cursor": (400, "Invalid cursor"),
+    "invalid_parameter": (400, "Invalid parameter"),
 }
 
 

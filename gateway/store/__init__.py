@@ -268,7 +268,7 @@ class Store(Protocol):
 
     async def list_deliveries(
         self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
-        limit: int = 100,
+        limit: int = 100, delivery_id: int | None = None,
     ) -> list[DeliveryRecord]:
         """Delivery rows, newest first."""
         ...

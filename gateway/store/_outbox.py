@@ -104,11 +104,13 @@ async def stats(db: aiosqlite.Connection, plugin: str) -> DeliveryStats:
 
 
 async def listing(
-    db: aiosqlite.Connection, plugin: str | None, status: str | None, event_id: int | None, limit: int
+    db: aiosqlite.Connection, plugin: str | None, status: str | None, event_id: int | None, limit: int,
+    delivery_id: int | None = None,
 ) -> list[DeliveryRecord]:
     where: list[str] = []
     args: list[Any] = []
-    for clause, value in (("d.plugin = ?", plugin), ("d.status = ?", status), ("d.event_id = ?", event_id)):
+    for clause, value in (("d.plugin = ?", plugin), ("d.status = ?", status), ("d.event_id = ?", event_id),
+                          ("d.id = ?", delivery_id)):
         if value is not None:
             where.append(clause)
             args.append(value)

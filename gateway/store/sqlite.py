@@ -377,9 +377,9 @@ class SQLiteStore:
 
     async def list_deliveries(
         self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
-        limit: int = 100,
+        limit: int = 100, delivery_id: int | None = None,
     ) -> list[DeliveryRecord]:
-        return await _outbox.listing(self._read(), plugin, status, event_id, limit)
+        return await _outbox.listing(self._read(), plugin, status, event_id, limit, delivery_id)
 
     async def list_events(self, query: EventQuery | None = None, **filters: Any) -> list[StoredEvent]:
         query = query if query is not None else EventQuery(**filters)

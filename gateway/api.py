@@ -1,0 +1,239 @@
+"""The read API under /api/v1 and the token endpoint, for dashboards and integrations.
+
+Every call needs a bearer token from `POST /oauth/token` (client credentials), unless
+`[api] public = true` opens the read scope. Errors are problem+json with a `code`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.auth import Principal, Tokens
+from gateway.config import SCOPES
+from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.store import EventQuery, Store, iso_utc
+
+Handler = Callable[[Request], Awaitable[Response]]
+MAX_LIMIT = 1000
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def problem(request: Request, exc: GatewayError) -> Response:
+    headers = {}
+    if exc.status == 401:
+        # RFC 6750: tell the client how to authenticate and what went wrong
+        error = {"unauthorized": "", "invalid_client": ""}.get(exc.code, ' error="invalid_token"')
+        headers["WWW-Authenticate"] = "Basic" if exc.code == "invalid_client" else f"Bearer{error}"
+    elif exc.code == "insufficient_scope":
+        headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
+    body = orjson.loads(problem_body(exc.code, exc.detail, request.state.request_id))
+    if exc.code in ("invalid_client", "invalid_request", "unsupported_grant_type", "invalid_scope"):
+        body["error"] = exc.code  # RFC 6749 section 5.2, for OAuth client libraries
+    return Response(orjson.dumps(body), status_code=exc.status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise GatewayError("invalid_parameter", f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _time(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(raw)
+    except ValueError:
+        raise GatewayError("invalid_parameter", f"{name} must be an ISO 8601 time, e.g. 2026-11-20T10:15:00Z") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is not None and raw not in choices:
+        raise GatewayError("invalid_parameter", f"{name} must be one of {', '.join(choices)}")
+    return raw
+
+
+class Api:
+    def __init__(self, store: Store, tokens: Tokens, public: bool, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.public = public
+        self.clock = clock
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/oauth/token", self.guard(self.token), methods=["POST"]),
+            Route("/api/v1/events", self.guard(self.events)),
+            Route("/api/v1/events/{event_id:int}", self.guard(self.event)),
+            Route("/api/v1/deliveries", self.guard(self.deliveries)),
+            Route("/api/v1/deliveries/{delivery_id:int}/retry", self.guard(self.retry), methods=["POST"]),
+            Route("/api/v1/rejections", self.guard(self.rejections)),
+            Route("/api/v1/stats", self.guard(self.stats)),
+        ]
+
+    def guard(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except GatewayError as exc:
+                return problem(request, exc)
+
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    def principal(self, request: Request, scope: str) -> Principal:
+        """Who is calling, checked for `scope`; raises 401/403 problems."""
+        header = request.headers.get("authorization")
+        if header is None:
+            if self.public and scope == "events:read":
+                return Principal(None, frozenset({"events:read"}))
+            raise GatewayError("unauthorized", "send Authorization: Bearer <token> from POST /oauth/token")
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise GatewayError("invalid_token", "the Authorization header must be 'Bearer <token>'")
+        principal = self.tokens.verify(token.strip())
+        if scope not in principal.scopes:
+            raise GatewayError("insufficient_scope", f"this call needs the scope {scope}")
+        return principal
+
+    async def token(self, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 8192:
+            raise GatewayError("invalid_request", "the token request is too large")
+        try:
+            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError:
+            raise GatewayError("invalid_request", "the form body is not UTF-8") from None
+        if form.get("grant_type") != "client_credentials":
+            raise GatewayError("unsupported_grant_type", "grant_type must be client_credentials")
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        header = request.headers.get("authorization", "")
+        if header[:6].lower() == "basic ":
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise GatewayError("invalid_client", "the Basic credentials cannot be decoded") from None
+            user, sep, password = decoded.partition(":")
+            if not sep:
+                raise GatewayError("invalid_client", "the Basic credentials need id:secret")
+            client_id, secret = unquote(user), unquote(password)  # RFC 6749 2.3.1 form-encodes them
+        if not client_id or secret is None:
+            raise GatewayError("invalid_client", "send client_id and client_secret (form body or HTTP Basic)")
+        client = self.tokens.authenticate(client_id, secret)
+        wanted = tuple(form["scope"].split()) if form.get("scope") else client.scopes
+        if not wanted or any(s not in client.scopes for s in wanted):
+            raise GatewayError("invalid_scope", f"this client may ask for: {' '.join(client.scopes)}")
+        ttl = self.tokens.api.token_ttl_seconds
+        token = self.tokens.issue(client, wanted)
+        response = json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl,
+                                  "scope": " ".join(wanted)})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def query(self, request: Request) -> EventQuery:
+        """The /events filters, shared with the live streams."""
+        order = _choice(request, "order", ("newest", "oldest")) or "newest"
+        status = _choice(request, "status", ("stored", "quarantined"))
+        scheme = _choice(request, "scheme", ("metacopier", "pipsync", "tradrapi"))
+        p = request.query_params
+        return EventQuery(
+            source=p.get("source"), scheme=scheme, event_type=p.get("type"), account=p.get("account"),
+            symbol=p.get("symbol"), status=status, since=_time(request, "since"), until=_time(request, "until"),
+            newest_first=order == "newest", limit=_int(request, "limit", 100, 1, MAX_LIMIT),
+        )
+
+    async def events(self, request: Request) -> Response:
+        self.principal(request, "events:read")
+        query = self.query(request)
+        after = None
+        if "cursor" in request.query_params:
+            cursor = self.tokens.read_cursor(request.query_params["cursor"])
+            order = "newest" if query.newest_first else "oldest"
+            if cursor.get("o") != order or not isinstance(cursor.get("a"), int):
+                raise GatewayError("invalid_cursor", "the cursor belongs to a listing in another order")
+            after = cursor["a"]
+        found = await self.store.list_events(EventQuery(**{**_fields(query), "after": after}))
+        next_cursor = None
+        if len(found) == query.limit:
+            next_cursor = self.tokens.cursor({"a": found[-1].id, "o": "newest" if query.newest_first else "oldest"})
+        return json_response({"events": [e.to_json() for e in found], "next_cursor": next_cursor})
+
+    async def event(self, request: Request) -> Response:
+        self.principal(request, "events:read")
+        event_id = request.path_params["event_id"]
+        detail = await self.store.get_event(event_id)
+        if detail is None:
+            raise GatewayError("not_found", f"no event {event_id}")
+        deliveries = await self.store.list_deliveries(event_id=event_id, limit=1000)
+        return json_response({
+            **detail.event.to_json(),
+            "body_base64": base64.b64encode(detail.body).decode(),
+            "headers": [list(h) for h in detail.headers],
+            "deliveries": [d.to_json() for d in deliveries],
+        })
+
+    async def deliveries(self, request: Request) -> Response:
+        self.principal(request, "events:read")
+        found = await self.store.list_deliveries(
+            plugin=request.query_params.get("plugin"),
+            status=_choice(request, "status", ("pending", "delivered", "dead")),
+            event_id=_int(request, "event_id", 0, 1, 2**62) or None,
+            limit=_int(request, "limit", 100, 1, MAX_LIMIT),
+        )
+        return json_response({"deliveries": [d.to_json() for d in found]})
+
+    async def retry(self, request: Request) -> Response:
+        self.principal(request, "deliveries:write")
+        delivery_id = request.path_params["delivery_id"]
+        if not await self.store.retry_delivery(delivery_id):
+            raise GatewayError("not_found", f"no delivery {delivery_id}")
+        (record,) = [d for d in await self.store.list_deliveries(limit=1, delivery_id=delivery_id)]
+        return json_response(record.to_json(), status=202)
+
+    async def rejections(self, request: Request) -> Response:
+        self.principal(request, "events:read")
+        found = await self.store.list_rejections(
+            source=request.query_params.get("source"), code=request.query_params.get("code"),
+            limit=_int(request, "limit", 100, 1, MAX_LIMIT),
+        )
+        return json_response({"rejections": [r.to_json() for r in found]})
+
+    async def stats(self, request: Request) -> Response:
+        self.principal(request, "events:read")
+        until = _time(request, "until") or self.clock()
+        since = _time(request, "since") or (until - timedelta(days=1).total_seconds())
+        rows = await self.store.event_stats(since, until)
+        return json_response({
+            "since": iso_utc(since), "until": iso_utc(until),
+            "counts": [{"source": s, "event_type": t or None, "status": st, "count": n} for s, t, st, n in rows],
+            "total": sum(r[3] for r in rows),
+        })
+
+
+def _fields(query: EventQuery) -> dict[str, Any]:
+    return {name: getattr(query, name) for name in EventQuery.__dataclass_fields__}
+
+
+__all__ = ["SCOPES", "Api"]
