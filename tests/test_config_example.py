@@ -11,7 +11,7 @@ from gateway.config import load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 ENV = {"METACOPIER_SECRET": "m" * 40, "METACOPIER_SECRET_OLD": "o" * 40, "PIPSYNC_SECRET": "whsec_x1234567",
-       "TRADRAPI_KEY": "k" * 30}
+       "TRADRAPI_KEY": "k" * 30, "DASHBOARD_SECRET": "d" * 32}
 
 
 def test_example_loads() -> None:
@@ -27,7 +27,7 @@ def test_example_mentions_every_key() -> None:
     source = inspect.getsource(config_module)
     # every key name the loader accepts appears in a quoted set/get in config.py
     accepted = set(re.findall(r'c\.get\([^,]+, [^,]+, "(\w+)"', source))
-    accepted |= {"secret", "secrets", "name", "scheme", "auth", "require_timestamp"}
+    accepted |= {"secret", "secrets", "name", "scheme", "auth", "require_timestamp", "id", "scopes"}
     accepted |= set(re.findall(r'_number\(c, raw, key, "(\w+)"', source))
     accepted |= set(re.findall(r'_globs\(c, raw, key, "(\w+)"', source))
     assert len(accepted) > 12
