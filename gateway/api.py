@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -46,7 +46,7 @@ def problem(request: Request, exc: GatewayError) -> Response:
     return Response(orjson.dumps(body), status_code=exc.status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+def _int(request: HTTPConnection, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -55,7 +55,7 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
-def _time(request: Request, name: str) -> float | None:
+def _time(request: HTTPConnection, name: str) -> float | None:
     raw = request.query_params.get(name)
     if raw is None:
         return None
@@ -68,7 +68,7 @@ def _time(request: Request, name: str) -> float | None:
     return stamp.timestamp()
 
 
-def _choice(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+def _choice(request: HTTPConnection, name: str, choices: tuple[str, ...]) -> str | None:
     raw = request.query_params.get(name)
     if raw is not None and raw not in choices:
         raise GatewayError("invalid_parameter", f"{name} must be one of {', '.join(choices)}")
@@ -103,9 +103,12 @@ class Api:
         guarded.__name__ = handler.__name__
         return guarded
 
-    def principal(self, request: Request, scope: str) -> Principal:
-        """Who is calling, checked for `scope`; raises 401/403 problems."""
+    def principal(self, request: HTTPConnection, scope: str, query_token: str | None = None) -> Principal:
+        """Who is calling, checked for `scope`; raises 401/403 problems. `query_token` is a
+        token passed in the URL, used when there is no Authorization header."""
         header = request.headers.get("authorization")
+        if header is None and query_token:
+            header = f"Bearer {query_token}"
         if header is None:
             if self.public and scope == "events:read":
                 return Principal(None, frozenset({"events:read"}))
@@ -152,15 +155,18 @@ class Api:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def query(self, request: Request) -> EventQuery:
-        """The /events filters, shared with the live streams."""
+    def query(self, request: HTTPConnection, since_may_be_id: bool = False) -> EventQuery:
+        """The /events filters, shared with the live streams (where a numeric `since` is the
+        event id to resume after, not a time)."""
         order = _choice(request, "order", ("newest", "oldest")) or "newest"
         status = _choice(request, "status", ("stored", "quarantined"))
         scheme = _choice(request, "scheme", ("metacopier", "pipsync", "tradrapi"))
         p = request.query_params
         return EventQuery(
             source=p.get("source"), scheme=scheme, event_type=p.get("type"), account=p.get("account"),
-            symbol=p.get("symbol"), status=status, since=_time(request, "since"), until=_time(request, "until"),
+            symbol=p.get("symbol"), status=status,
+            since=None if since_may_be_id and p.get("since", "").isdigit() else _time(request, "since"),
+            until=_time(request, "until"),
             newest_first=order == "newest", limit=_int(request, "limit", 100, 1, MAX_LIMIT),
         )
 

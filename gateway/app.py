@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
 from gateway.store import Store, open_store
+from gateway.stream import Streams
 
 
 async def healthz(request: Request) -> Response:
@@ -61,9 +62,15 @@ class GatewayApp:
         self.ingest = IngestApp(config, self.store, clock=clock)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
         self.api = Api(self.store, self.tokens, config.api.public, clock=clock)
+        self.streams = Streams(self.api, self.store)
         self.router = RequestIdMiddleware(
             Starlette(
-                routes=[Route("/healthz", healthz), Route("/metrics", self._metrics), *self.api.routes()],
+                routes=[
+                    Route("/healthz", healthz),
+                    Route("/metrics", self._metrics),
+                    *self.api.routes(),
+                    *self.streams.routes(),
+                ],
                 lifespan=self._lifespan,
                 exception_handlers={HTTPException: http_problem},
             )
@@ -76,6 +83,7 @@ class GatewayApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.open()
         try:
+            await self.streams.start()
             await self.fanout.start()
             try:
                 yield

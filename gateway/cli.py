@@ -92,6 +92,7 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     uvicorn.run(
         GatewayApp(config, plugins=plugins), host=host, port=port, lifespan="on", access_log=False,
         server_header=False, log_config=None,
+        timeout_graceful_shutdown=5,  # live streams never end on their own
     )
 
 

@@ -91,7 +91,7 @@ class RunningGateway:
     def __init__(self, app: GatewayApp) -> None:
         self.app = app
         config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                                access_log=False, log_config=None)
+                                access_log=False, log_config=None, timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -238,6 +238,13 @@ class Store(Protocol):
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call `listener` after each commit that queued deliveries."""
 
+    def add_event_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener` with the newest event id after each commit that stored events."""
+
+    async def latest_event_id(self) -> int:
+        """The highest event id stored (0 when empty)."""
+        ...
+
     async def due_deliveries(self, plugin: str, now: float, limit: int) -> list[DueDelivery]:
         """Pending deliveries due by `now`, oldest first, at most one per (source, entity id):
         a delivery waits while an earlier one of the same entity is pending."""

@@ -147,6 +147,7 @@ class SQLiteStore:
         self._closing = False
         self.commits = 0  # groups committed; tests and metrics read it
         self._listeners: list[CommitListener] = []
+        self._event_listeners: list[Callable[[int], None]] = []
 
     async def open(self) -> None:
         self._closing = False
@@ -206,6 +207,14 @@ class SQLiteStore:
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def add_event_listener(self, listener: Callable[[int], None]) -> None:
+        self._event_listeners.append(listener)
+
+    async def latest_event_id(self) -> int:
+        async with self._read().execute("SELECT coalesce(max(id), 0) FROM events") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     def record_rejection(self, rejection: Rejection) -> None:
         if self.rejections_per_source == 0 or self._closing or self._task is None or self._task.done():
@@ -276,8 +285,10 @@ class SQLiteStore:
             await db.execute("BEGIN IMMEDIATE")
             results: dict[int, Any] = {}
             notify: set[str] = set()
+            newest = 0
             if ingests:
                 outcomes = await self._store_events(db, ingests, notify)
+                newest = max((o.id for os in outcomes for o in os if o.status != "duplicate"), default=0)
                 results.update({id(item): o for item, o in zip(ingests, outcomes, strict=True)})
             for item in group:
                 if isinstance(item, _Op):
@@ -298,6 +309,9 @@ class SQLiteStore:
         if notify:
             for listener in self._listeners:
                 listener(frozenset(notify))
+        if newest:
+            for event_listener in self._event_listeners:
+                event_listener(newest)
         return None
 
     async def _store_events(
