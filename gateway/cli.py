@@ -262,3 +262,36 @@ def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bo
         click.echo(f"no event {event_id} in the store", err=True)
         sys.exit(1)
     click.echo(f"{changed} delivery(ies) to {plugin} queued again")
+
+
+@main.command()
+@config_option
+@click.option("--url", help="The gateway (default: this config's server).")
+@click.option("--client", "client_id", help="API client to authenticate as (default: the first with events:read).")
+@click.option("--source", help="Only this source.")
+@click.option("--type", "event_type", help="Only event types matching this glob.")
+@click.option("--since", "since_id", type=int, help="Start after this event id (default: from now on).")
+@click.option("--count", type=click.IntRange(1), help="Exit after this many events.")
+def tail(
+    config_path: Path | None, url: str | None, client_id: str | None, source: str | None,
+    event_type: str | None, since_id: int | None, count: int | None,
+) -> None:
+    """Follow the live event stream, one line per event; resumes after a dropped connection."""
+    from gateway.tail import follow_stream
+
+    config = resolve_config(config_path)
+    clients = [c for c in config.api.clients.values() if "events:read" in c.scopes]
+    client = next((c for c in clients if client_id in (None, c.id)), None)
+    if client is None and not config.api.public:
+        raise click.UsageError("no [[clients]] entry with events:read in the config (or --client names none)")
+    if url is None:
+        host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        url = f"http://{host}:{config.server.port}"
+    params = {k: v for k, v in (("source", source), ("type", event_type)) if v is not None}
+    try:
+        follow_stream(url, client, params, since_id, count, click.echo, lambda note: click.echo(note, err=True))
+    except KeyboardInterrupt:
+        return
+    except PermissionError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)

@@ -219,3 +219,41 @@ def test_readme_run_command(workdir: Path) -> None:
         proc.wait(timeout=20)
         log.close()
     assert (workdir / "var" / "gateway.db").exists()
+
+
+def test_tail_follows_and_resumes_after_the_gateway_restarts(workdir: Path) -> None:
+    port = free_port()
+    (workdir / "gateway.toml").write_text(f"""
+[server]
+port = {port}
+[[sources]]
+name = "copier"
+scheme = "metacopier"
+secret = "{'k' * 40}"
+[[clients]]
+id = "ops"
+secret = "ops-secret-0123456789"
+""")
+    server = Server(workdir, port=port)
+    tail = subprocess.Popen([*GATEWAY, "tail", "--count", "4", "--type", "position.*"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # let it connect: the stream starts "from now on"
+        run("send", "copier", "--event", "position.opened", cwd=workdir)
+        run("send", "copier", "--event", "history.updated", cwd=workdir)  # filtered out
+        run("send", "copier", "--event", "position.closed", cwd=workdir)
+        server.stop()  # the connection drops; tail keeps trying
+        time.sleep(0.5)
+        server = Server(workdir, port=port)
+        run("send", "copier", "--event", "position.opened", cwd=workdir)
+        run("send", "copier", "--event", "position.closed", cwd=workdir)
+        out, err = tail.communicate(timeout=30)
+    finally:
+        tail.kill()
+        server.stop()
+    lines = out.splitlines()
+    assert len(lines) == 4, (out, err)
+    assert [line.split()[3] for line in lines] == ["position.opened", "position.closed"] * 2
+    ids = [int(line.split()[0]) for line in lines]
+    assert ids == sorted(ids) and len(set(ids)) == 4 and 2 not in ids  # event 2 is the filtered one
+    assert "reconnecting" in err

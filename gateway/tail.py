@@ -1,0 +1,70 @@
+"""`gateway tail`: follow /api/v1/stream, reconnecting with Last-Event-ID after a drop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import ClientConfig
+
+
+def describe(event: dict[str, Any]) -> str:
+    return (f"{event['id']:>8}  {event['received_at']}  {event['source']:<12} {event['event_type'] or '-':<18} "
+            f"{event['entity_id']:<20} {event['status']:<11} {event.get('account') or '-':<10} "
+            f"{event.get('symbol') or '-'}")
+
+
+def _token(client: httpx.Client, who: ClientConfig | None) -> dict[str, str]:
+    if who is None:
+        return {}
+    r = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": who.id,
+                                          "client_secret": who.secret.reveal(), "scope": "events:read"})
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def follow_stream(
+    url: str, who: ClientConfig | None, params: dict[str, str], since: int | None, count: int | None,
+    out: Callable[[str], None], note: Callable[[str], None],
+) -> None:
+    """Print events until `count` are shown (or forever); reconnect after any drop."""
+    last = since
+    shown = 0
+    delay = 0.5
+    while count is None or shown < count:
+        try:
+            with httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=60)) as client:
+                headers = _token(client, who)
+                if last is not None:
+                    headers["Last-Event-ID"] = str(last)
+                with client.stream("GET", "/api/v1/stream", params=params, headers=headers) as response:
+                    if response.status_code in (401, 403):
+                        raise PermissionError(f"the gateway refused the stream: {response.read().decode()[:200]}")
+                    response.raise_for_status()
+                    delay = 0.5
+                    fields: dict[str, str] = {}
+                    for line in response.iter_lines():
+                        if line:
+                            key, _, value = line.partition(":")
+                            fields[key] = value.lstrip()
+                            continue
+                        if fields.get("event") == "event":
+                            event = orjson.loads(fields["data"])
+                            last = int(fields["id"])
+                            out(describe(event))
+                            shown += 1
+                            if count is not None and shown >= count:
+                                return
+                        elif fields.get("event") == "error":
+                            note(f"stream ended by the gateway: {fields.get('data')}; resuming")
+                        fields = {}
+        except PermissionError:
+            raise
+        except (httpx.HTTPError, OSError) as exc:
+            note(f"connection lost ({type(exc).__name__}); reconnecting in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
