@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
 from starlette.requests import HTTPConnection, Request
@@ -50,7 +50,7 @@ def _int(request: HTTPConnection, name: str, default: int, low: int, high: int) 
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # '²'.isdigit() is True
         raise GatewayError("invalid_parameter", f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -91,7 +91,13 @@ class Api:
             Route("/api/v1/deliveries/{delivery_id:int}/retry", self.guard(self.retry), methods=["POST"]),
             Route("/api/v1/rejections", self.guard(self.rejections)),
             Route("/api/v1/stats", self.guard(self.stats)),
+            Route("/api/v1/openapi.json", self.openapi),
         ]
+
+    async def openapi(self, request: Request) -> Response:
+        from gateway.openapi import document
+
+        return json_response(document())
 
     def guard(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -141,7 +147,7 @@ class Api:
             user, sep, password = decoded.partition(":")
             if not sep:
                 raise GatewayError("invalid_client", "the Basic credentials need id:secret")
-            client_id, secret = unquote(user), unquote(password)  # RFC 6749 2.3.1 form-encodes them
+            client_id, secret = unquote_plus(user), unquote_plus(password)  # RFC 6749 2.3.1 form-encodes them
         if not client_id or secret is None:
             raise GatewayError("invalid_client", "send client_id and client_secret (form body or HTTP Basic)")
         client = self.tokens.authenticate(client_id, secret)
@@ -188,7 +194,7 @@ class Api:
 
     async def event(self, request: Request) -> Response:
         self.principal(request, "events:read")
-        event_id = request.path_params["event_id"]
+        event_id = _path_id(request, "event_id")
         detail = await self.store.get_event(event_id)
         if detail is None:
             raise GatewayError("not_found", f"no event {event_id}")
@@ -212,7 +218,7 @@ class Api:
 
     async def retry(self, request: Request) -> Response:
         self.principal(request, "deliveries:write")
-        delivery_id = request.path_params["delivery_id"]
+        delivery_id = _path_id(request, "delivery_id")
         if not await self.store.retry_delivery(delivery_id):
             raise GatewayError("not_found", f"no delivery {delivery_id}")
         (record,) = [d for d in await self.store.list_deliveries(limit=1, delivery_id=delivery_id)]
@@ -228,14 +234,23 @@ class Api:
 
     async def stats(self, request: Request) -> Response:
         self.principal(request, "events:read")
-        until = _time(request, "until") or self.clock()
-        since = _time(request, "since") or (until - timedelta(days=1).total_seconds())
+        until = _time(request, "until")
+        until = self.clock() if until is None else until
+        since = _time(request, "since")
+        since = until - timedelta(days=1).total_seconds() if since is None else since
         rows = await self.store.event_stats(since, until)
         return json_response({
             "since": iso_utc(since), "until": iso_utc(until),
             "counts": [{"source": s, "event_type": t or None, "status": st, "count": n} for s, t, st, n in rows],
             "total": sum(r[3] for r in rows),
         })
+
+
+def _path_id(request: Request, name: str) -> int:
+    value: int = request.path_params[name]
+    if value > 2**63 - 1:  # SQLite integers are 64-bit: no such row can exist
+        raise GatewayError("not_found", f"no such id {value}")
+    return value
 
 
 def _fields(query: EventQuery) -> dict[str, Any]:

@@ -1,0 +1,236 @@
+"""The OpenAPI 3.1 description of the read API, served at /api/v1/openapi.json.
+
+tests/test_openapi.py checks it against the running app with schemathesis: every response
+the app gives must be one this document declares, with a body that matches its schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+
+NULLABLE_STRING = {"type": ["string", "null"]}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+PROBLEM = {"description": "A problem (RFC 9457) with a stable code",
+           "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+AUTH_ERRORS = {"401": PROBLEM, "403": PROBLEM}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+EVENT_FILTERS = [
+    _query("source", "Only this source."),
+    _query("scheme", "Only this scheme.", {"type": "string", "enum": ["metacopier", "pipsync", "tradrapi"]}),
+    _query("type", "Event types matching this glob, e.g. position.*"),
+    _query("account", "Only this account id."),
+    _query("symbol", "Only this symbol."),
+    _query("status", "Only this status.", {"type": "string", "enum": ["stored", "quarantined"]}),
+    _query("since", "Received at or after (ISO 8601).", TIME),
+    _query("until", "Received before (ISO 8601).", TIME),
+]
+
+EVENT = {
+    "type": "object",
+    "required": ["id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "received_at",
+                 "payload"],
+    "properties": {
+        "id": {"type": "integer"},
+        "source": {"type": "string"},
+        "scheme": {"type": "string", "enum": ["metacopier", "pipsync", "tradrapi"]},
+        "event_type": NULLABLE_STRING,
+        "entity_id": {"type": "string"},
+        "dedup_key": {"type": "string"},
+        "status": {"type": "string", "enum": ["stored", "quarantined"]},
+        "account": NULLABLE_STRING,
+        "symbol": NULLABLE_STRING,
+        "received_at": TIME,
+        "request_id": {"type": "string"},
+        "attempt": {"type": ["integer", "null"]},
+        "remote_addr": NULLABLE_STRING,
+        "quarantine_reason": NULLABLE_STRING,
+        "payload": {"description": "The parsed event; null when it could not be parsed"},
+    },
+}
+
+DELIVERY = {
+    "type": "object",
+    "required": ["id", "event_id", "plugin", "status", "attempts"],
+    "properties": {
+        "id": {"type": "integer"},
+        "event_id": {"type": "integer"},
+        "plugin": {"type": "string"},
+        "source": {"type": "string"},
+        "entity_id": {"type": "string"},
+        "event_type": NULLABLE_STRING,
+        "status": {"type": "string", "enum": ["pending", "delivered", "dead"]},
+        "attempts": {"type": "integer"},
+        "next_attempt_at": {"type": ["string", "null"], "format": "date-time"},
+        "created_at": TIME,
+        "updated_at": TIME,
+        "last_error": NULLABLE_STRING,
+    },
+}
+
+REJECTION = {
+    "type": "object",
+    "required": ["id", "received_at", "request_id", "source", "code", "detail"],
+    "properties": {
+        "id": {"type": "integer"},
+        "received_at": TIME,
+        "request_id": {"type": "string"},
+        "source": {"type": "string"},
+        "code": {"type": "string"},
+        "detail": {"type": "string"},
+        "remote_addr": NULLABLE_STRING,
+        "header_names": {"type": "array", "items": {"type": "string"}},
+        "body_size": {"type": ["integer", "null"]},
+        "body_sha256": NULLABLE_STRING,
+    },
+}
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code", "request_id"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "request_id": {"type": "string"},
+        "error": {"type": "string", "description": "RFC 6749 error name, on /oauth/token"},
+    },
+}
+
+LIMIT = _query("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
+SECURED = [{"oauth2": ["events:read"]}, {"bearer": []}]
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Trading webhook gateway read API", "version": __version__,
+                 "description": "Events, deliveries, rejections and statistics of the gateway's store."},
+        "paths": {
+            "/oauth/token": {"post": {
+                "operationId": "token",
+                "summary": "Exchange client credentials for a bearer token (RFC 6749 section 4.4)",
+                "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+                    "type": "object", "required": ["grant_type"],
+                    "properties": {"grant_type": {"type": "string", "enum": ["client_credentials"]},
+                                   "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+                                   "scope": {"type": "string"}}}}}},
+                "responses": {
+                    "200": _json({"type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
+                                  "properties": {"access_token": {"type": "string"},
+                                                 "token_type": {"type": "string", "enum": ["Bearer"]},
+                                                 "expires_in": {"type": "integer"}, "scope": {"type": "string"}}},
+                                 "A token"),
+                    "400": PROBLEM, "401": PROBLEM},
+            }},
+            "/api/v1/events": {"get": {
+                "operationId": "listEvents", "summary": "Stored events, filtered and paginated",
+                "security": SECURED,
+                "parameters": [*EVENT_FILTERS, LIMIT,
+                               _query("order", "newest (default) or oldest first",
+                                      {"type": "string", "enum": ["newest", "oldest"]}),
+                               _query("cursor", "next_cursor of the previous page")],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["events", "next_cursor"],
+                                  "properties": {"events": {"type": "array", "items": _ref("Event")},
+                                                 "next_cursor": NULLABLE_STRING}}, "A page of events"),
+                    "400": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/events/{event_id}": {"get": {
+                "operationId": "getEvent", "summary": "One event with its raw body, headers and deliveries",
+                "security": SECURED,
+                "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {
+                    "200": _json({"allOf": [_ref("Event"), {"type": "object",
+                                  "required": ["body_base64", "headers", "deliveries"],
+                                  "properties": {"body_base64": {"type": "string"},
+                                                 "headers": {"type": "array", "items": {
+                                                     "type": "array", "items": {"type": "string"}}},
+                                                 "deliveries": {"type": "array", "items": _ref("Delivery")}}}]},
+                                 "The event"),
+                    "404": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/deliveries": {"get": {
+                "operationId": "listDeliveries", "summary": "Deliveries to plugins, newest first",
+                "security": SECURED,
+                "parameters": [_query("plugin", "Only this plugin."),
+                               _query("status", "Only this status.",
+                                      {"type": "string", "enum": ["pending", "delivered", "dead"]}),
+                               _query("event_id", "Only this event's.", {"type": "integer", "minimum": 1}), LIMIT],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["deliveries"],
+                                  "properties": {"deliveries": {"type": "array", "items": _ref("Delivery")}}},
+                                 "Deliveries"),
+                    "400": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/deliveries/{delivery_id}/retry": {"post": {
+                "operationId": "retryDelivery", "summary": "Deliver again, now (scope deliveries:write)",
+                "security": [{"oauth2": ["deliveries:write"]}, {"bearer": []}],
+                "parameters": [{"name": "delivery_id", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}],
+                "responses": {"202": _json(_ref("Delivery"), "Queued again"), "404": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/rejections": {"get": {
+                "operationId": "listRejections", "summary": "Rejected requests (bounded forensics log)",
+                "security": SECURED,
+                "parameters": [_query("source", "Only this source."), _query("code", "Only this code."), LIMIT],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["rejections"],
+                                  "properties": {"rejections": {"type": "array", "items": _ref("Rejection")}}},
+                                 "Rejections"),
+                    "400": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/stats": {"get": {
+                "operationId": "stats", "summary": "Event counts per source, type and status in a window",
+                "security": SECURED,
+                "parameters": [_query("since", "Window start (default: until - 24 h)", TIME),
+                               _query("until", "Window end (default: now)", TIME)],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["since", "until", "counts", "total"], "properties": {
+                        "since": TIME, "until": TIME, "total": {"type": "integer"},
+                        "counts": {"type": "array", "items": {"type": "object", "properties": {
+                            "source": {"type": "string"}, "event_type": NULLABLE_STRING,
+                            "status": {"type": "string"}, "count": {"type": "integer"}}}}}}, "Counts"),
+                    "400": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/stream": {"get": {
+                "operationId": "stream",
+                "summary": "Live events as Server-Sent Events; resume with Last-Event-ID (also /api/v1/ws)",
+                "security": SECURED,
+                "parameters": [*EVENT_FILTERS,
+                               _query("access_token", "The token, for clients that cannot set headers")],
+                "responses": {"200": {"description": "text/event-stream of `event` messages with `id:` lines",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "400": PROBLEM, **AUTH_ERRORS},
+            }},
+        },
+        "components": {
+            "schemas": {"Event": EVENT, "Delivery": DELIVERY, "Rejection": REJECTION, "Problem": PROBLEM_SCHEMA},
+            "securitySchemes": {
+                "oauth2": {"type": "oauth2", "flows": {"clientCredentials": {
+                    "tokenUrl": "/oauth/token",
+                    "scopes": {"events:read": "Read events, deliveries, rejections, stats, the stream",
+                               "deliveries:write": "Retry deliveries"}}}},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
