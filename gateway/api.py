@@ -35,12 +35,13 @@ def json_response(data: Any, status: int = 200) -> Response:
 def problem(request: Request, exc: GatewayError) -> Response:
     headers = {}
     if exc.status == 401:
-        # RFC 6750: tell the client how to authenticate and what went wrong
-        error = {"unauthorized": "", "invalid_client": ""}.get(exc.code, ' error="invalid_token"')
+        # RFC 6750: tell the client how to authenticate and what went wrong (RFC 6749 5.2:
+        # a failed HTTP Basic client authentication is challenged with Basic)
+        error = "" if exc.code == "unauthorized" else ' error="invalid_token"'
         headers["WWW-Authenticate"] = "Basic" if exc.code == "invalid_client" else f"Bearer{error}"
     elif exc.code == "insufficient_scope":
         headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
-    body = orjson.loads(problem_body(exc.code, exc.detail, request.state.request_id))
+    body = orjson.loads(problem_body(exc.code, exc.detail, request.state.request_id, exc.status))
     if exc.code in ("invalid_client", "invalid_request", "unsupported_grant_type", "invalid_scope"):
         body["error"] = exc.code  # RFC 6749 section 5.2, for OAuth client libraries
     return Response(orjson.dumps(body), status_code=exc.status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
@@ -139,7 +140,8 @@ class Api:
             raise GatewayError("unsupported_grant_type", "grant_type must be client_credentials")
         client_id, secret = form.get("client_id"), form.get("client_secret")
         header = request.headers.get("authorization", "")
-        if header[:6].lower() == "basic ":
+        used_basic = header[:6].lower() == "basic "
+        if used_basic:
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
@@ -149,8 +151,13 @@ class Api:
                 raise GatewayError("invalid_client", "the Basic credentials need id:secret")
             client_id, secret = unquote_plus(user), unquote_plus(password)  # RFC 6749 2.3.1 form-encodes them
         if not client_id or secret is None:
-            raise GatewayError("invalid_client", "send client_id and client_secret (form body or HTTP Basic)")
-        client = self.tokens.authenticate(client_id, secret)
+            raise GatewayError("invalid_client", "send client_id and client_secret (form body or HTTP Basic)", 400)
+        try:
+            client = self.tokens.authenticate(client_id, secret)
+        except GatewayError as exc:
+            # RFC 6749 5.2: 401 with a Basic challenge only when the client used Basic; a form
+            # failure is a 400, so that browsers do not pop up a credentials dialog.
+            raise GatewayError(exc.code, exc.detail, None if used_basic else 400) from None
         wanted = tuple(form["scope"].split()) if form.get("scope") else client.scopes
         if not wanted or any(s not in client.scopes for s in wanted):
             raise GatewayError("invalid_scope", f"this client may ask for: {' '.join(client.scopes)}")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
 from gateway.api import Api
@@ -25,6 +27,14 @@ from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
 from gateway.store import Store, open_store
 from gateway.stream import Streams
+
+DASHBOARD = Path(__file__).resolve().parent / "dashboard"
+
+
+async def dashboard(request: Request) -> Response:
+    """The dashboard page holds no data: it signs in with client credentials and then uses
+    the same API and stream as any other client."""
+    return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def healthz(request: Request) -> Response:
@@ -70,6 +80,8 @@ class GatewayApp:
                     Route("/metrics", self._metrics),
                     *self.api.routes(),
                     *self.streams.routes(),
+                    Route("/", dashboard),
+                    Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),
                 ],
                 lifespan=self._lifespan,
                 exception_handlers={HTTPException: http_problem},

@@ -39,16 +39,17 @@ CODES: Final[dict[str, tuple[int, str]]] = {
 class GatewayError(Exception):
     """An error with a stable `code`; its HTTP status and title come from `CODES`."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, status: int | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self._status = status
 
     @property
     def status(self) -> int:
-        return CODES[self.code][0]
+        return self._status or CODES[self.code][0]
 
 
 class Rejected(GatewayError):
@@ -62,8 +63,9 @@ class StoreUnavailable(GatewayError):
         super().__init__("store_unavailable", detail)
 
 
-def problem_body(code: str, detail: str, request_id: str) -> bytes:
-    status, title = CODES[code]
+def problem_body(code: str, detail: str, request_id: str, status: int | None = None) -> bytes:
+    default_status, title = CODES[code]
+    status = status or default_status
     return orjson.dumps(
         {
             "type": f"urn:webhook-gateway:problem:{code}",

@@ -1,0 +1,102 @@
+"""The dashboard in a real browser: Debian's chromium driven by playwright (no browser
+download). Signs in, sees a live event arrive, opens its payload, reads the rejection log and
+retries a dead delivery."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from gateway.config import parse_config
+from tests.conftest import RunningGateway, mc_sign, source_table
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SECRET = "dashboard-client-secret-01"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is installed by scripts/setup test")
+
+
+@pytest.fixture
+def gw(tmp_path: Path, serve: Callable[..., RunningGateway]) -> RunningGateway:
+    config = parse_config({
+        "sources": [source_table("metacopier", "metacopier")],
+        "store": {"path": str(tmp_path / "gateway.db")},
+        "plugins": [{"name": "crm", "use": "tests.fanout_plugins:recorder", "options": {"permanent": True}}],
+        "clients": [{"id": "desk", "secret": SECRET, "scopes": ["events:read", "deliveries:write"]}],
+    }, origin="test.toml", base_dir=tmp_path)
+    return serve(config)
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Page]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def send(gw: RunningGateway, position: str, symbol: str = "XAUUSD") -> int:
+    body = orjson.dumps({"type": "position.opened", "accountId": "acc-7", "position": {"id": position, "symbol": symbol}})
+    r = gw.post("/hooks/metacopier", body, mc_sign(body))
+    assert r.status_code == 200
+    event_id: int = r.json()["events"][0]["id"]
+    return event_id
+
+
+def test_dashboard_live_feed_detail_rejections_and_retry(gw: RunningGateway, page: Page, tmp_path: Path) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    external: list[str] = []
+    page.on("request", lambda req: None if req.url.startswith(gw.url) else external.append(req.url))
+    first = send(gw, "before-login")
+    page.goto(gw.url + "/")
+    page.fill("input[name=client_id]", "desk")
+    page.fill("input[name=client_secret]", "wrong-secret-000000")
+    page.click("#login button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("wrong secret")
+    page.fill("input[name=client_secret]", SECRET)
+    page.click("#login button[type=submit]")
+    expect(page.locator(f"tr[data-event-id='{first}']")).to_be_visible()
+    expect(page.locator("#live-state")).to_have_text("● live")
+
+    live = send(gw, "arrives-live", "BTCUSD")  # pushed through the SSE stream, no reload
+    row = page.locator(f"tr[data-event-id='{live}']")
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("arrives-live")
+    row.click()
+    expect(page.get_by_test_id("payload")).to_contain_text('"symbol": "BTCUSD"')
+    expect(page.get_by_test_id("event-detail")).to_contain_text("crm")
+    page.screenshot(path=str(tmp_path / "events.png"))
+
+    gw.post("/hooks/metacopier", b"{}", {"X-MetaCopier-Signature": "0" * 64})
+    time.sleep(0.3)  # rejections are written with the next commit
+    page.click("nav button[data-tab=rejections]")
+    expect(page.get_by_test_id("rejections")).to_contain_text("missing_signature")
+    expect(page.get_by_test_id("rejections")).to_contain_text("X-MetaCopier-Timestamp header is missing")
+
+    deadline = time.monotonic() + 10
+    page.click("nav button[data-tab=deliveries]")  # the crm plugin dead-lettered both events
+    dead_row = page.locator(f"#delivery-rows tr:has(td:nth-child(2):text-is('{live}'))")
+    while not dead_row.count() and time.monotonic() < deadline:
+        page.select_option("#delivery-status", "pending")
+        page.select_option("#delivery-status", "dead")
+        time.sleep(0.2)
+    expect(dead_row).to_contain_text("dead")
+    expect(page.get_by_test_id("plugin-summary")).to_contain_text("2 dead")
+    gw.app.plugins["crm"].permanent = False  # type: ignore[attr-defined]  # the CRM is fixed
+    dead_row.locator("button[data-retry]").click()
+    expect(page.locator("#status")).to_contain_text("queued again")
+    page.select_option("#delivery-status", "delivered")
+    expect(page.locator(f"#delivery-rows tr:has(td:nth-child(2):text-is('{live}'))")).to_contain_text("delivered")
+    page.screenshot(path=str(tmp_path / "deliveries.png"))
+    assert errors == [] and external == []
