@@ -46,7 +46,8 @@ def page(tmp_path: Path) -> Iterator[Page]:
 
 
 def send(gw: RunningGateway, position: str, symbol: str = "XAUUSD") -> int:
-    body = orjson.dumps({"type": "position.opened", "accountId": "acc-7", "position": {"id": position, "symbol": symbol}})
+    position_data = {"id": position, "symbol": symbol}
+    body = orjson.dumps({"type": "position.opened", "accountId": "acc-7", "position": position_data})
     r = gw.post("/hooks/metacopier", body, mc_sign(body))
     assert r.status_code == 200
     event_id: int = r.json()["events"][0]["id"]
