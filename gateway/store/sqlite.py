@@ -399,10 +399,15 @@ class SQLiteStore:
         query = query if query is not None else EventQuery(**filters)
         where: list[str] = []
         args: list[Any] = []
+        glob = query.event_type
+        # A plain type uses the (event_type, id) index, which is already in id order. For a real
+        # glob, that index would mean sorting every match: walk ids instead ("+" keeps SQLite
+        # off the index) and stop at `limit` matches.
+        type_clause = "+e.event_type GLOB ?" if glob and any(c in glob for c in "*?[") else "e.event_type = ?"
         for clause, value in (
             ("e.source = ?", query.source),
             ("e.scheme = ?", query.scheme),
-            ("e.event_type GLOB ?", query.event_type),
+            (type_clause, glob),
             ("e.account = ?", query.account),
             ("e.symbol = ?", query.symbol),
             ("e.status = ?", query.status),
