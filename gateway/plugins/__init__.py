@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from gateway.store import iso_utc
+from gateway.store import event_json
 
 ENTRY_POINT_GROUP = "gateway.plugins"
 
@@ -76,19 +76,7 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The event as JSON-ready data (without the raw body), as the built-ins send it."""
-        return {
-            "id": self.id,
-            "source": self.source,
-            "scheme": self.scheme,
-            "event_type": self.event_type or None,
-            "entity_id": self.entity_id,
-            "dedup_key": self.dedup_key,
-            "status": self.status,
-            "account": self.account,
-            "symbol": self.symbol,
-            "received_at": iso_utc(self.received_at),
-            "payload": self.payload,
-        }
+        return event_json(self)
 
 
 @runtime_checkable

@@ -67,24 +67,64 @@ class StoredEvent:
     quarantine_reason: str | None
 
     def to_json(self) -> dict[str, Any]:
-        """The public shape of an event (`gateway events --json`, and later the API)."""
-        return {
-            "id": self.id,
-            "source": self.source,
-            "scheme": self.scheme,
-            "event_type": self.event_type or None,
-            "entity_id": self.entity_id,
-            "dedup_key": self.dedup_key,
-            "status": self.status,
-            "account": self.account,
-            "symbol": self.symbol,
-            "received_at": iso_utc(self.received_at),
-            "request_id": self.request_id,
-            "attempt": self.attempt,
-            "remote_addr": self.remote_addr,
-            "quarantine_reason": self.quarantine_reason,
-            "payload": self.payload,
-        }
+        """The public shape of an event (`gateway events --json`, the API, the stream)."""
+        return event_json(self, request_id=self.request_id, attempt=self.attempt,
+                          remote_addr=self.remote_addr, quarantine_reason=self.quarantine_reason)
+
+
+class _EventLike(Protocol):
+    """What every JSON view of an event reads (read-only, as frozen dataclasses are)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def entity_id(self) -> str: ...
+
+    @property
+    def dedup_key(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def account(self) -> str | None: ...
+
+    @property
+    def symbol(self) -> str | None: ...
+
+    @property
+    def received_at(self) -> float: ...
+
+    @property
+    def payload(self) -> Any: ...
+
+
+def event_json(event: _EventLike, **extra: Any) -> dict[str, Any]:
+    """The fields every JSON view of an event shares (stored events and plugin events)."""
+    return {
+        "id": event.id,
+        "source": event.source,
+        "scheme": event.scheme,
+        "event_type": event.event_type or None,
+        "entity_id": event.entity_id,
+        "dedup_key": event.dedup_key,
+        "status": event.status,
+        "account": event.account,
+        "symbol": event.symbol,
+        "received_at": iso_utc(event.received_at),
+        **extra,
+        "payload": event.payload,
+    }
 
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
