@@ -69,7 +69,12 @@ class GatewayApp:
         self.plugins = plugins if plugins is not None else load_plugins(config)
         self.fanout = Fanout(config.plugins, self.plugins, self.store, self.metrics, clock)
         self.shutdown_grace = shutdown_grace
-        self.ingest = IngestApp(config, self.store, clock=clock)
+        self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics)
+        if hasattr(self.store, "on_commit"):
+            self.store.on_commit = self.metrics.commit_batch.observe
+        path = config.store.path
+        self.metrics.watch_store_size(
+            lambda: sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()))
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
         self.api = Api(self.store, self.tokens, config.api.public, clock=clock)
         self.streams = Streams(self.api, self.store)

@@ -16,6 +16,8 @@ import orjson
 from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
 from gateway.config import Config
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.metrics import UNKNOWN_SOURCE, Metrics
+from gateway.model import Outcome, Verified
 from gateway.routing import Router
 from gateway.schemes import get_scheme
 from gateway.store import Receipt, Rejection, Store
@@ -81,17 +83,23 @@ def _declared(scope: Scope) -> int | None:
 class IngestApp:
     """The ASGI app behind `/hooks/`. `clock` is injectable for tests."""
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self.sources = config.sources
         self.schemes = {name: get_scheme(s.scheme) for name, s in config.sources.items()}
         self.max_body = config.server.max_body_bytes
         self.store = store
         self.clock = clock
         self.router = Router(config.plugins)
+        self.metrics = metrics if metrics is not None else Metrics()
+        for name in self.sources:  # series exist from the start, at zero
+            self.metrics.requests.labels(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         name = scope["path"][len(PREFIX):]
+        label = name if name in self.sources else UNKNOWN_SOURCE
+        self.metrics.requests.labels(label).inc()
         seen = _Seen()
         try:
             body = await self._handle(name, scope, receive, request_id, seen)
@@ -102,6 +110,7 @@ class IngestApp:
                 # A bug, not bad input: log it with its traceback, answer in our own format.
                 log.exception("internal error request_id=%s source=%s", request_id, name[:64])
                 exc = GatewayError("internal_error", "the gateway failed unexpectedly; see its log")
+            self.metrics.rejections.labels(label, exc.code).inc()
             client = scope.get("client")
             log.warning(
                 "rejected request_id=%s source=%s code=%s remote=%s detail=%s",
@@ -122,6 +131,16 @@ class IngestApp:
             await send_response(send, exc.status, body, PROBLEM_CONTENT_TYPE.encode(), request_id, extra)
             return
         await send_response(send, 200, body, b"application/json", request_id)
+
+    def _observe(self, source: str, received_at: float, verified: Verified, outcomes: list[Outcome]) -> None:
+        m = self.metrics
+        m.ingest_latency.labels(source).observe(max(0.0, self.clock() - received_at))
+        for event, outcome in zip(verified.events, outcomes, strict=True):
+            m.events.labels(source, m.event_type_label(source, event.event_type), outcome.status).inc()
+        if verified.attempt is not None:
+            m.sender_attempt.labels(source).observe(verified.attempt)
+        if verified.sent_at is not None:
+            m.sender_clock_skew.labels(source).observe(verified.sent_at - received_at)
 
     async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str, seen: _Seen) -> bytes:
         source = self.sources.get(name)
@@ -152,6 +171,7 @@ class IngestApp:
         )
         routes = self.router.routes(name, verified.events)
         outcomes = await self.store.ingest(receipt, verified.events, routes)
+        self._observe(name, received_at, verified, outcomes)
         return orjson.dumps(
             {
                 "request_id": request_id,

@@ -6,9 +6,18 @@ Conventions: `_total` counters, `_seconds` in base units, low-cardinality labels
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+INGEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 20)
+# Sender timestamp minus receipt time: negative when the sender's clock is behind.
+SKEW_BUCKETS = (-300, -60, -10, -2, -0.5, 0, 0.5, 2, 10, 60, 300)
+UNKNOWN_SOURCE = "?"
+MAX_EVENT_TYPES = 200  # per source; beyond that, "other" (types come from senders)
 
 
 class Metrics:
@@ -40,6 +49,37 @@ class Metrics:
             "gateway_delivery_dead_letters", "Deliveries dead-lettered and not replayed since.", ["plugin"],
             registry=r,
         )
+        # ingest
+        self.requests = Counter("gateway_requests", "Webhook requests by source ('?' for unknown names).",
+                                ["source"], registry=r)
+        self.events = Counter("gateway_events", "Events by source, event type and outcome (stored, duplicate, "
+                              "quarantined).", ["source", "event_type", "status"], registry=r)
+        self.rejections = Counter("gateway_rejections", "Refused requests by source and code.", ["source", "code"],
+                                  registry=r)
+        self.ingest_latency = Histogram("gateway_ingest_latency_seconds", "From receipt of a request to the commit "
+                                        "of its events.", ["source"], buckets=INGEST_BUCKETS, registry=r)
+        self.commit_batch = Histogram("gateway_commit_batch_size", "Events written per group commit.",
+                                      buckets=BATCH_BUCKETS, registry=r)
+        self.sender_attempt = Histogram("gateway_sender_attempt", "The sender's own delivery attempt number, as "
+                                        "received.", ["source"], buckets=ATTEMPT_BUCKETS, registry=r)
+        self.sender_clock_skew = Histogram("gateway_sender_clock_skew_seconds", "Sender timestamp minus receipt "
+                                           "time.", ["source"], buckets=SKEW_BUCKETS, registry=r)
+        self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
+                                registry=r)
+        self._types: dict[str, set[str]] = {}
+
+    def event_type_label(self, source: str, event_type: str) -> str:
+        """Bound the label's values: senders choose event types."""
+        seen = self._types.setdefault(source, set())
+        if event_type in seen:
+            return event_type or "-"
+        if len(seen) >= MAX_EVENT_TYPES:
+            return "other"
+        seen.add(event_type)
+        return event_type or "-"
+
+    def watch_store_size(self, measure: Callable[[], float]) -> None:
+        self.store_size.set_function(measure)
 
     def add_plugin(self, plugin: str) -> None:
         """Create a plugin's series at zero, so dashboards and alerts see them from the start."""

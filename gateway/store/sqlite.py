@@ -148,6 +148,7 @@ class SQLiteStore:
         self.commits = 0  # groups committed; tests and metrics read it
         self._listeners: list[CommitListener] = []
         self._event_listeners: list[Callable[[int], None]] = []
+        self.on_commit: Callable[[int], None] | None = None  # events written per group (metrics)
 
     async def open(self) -> None:
         self._closing = False
@@ -286,8 +287,9 @@ class SQLiteStore:
             results: dict[int, Any] = {}
             notify: set[str] = set()
             newest = 0
+            outcomes_all: list[list[Outcome]] = []
             if ingests:
-                outcomes = await self._store_events(db, ingests, notify)
+                outcomes = outcomes_all = await self._store_events(db, ingests, notify)
                 newest = max((o.id for os in outcomes for o in os if o.status != "duplicate"), default=0)
                 results.update({id(item): o for item, o in zip(ingests, outcomes, strict=True)})
             for item in group:
@@ -309,6 +311,8 @@ class SQLiteStore:
         if notify:
             for listener in self._listeners:
                 listener(frozenset(notify))
+        if self.on_commit is not None and ingests:
+            self.on_commit(sum(1 for os in outcomes_all for o in os if o.status != "duplicate"))
         if newest:
             for event_listener in self._event_listeners:
                 event_listener(newest)
