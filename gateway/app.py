@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from gateway.store import Store, open_store
 from gateway.stream import Streams
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
+READY_TIMEOUT = 2.0
 
 
 async def dashboard(request: Request) -> Response:
@@ -82,6 +84,7 @@ class GatewayApp:
             Starlette(
                 routes=[
                     Route("/healthz", healthz),
+                    Route("/readyz", self._readyz),
                     Route("/metrics", self._metrics),
                     *self.api.routes(),
                     *self.streams.routes(),
@@ -92,6 +95,22 @@ class GatewayApp:
                 exception_handlers={HTTPException: http_problem},
             )
         )
+
+    async def _readyz(self, request: Request) -> Response:
+        """Ready when the store takes a write within 2 s and every plugin runner is alive."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.store.check_writable(), READY_TIMEOUT)
+            checks["store"] = "ok"
+        except TimeoutError:
+            checks["store"] = f"the writer did not commit within {READY_TIMEOUT:g} s (stalled or locked)"
+        except Exception as exc:
+            checks["store"] = f"not writable: {exc}"
+        for name, runner in self.fanout.runners.items():
+            checks[f"plugin:{name}"] = "ok" if runner.running else "not running"
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                            status_code=200 if ready else 503)
 
     async def _metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

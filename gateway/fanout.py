@@ -79,6 +79,10 @@ class PluginRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
     async def start(self) -> None:
         start = getattr(self.plugin, "start", None)
         if start is not None:

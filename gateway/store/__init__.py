@@ -278,6 +278,9 @@ class Store(Protocol):
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call `listener` after each commit that queued deliveries."""
 
+    async def check_writable(self) -> None:
+        """Write and commit one small row through the writer; raises StoreUnavailable."""
+
     def add_event_listener(self, listener: Callable[[int], None]) -> None:
         """Call `listener` with the newest event id after each commit that stored events."""
 

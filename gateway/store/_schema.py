@@ -78,6 +78,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     "CREATE INDEX rejections_bucket ON rejections(bucket, id)",
     "CREATE INDEX rejections_code ON rejections(code, id)",
     ),
+    # 4: one row that /readyz rewrites to prove the store is writable.
+    (
+    "CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+    ),
 )
 
 

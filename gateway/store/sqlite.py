@@ -209,6 +209,12 @@ class SQLiteStore:
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
+    async def check_writable(self) -> None:
+        async def beat(db: aiosqlite.Connection) -> None:
+            await db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (round(time.time() * 1e6),))
+
+        await self._write(beat)
+
     def add_event_listener(self, listener: Callable[[int], None]) -> None:
         self._event_listeners.append(listener)
 

@@ -1,0 +1,67 @@
+"""/healthz and /readyz through the real app: real store faults, recovery, plugin runners."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+from gateway.config import Config
+from tests.conftest import MC_BODY, RunningGateway, mc_sign
+
+Serve = Callable[..., RunningGateway]
+
+
+def test_healthz_and_readyz_when_all_is_well(make_config: Callable[..., Config], serve: Serve) -> None:
+    gw = serve(make_config(plugins=[{"name": "sink", "use": "tests.fanout_plugins:recorder"}]))
+    assert gw.client.get("/healthz").json() == {"status": "ok"}
+    ready = gw.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"store": "ok", "plugin:sink": "ok"}}
+
+
+def test_readyz_fails_while_another_process_holds_the_store_and_recovers(
+    make_config: Callable[..., Config], serve: Serve, tmp_path: object
+) -> None:
+    config = make_config()
+    gw = serve(Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
+                         "store": type(config.store)(path=config.store.path, busy_timeout_ms=300)}))
+    locker = sqlite3.connect(config.store.path, isolation_level=None, timeout=5)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        r = gw.client.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["status"] == "not ready"
+        assert "store" in r.json()["checks"] and r.json()["checks"]["store"] != "ok"
+        ingest = gw.post("/hooks/metacopier", MC_BODY, mc_sign(MC_BODY))
+        assert ingest.status_code == 503 and ingest.json()["code"] == "store_unavailable"
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert gw.client.get("/readyz").status_code == 200  # recovers by itself
+    assert gw.post("/hooks/metacopier", MC_BODY, mc_sign(MC_BODY)).status_code == 200
+
+
+def test_readyz_names_a_store_that_refuses_writes(make_config: Callable[..., Config], serve: Serve) -> None:
+    gw = serve(make_config())
+    with sqlite3.connect(gw.app.config.store.path) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON heartbeat BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    r = gw.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["store"].startswith("not writable")
+    with sqlite3.connect(gw.app.config.store.path) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    assert gw.client.get("/readyz").status_code == 200
+
+
+def test_readyz_names_a_plugin_that_stopped(make_config: Callable[..., Config], serve: Serve) -> None:
+    gw = serve(make_config(plugins=[{"name": "sink", "use": "tests.fanout_plugins:recorder"}]))
+    runner = gw.app.fanout.runners["sink"]
+    loop_task = runner._loop_task
+    assert loop_task is not None
+    loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)  # as if the runner had died
+    deadline = time.monotonic() + 5
+    while runner.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r = gw.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"] == {"store": "ok", "plugin:sink": "not running"}
