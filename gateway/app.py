@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,6 +32,17 @@ from gateway.stream import Streams
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 READY_TIMEOUT = 2.0
+RETENTION_INTERVAL = 3600.0
+log = logging.getLogger("gateway")
+
+
+async def prune_all(store: Store, before: float, pause: float = 0.0) -> int:
+    """Prune in batches until nothing is left; returns how many events went."""
+    total = 0
+    while pruned := await store.prune(before):
+        total += pruned
+        await asyncio.sleep(pause)
+    return total
 
 
 async def dashboard(request: Request) -> Response:
@@ -115,15 +127,35 @@ class GatewayApp:
     async def _metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def _retention(self) -> None:
+        """Prune events older than `[store] retention_days`, hourly, in small batches with a
+        pause between them, so ingest never waits long for the writer."""
+        days = self.config.store.retention_days
+        while True:
+            try:
+                pruned = await prune_all(self.store, time.time() - days * 86400, pause=0.05)
+                if pruned:
+                    log.info("retention: pruned %d event(s) older than %d day(s)", pruned, days)
+            except Exception as exc:
+                log.warning("retention: pruning failed, will try again: %s", exc)
+            await asyncio.sleep(RETENTION_INTERVAL)
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.open()
+        retention = None
         try:
             await self.streams.start()
             await self.fanout.start()
+            if self.config.store.retention_days:
+                retention = asyncio.create_task(self._retention(), name="retention")
             try:
                 yield
             finally:
+                if retention is not None:
+                    retention.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await retention
                 # uvicorn has stopped taking requests: finish deliveries, then the store.
                 await self.fanout.stop(self.shutdown_grace)
         finally:

@@ -295,3 +295,48 @@ def tail(
     except PermissionError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option("--days", type=click.IntRange(0), help="Prune events older than this (default: [store] retention_days).")
+def prune(config_path: Path | None, days: int | None) -> None:
+    """Delete events older than the retention period (and their finished deliveries, orphaned
+    receipts and old rejections) in small batches. Events a plugin still waits for are kept."""
+    from gateway.app import prune_all
+
+    config = resolve_config(config_path)
+    days = config.store.retention_days if days is None else days
+    if not days:
+        raise click.UsageError("no retention: give --days N or set [store] retention_days")
+    if not config.store.path.exists():
+        click.echo(f"no event store at {config.store.path} yet", err=True)
+        sys.exit(1)
+
+    async def run() -> int:
+        store = open_store(config.store)
+        await store.open()
+        try:
+            return await prune_all(store, time.time() - days * 86400)
+        finally:
+            await store.close()
+
+    click.echo(f"pruned {asyncio.run(run())} event(s) older than {days} day(s)")
+
+
+@main.command()
+@config_option
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+def backup(config_path: Path | None, target: Path) -> None:
+    """Write a consistent copy of the store to TARGET while the gateway keeps serving."""
+    config = resolve_config(config_path)
+
+    async def copy(store: Store) -> None:
+        await store.backup(target)
+
+    try:
+        read_store(config, copy)
+    except FileExistsError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"backed up {config.store.path} to {target} ({target.stat().st_size} bytes)")

@@ -116,6 +116,7 @@ class StoreConfig:
     synchronous: Synchronous = "FULL"
     busy_timeout_ms: int = 5000
     rejections_per_source: int = 1000
+    retention_days: int = 0  # 0: keep forever (dedup is only as long as events are kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +409,8 @@ def parse_config(
     server = ServerConfig(host=c.get(srv, "server.host", "host", str, "127.0.0.1"), port=port,
                           max_body_bytes=max_body)
 
-    st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms", "rejections_per_source"})
+    st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms", "rejections_per_source",
+                                 "retention_days"})
     store_path = Path(c.get(st, "store.path", "path", str, "var/gateway.db"))
     sync = c.get(st, "store.synchronous", "synchronous", str, "FULL").upper()
     if sync not in get_args(Synchronous):
@@ -424,7 +426,10 @@ def parse_config(
         synchronous=sync,
         busy_timeout_ms=busy,
         rejections_per_source=kept,
+        retention_days=c.get(st, "store.retention_days", "retention_days", int, 0),
     )
+    if not 0 <= store.retention_days <= 100 * 365:
+        c.error("store.retention_days", f"must be between 0 (keep forever) and 36500, got {store.retention_days}")
 
     sources: dict[str, SourceConfig] = {}
     raw_sources = data.get("sources", [])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from gateway.config import StoreConfig
@@ -277,6 +278,15 @@ class Store(Protocol):
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call `listener` after each commit that queued deliveries."""
+
+    async def prune(self, before: float, batch: int = 500) -> int:
+        """Delete one batch of events received before `before` whose deliveries are all
+        finished, with their finished deliveries, orphaned receipts and old rejections.
+        Returns how many events went (0: nothing left to prune). Call until it returns 0."""
+        ...
+
+    async def backup(self, target: Path) -> None:
+        """Write a consistent copy of the store to `target` while it keeps serving."""
 
     async def check_writable(self) -> None:
         """Write and commit one small row through the writer; raises StoreUnavailable."""

@@ -209,6 +209,55 @@ class SQLiteStore:
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
+    async def prune(self, before: float, batch: int = 500) -> int:
+        cutoff = round(before * 1_000_000)
+
+        async def run(db: aiosqlite.Connection) -> int:
+            # Only events no plugin is still waiting for; the outbox keeps the rest alive.
+            cursor = await db.execute(
+                "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS ("
+                " SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending') LIMIT ?",
+                (cutoff, batch))
+            ids = [row[0] for row in await cursor.fetchall()]
+            await cursor.close()
+            await db.execute("DELETE FROM rejections WHERE id IN (SELECT id FROM rejections WHERE received_at < ?"
+                             " LIMIT ?)", (cutoff, batch))
+            if not ids:
+                return 0
+            marks = ",".join("?" * len(ids))
+            await db.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
+            receipts = await db.execute(f"SELECT DISTINCT receipt_id FROM events WHERE id IN ({marks})", ids)
+            receipt_ids = [row[0] for row in await receipts.fetchall()]
+            await receipts.close()
+            await db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+            await db.execute(
+                f"DELETE FROM receipts WHERE id IN ({','.join('?' * len(receipt_ids))}) AND NOT EXISTS ("
+                " SELECT 1 FROM events WHERE events.receipt_id = receipts.id)", receipt_ids)
+            return len(ids)
+
+        pruned: int = await self._write(run, size=batch)
+        return pruned
+
+    async def backup(self, target: Path) -> None:
+        target = Path(target)
+        if target.exists():
+            raise FileExistsError(f"{target} exists; give a new file name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        def copy() -> None:
+            # The backup API copies every page inside one read transaction: a consistent
+            # snapshot, while the writer keeps committing to the WAL.
+            source = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            dest = sqlite3.connect(target)
+            try:
+                source.backup(dest)
+                dest.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file
+            finally:
+                dest.close()
+                source.close()
+
+        await asyncio.to_thread(copy)
+
     async def check_writable(self) -> None:
         async def beat(db: aiosqlite.Connection) -> None:
             await db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (round(time.time() * 1e6),))
