@@ -76,6 +76,7 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from gateway.app import GatewayApp
+    from gateway.server import GatewayServer
 
     config = resolve_config(config_path)
     plugins = build_plugins(config)
@@ -89,11 +90,16 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     for plugin in config.plugins:
         log.info("plugin %s (%s): sources %s, events %s", plugin.name, plugin.use, ",".join(plugin.sources),
                  ",".join(plugin.events))
-    uvicorn.run(
-        GatewayApp(config, plugins=plugins), host=host, port=port, lifespan="on", access_log=False,
-        server_header=False, log_config=None,
-        timeout_graceful_shutdown=5,  # live streams never end on their own
-    )
+    deadline = config.server.shutdown_timeout_seconds
+    app = GatewayApp(config, plugins=plugins, shutdown_grace=deadline / 2)
+    server = GatewayServer(uvicorn.Config(
+        app, host=host, port=port, lifespan="on", access_log=False, server_header=False, log_config=None,
+        # in-flight requests get half the deadline (live streams never end by themselves);
+        # plugins and the last commit get the other half, in the lifespan shutdown
+        timeout_graceful_shutdown=max(1, int(deadline / 2)),
+    ))
+    server.run()
+
 
 
 @main.command("check-config")

@@ -108,6 +108,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = DEFAULT_MAX_BODY
+    shutdown_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +400,7 @@ def parse_config(
     c = _Checker(origin, os.environ if environ is None else environ)
     c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients"})
 
-    srv = c.table(data, "server", {"host", "port", "max_body_bytes"})
+    srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds"})
     port = c.get(srv, "server.port", "port", int, 8080)
     if not 0 <= port <= 65535:
         c.error("server.port", f"must be between 0 and 65535, got {port}")
@@ -407,7 +408,8 @@ def parse_config(
     if not 1024 <= max_body <= 64 * 1024 * 1024:
         c.error("server.max_body_bytes", f"must be between 1024 and 67108864, got {max_body}")
     server = ServerConfig(host=c.get(srv, "server.host", "host", str, "127.0.0.1"), port=port,
-                          max_body_bytes=max_body)
+                          max_body_bytes=max_body,
+                          shutdown_timeout_seconds=_number(c, srv, "server", "shutdown_timeout_seconds", 30.0, 1, 3600))
 
     st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms", "rejections_per_source",
                                  "retention_days"})
