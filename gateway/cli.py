@@ -71,7 +71,9 @@ def main() -> None:
 @config_option
 @click.option("--host", help="Address to listen on (default: [server] host, 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default: [server] port, 8080).")
-def run(config_path: Path | None, host: str | None, port: int | None) -> None:
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto", show_default=True,
+              help="auto: JSON lines unless stderr is a terminal.")
+def run(config_path: Path | None, host: str | None, port: int | None, log_format: str) -> None:
     """Serve webhooks at POST /hooks/{source}."""
     import uvicorn
 
@@ -82,7 +84,9 @@ def run(config_path: Path | None, host: str | None, port: int | None) -> None:
     plugins = build_plugins(config)
     host = host or config.server.host
     port = config.server.port if port is None else port
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from gateway import logs
+
+    logs.configure(log_format)
     log = logging.getLogger("gateway")
     log.info("config %s; store %s", config.origin, config.store.path)
     for name, source in config.sources.items():

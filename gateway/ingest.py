@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import orjson
 
+from gateway import logs
 from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
 from gateway.config import Config
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
@@ -97,6 +98,7 @@ class IngestApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
+        logs.request_id.set(request_id)  # every log line of this request carries it
         name = scope["path"][len(PREFIX):]
         label = name if name in self.sources else UNKNOWN_SOURCE
         self.metrics.requests.labels(label).inc()
@@ -108,14 +110,14 @@ class IngestApp:
         except Exception as exc:
             if not isinstance(exc, GatewayError):
                 # A bug, not bad input: log it with its traceback, answer in our own format.
-                log.exception("internal error request_id=%s source=%s", request_id, name[:64])
+                log.exception("internal error", extra={"source": name[:64]})
                 exc = GatewayError("internal_error", "the gateway failed unexpectedly; see its log")
             self.metrics.rejections.labels(label, exc.code).inc()
             client = scope.get("client")
-            log.warning(
-                "rejected request_id=%s source=%s code=%s remote=%s detail=%s",
-                request_id, name[:64], exc.code, client[0] if client else "-", exc.detail,
-            )
+            log.warning("request rejected", extra={
+                "source": name[:64], "code": exc.code, "status": exc.status,
+                "remote": client[0] if client else None, "detail": exc.detail,
+            })
             self.store.record_rejection(Rejection(
                 received_at=self.clock(), request_id=request_id, source=name[:64], code=exc.code,
                 detail=exc.detail, remote_addr=client[0] if client else None,

@@ -1,0 +1,52 @@
+"""Logs of a real `gateway run`: JSON lines off a terminal, the request id on request lines,
+one line per rejection with its code, and never a secret or a signature."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from gateway import logs
+from tests.conftest import MC_BODY, MC_SECRET, TR_BODY, TR_KEY, mc_sign, tr_sign
+from tests.test_server import start
+
+
+def test_json_logs_carry_request_ids_codes_and_no_secrets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import signal
+
+    import httpx
+
+    proc, port = start(tmp_path, f'[[sources]]\nname = "tr"\nscheme = "tradrapi"\nsecret = "{TR_KEY}"\n')
+    url = f"http://127.0.0.1:{port}"
+    wrong = mc_sign(MC_BODY, "not-the-secret-" + "z" * 30)
+    headers = {**wrong, "Authorization": f"Bearer {MC_SECRET}"}
+    r1 = httpx.post(f"{url}/hooks/metacopier", content=MC_BODY, headers=headers)
+    r2 = httpx.post(f"{url}/hooks/tr", content=TR_BODY, headers={"x-webhook-secret": TR_KEY})
+    ok = httpx.post(f"{url}/hooks/tr", content=TR_BODY, headers=tr_sign())
+    assert (r1.status_code, r2.status_code, ok.status_code) == (401, 401, 200)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    text = (tmp_path / "run.log").read_text()
+    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines and all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
+    rejected = [line for line in lines if line["msg"] == "request rejected"]
+    assert [(r["code"], r["request_id"]) for r in rejected] == [
+        ("bad_signature", r1.headers["x-request-id"]), ("malformed_signature", r2.headers["x-request-id"])]
+    assert rejected[0]["source"] == "metacopier" and rejected[0]["remote"] == "127.0.0.1"
+    for secret in (MC_SECRET, TR_KEY, hashlib.sha1(TR_KEY.encode()).hexdigest(), wrong["X-MetaCopier-Signature"]):
+        assert secret not in text
+
+
+def test_text_format_for_terminals_includes_the_request_id() -> None:
+    record = logging.LogRecord("gateway.ingest", logging.WARNING, __file__, 1, "request rejected", None, None)
+    record.code = "bad_signature"
+    token = logs.request_id.set("abc123")
+    try:
+        line = logs.TextFormatter().format(record)
+        data = orjson.loads(logs.JsonFormatter().format(record))
+    finally:
+        logs.request_id.reset(token)
+    assert "request rejected [abc123] code=bad_signature" in line
+    assert data["request_id"] == "abc123" and data["code"] == "bad_signature" and data["level"] == "warning"
