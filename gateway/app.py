@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
 from gateway.api import Api
 from gateway.auth import Tokens, load_or_create_key
-from gateway.config import Config
+from gateway.config import Config, ip_allowed
 from gateway.errors import PROBLEM_CONTENT_TYPE, problem_body
 from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
@@ -125,6 +125,14 @@ class GatewayApp:
                             status_code=200 if ready else 503)
 
     async def _metrics(self, request: Request) -> Response:
+        settings = self.config.metrics
+        if settings.listen is not None:
+            raise HTTPException(404, f"metrics are served on {settings.listen[0]}:{settings.listen[1]}")
+        if settings.allow_ips:
+            peer = request.client.host if request.client else None
+            if not ip_allowed(settings.allow_ips, peer):
+                body = problem_body("ip_denied", f"{peer} may not read /metrics", request.state.request_id)
+                return Response(body, status_code=403, media_type=PROBLEM_CONTENT_TYPE)
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _retention(self) -> None:
@@ -144,6 +152,11 @@ class GatewayApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.open()
         retention = None
+        exporter = None
+        if self.config.metrics.listen is not None:
+            host, port = self.config.metrics.listen
+            exporter, _ = start_http_server(port, host, registry=self.metrics.registry)
+            log.info("metrics on http://%s:%d/metrics", host, exporter.server_port)
         try:
             await self.streams.start()
             await self.fanout.start()
@@ -152,6 +165,9 @@ class GatewayApp:
             try:
                 yield
             finally:
+                if exporter is not None:
+                    exporter.shutdown()
+                    exporter.server_close()
                 if retention is not None:
                     retention.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

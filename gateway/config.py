@@ -30,6 +30,21 @@ DEFAULT_TOLERANCE = 300
 DEFAULT_MAX_BODY = 1024 * 1024
 
 
+def ip_allowed(networks: tuple[IPNetwork, ...], address: str | None) -> bool:
+    """True when `address` is in one of `networks`; an empty list allows any address."""
+    if not networks:
+        return True
+    if address is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 on a dual-stack socket
+    return any(ip in net for net in networks)
+
+
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
     """One sender endpoint, `POST /hooks/{name}`."""
@@ -45,17 +60,7 @@ class SourceConfig:
 
     def allows(self, address: str | None) -> bool:
         """True when `address` may send to this source (no allowlist allows any)."""
-        if not self.allow_ips:
-            return True
-        if address is None:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1 on a dual-stack socket
-        return any(ip in net for net in self.allow_ips)
+        return ip_allowed(self.allow_ips, address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,15 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Where /metrics is served: on the main port (default), or only on `listen` (host:port);
+    `allow_ips` limits who may scrape it on the main port."""
+
+    listen: tuple[str, int] | None = None
+    allow_ips: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -127,6 +141,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     plugins: tuple[PluginConfig, ...] = ()
     api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     origin: str = "<defaults>"
     base_dir: Path = Path(".")
 
@@ -350,6 +365,25 @@ def _plugin(c: _Checker, raw: Any, index: int) -> PluginConfig | None:
     return None if len(c.errors) > before else plugin
 
 
+def _metrics(c: _Checker, data: Mapping[str, Any]) -> MetricsConfig:
+    raw = c.table(data, "metrics", {"listen", "allow_ips"})
+    listen = None
+    spec = c.get(raw, "metrics.listen", "listen", str, None)
+    if spec is not None:
+        host, sep, port = spec.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            c.error("metrics.listen", f'must be "host:port", e.g. "127.0.0.1:9464", got {spec!r}')
+        else:
+            listen = (host.strip("[]"), int(port))
+    nets: list[IPNetwork] = []
+    for i, item in enumerate(c.get(raw, "metrics.allow_ips", "allow_ips", list, [])):
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            c.error(f"metrics.allow_ips[{i}]", f"{item!r} is not an IP address or CIDR")
+    return MetricsConfig(listen=listen, allow_ips=tuple(nets))
+
+
 def _api(c: _Checker, data: Mapping[str, Any]) -> ApiConfig:
     raw = c.table(data, "api", {"public", "token_ttl_seconds"})
     ttl = c.get(raw, "api.token_ttl_seconds", "token_ttl_seconds", int, 3600)
@@ -398,7 +432,7 @@ def parse_config(
 ) -> Config:
     """Validate parsed TOML into a `Config`, or raise `ConfigError` listing every problem."""
     c = _Checker(origin, os.environ if environ is None else environ)
-    c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients"})
+    c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients", "metrics"})
 
     srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds"})
     port = c.get(srv, "server.port", "port", int, 8080)
@@ -460,10 +494,11 @@ def parse_config(
         plugins.append(plugin)
 
     api = _api(c, data)
+    metrics = _metrics(c, data)
     if c.errors:
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
-                  api=api, origin=origin, base_dir=base_dir)
+                  api=api, metrics=metrics, origin=origin, base_dir=base_dir)
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:

@@ -65,3 +65,37 @@ def test_readyz_names_a_plugin_that_stopped(make_config: Callable[..., Config], 
     r = gw.client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["checks"] == {"store": "ok", "plugin:sink": "not running"}
+
+
+def test_metrics_on_a_separate_listener(tmp_path, make_config, serve) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from gateway.config import parse_config
+    from tests.conftest import source_table
+    from tests.test_cli import free_port
+
+    port = free_port()
+    config = parse_config({"sources": [source_table("metacopier", "metacopier")],
+                           "store": {"path": str(tmp_path / "g.db")},
+                           "metrics": {"listen": f"127.0.0.1:{port}"}}, origin="t", base_dir=tmp_path)
+    gw = serve(config)
+    gw.post("/hooks/metacopier", MC_BODY, mc_sign(MC_BODY))
+    separate = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert separate.status_code == 200
+    assert 'gateway_events_total{event_type="position.opened",source="metacopier",status="stored"} 1.0' \
+        in separate.text
+    assert gw.client.get("/metrics").status_code == 404  # not on the public port any more
+
+
+def test_metrics_allow_ips(tmp_path, serve) -> None:  # type: ignore[no-untyped-def]
+    from gateway.config import parse_config
+    from tests.conftest import source_table
+
+    def gateway_with(allow: list[str]) -> RunningGateway:
+        return serve(parse_config({"sources": [source_table("metacopier", "metacopier")],
+                                   "store": {"path": str(tmp_path / f"{len(allow)}.db")},
+                                   "metrics": {"allow_ips": allow}}, origin="t", base_dir=tmp_path))
+
+    denied = gateway_with(["10.0.0.0/8"]).client.get("/metrics")
+    assert denied.status_code == 403 and denied.json()["code"] == "ip_denied"
+    assert gateway_with(["10.0.0.0/8", "127.0.0.1"]).client.get("/metrics").status_code == 200

@@ -335,7 +335,7 @@ def test_source_error(write: Callable[[str], Path], table: str, key: str, fragme
 
 TOP_ERRORS: list[tuple[str, str, str, str]] = [
     ("unknown-top-level-key", 'colour = "blue"\n' + MC_SOURCE, "colour",
-     "unknown key (known: api, clients, plugins, server, sources, store)"),
+     "unknown key (known: api, clients, metrics, plugins, server, sources, store)"),
     ("unknown-server-key", '[server]\nhots = "0.0.0.0"\n' + MC_SOURCE, "server.hots", "unknown key"),
     ("unknown-store-key", '[store]\nfile = "x.db"\n' + MC_SOURCE, "store.file", "unknown key"),
     ("server-not-a-table", "server = 5\n" + MC_SOURCE, "server", "must be a table, got int"),
