@@ -1,0 +1,393 @@
+"""The gateway's benchmark: one command, one machine, every figure docs/benchmarks.md reports.
+
+    .venv/bin/python bench/run.py            # full run (about 10 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # smoke run (seconds), as the test suite does
+
+Starts a bare Starlette app (the ceiling for this stack) and the gateway with its default
+durable settings (synchronous=FULL), each fresh for every run, on 127.0.0.1; drives both with
+wrk (Debian package) replaying pre-signed request sets; then measures fan-out lag of a jsonl
+plugin at a fixed rate and listing 100 events from a store of 1,000,000. Writes results.json
+and chart.png to --out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import orjson
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+MC_SECRET = "bench-metacopier-secret-0123456789abcdef"
+PS_SECRET = "whsec_bench_pipsync_secret"
+TR_KEY = "bench-tradrapi-key-0123456789"
+CLIENT_SECRET = "bench-client-secret-0123456789"
+WORKLOADS = ("metacopier", "pipsync", "tradrapi-500", "mixed-10pct-dup", "bad-signature")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
+        return shutil.which("wrk") or "wrk"
+    raise click.ClickException("wrk is needed: apt-get install wrk")
+
+
+def gateway_config(folder: Path, port: int, plugins: str = "") -> Path:
+    path = folder / "gateway.toml"
+    path.write_text(f"""
+[server]
+port = {port}
+[store]
+path = "gateway.db"
+[[sources]]
+name = "metacopier"
+scheme = "metacopier"
+secret = "{MC_SECRET}"
+[[sources]]
+name = "pipsync"
+scheme = "pipsync"
+secret = "{PS_SECRET}"
+[[sources]]
+name = "tradrapi"
+scheme = "tradrapi"
+secret = "{TR_KEY}"
+[[clients]]
+id = "bench"
+secret = "{CLIENT_SECRET}"
+{plugins}
+""")
+    return path
+
+
+class Target:
+    """A server process on 127.0.0.1, started fresh and stopped after each run."""
+
+    def __init__(self, kind: str, folder: Path, plugins: str = "") -> None:
+        self.port = free_port()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        if kind == "bare":
+            cmd = [PYTHON, "-m", "uvicorn", "bare_app:app", "--port", str(self.port), "--log-level", "warning",
+                   "--no-access-log", "--app-dir", str(HERE)]
+        else:
+            cmd = [PYTHON, "-m", "gateway", "run", "--config", str(gateway_config(folder, self.port, plugins)),
+                   "--log-format", "json"]
+        self.log = (folder / f"{kind}.log").open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=folder, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = (folder / f"{kind}.log").read_text()[-500:]
+                    raise click.ClickException(f"{kind} did not start: {log}") from None
+                time.sleep(0.05)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def mc_line(body: bytes, secret: str = MC_SECRET) -> str:
+    ts = str(int(time.time() * 1000))
+    sig = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    headers = {"X-MetaCopier-Timestamp": ts, "X-MetaCopier-Signature": sig, "Content-Type": "application/json"}
+    return f"/hooks/metacopier\t{json.dumps(headers, separators=(',', ':'))}\t{body.decode()}\n"
+
+
+def ps_line(body: bytes) -> str:
+    t = str(int(time.time()))
+    sig = hmac.new(PS_SECRET.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    headers = {"X-PipSync-Signature": f"t={t},v1={sig}", "Content-Type": "application/json"}
+    return f"/hooks/pipsync\t{json.dumps(headers, separators=(',', ':'))}\t{body.decode()}\n"
+
+
+def request_file(workload: str, folder: Path, count: int) -> Path:
+    """Signed just before use: timestamps stay inside the default 300 s tolerance."""
+    path = folder / f"{workload}.tsv"
+    run = time.time_ns()
+    with path.open("w") as fh:
+        for i in range(count):
+            if workload == "pipsync":
+                body = orjson.dumps({"id": f"evt_{run}_{i}", "type": "trade.opened",
+                                     "data": {"position_id": f"{run}-{i}", "symbol": "EURUSD", "lots": 0.5}})
+                fh.write(ps_line(body))
+                continue
+            position = f"{run}-{i}"
+            if workload == "mixed-10pct-dup" and i % 10 == 9:
+                position = f"{run}-{i - 5}"  # a sender's retry of an event sent just before
+            body = orjson.dumps({"type": "position.opened", "accountId": "acc-1",
+                                 "position": {"id": position, "symbol": "EURUSD", "volume": 0.5}})
+            fh.write(mc_line(body, "wrong-secret-for-the-flood-000000000000" if workload == "bad-signature"
+                             else MC_SECRET))
+    return path
+
+
+def wrk(binary: str, port: int, connections: int, seconds: float, args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+         "-s", str(HERE / "requests.lua"), f"http://127.0.0.1:{port}", "--", *args],
+        capture_output=True, text=True, timeout=seconds + 120)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise click.ClickException(f"wrk failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    data: dict[str, Any] = json.loads(line[6:])
+    seconds_run = data["duration_us"] / 1e6
+    data["rps"] = data["requests"] / seconds_run
+    return data
+
+
+def load_run(binary: str, kind: str, workload: str, connections: int, seconds: float, folder: Path,
+             requests_file: Path | None) -> dict[str, Any]:
+    target = Target(kind, folder / f"{kind}-{workload}-{connections}")
+    try:
+        args = ["tradrapi", hashlib.sha1(TR_KEY.encode()).hexdigest(), "500"] if workload == "tradrapi-500" \
+            else ["file", str(requests_file)]
+        result = wrk(binary, target.port, connections, seconds, args)
+        result["peak_rss_mb"] = target.peak_rss_mb()
+        if kind == "gateway":
+            db = target.folder / "gateway.db"
+            with sqlite3.connect(db) as conn:
+                result["events_stored"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                result["rejections_kept"] = conn.execute("SELECT count(*) FROM rejections").fetchone()[0]
+    finally:
+        target.stop()
+    per_request = 500 if workload == "tradrapi-500" else 1
+    result["events_per_s"] = result["rps"] * per_request
+    return result
+
+
+async def paced(port: int, rate: int, seconds: float, batch: int) -> int:
+    """Send `rate` events/s as TradrAPI batches of `batch`, on a fixed schedule."""
+    header = {"x-webhook-secret": hashlib.sha1(TR_KEY.encode()).hexdigest()}
+    sent = 0
+    run = time.time_ns()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        start = time.monotonic()
+        tasks = []
+        while time.monotonic() - start < seconds:
+            events = [{"eventType": "open_position", "brandId": 1, "serverId": 2, "platform": "MT5",
+                       "payload": {"id": f"{run}-{sent + k}", "symbol": "EURUSD"}} for k in range(batch)]
+            tasks.append(asyncio.create_task(client.post("/hooks/tradrapi", content=orjson.dumps(
+                {"payload": events, "count": batch}), headers=header)))
+            sent += batch
+            await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        for response in await asyncio.gather(*tasks):
+            assert response.status_code == 200, response.text
+    return sent
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1]
+    previous_bound, previous_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= q * total:
+            if bound == float("inf"):
+                return previous_bound
+            share = (q * total - previous_count) / max(count - previous_count, 1e-9)
+            return previous_bound + (bound - previous_bound) * share
+        previous_bound, previous_count = bound, count
+    return previous_bound
+
+
+def fanout_lag(folder: Path, rate: int, seconds: float) -> dict[str, Any]:
+    plugin = '[[plugins]]\nname = "journal"\nuse = "jsonl"\n[plugins.options]\npath = "journal.jsonl"\n'
+    target = Target("gateway", folder / "fanout", plugin)
+    try:
+        sent = asyncio.run(paced(target.port, rate, seconds, batch=50))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"http://127.0.0.1:{target.port}/metrics").text
+            delivered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                            if line.startswith('gateway_deliveries_total{outcome="delivered"'))
+            if delivered >= sent:
+                break
+            time.sleep(0.2)
+        lines = sum(1 for _ in (target.folder / "journal.jsonl").open("rb"))
+        return {"rate_events_per_s": rate, "seconds": seconds, "events": sent, "journal_lines": lines,
+                "p50_s": histogram_quantile(metrics, "gateway_delivery_latency_seconds", 0.5),
+                "p99_s": histogram_quantile(metrics, "gateway_delivery_latency_seconds", 0.99),
+                "peak_rss_mb": target.peak_rss_mb()}
+    finally:
+        target.stop()
+
+
+def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
+    """Time GET /api/v1/events?limit=100 against a store of `events` events."""
+    from gateway.store import StoreConfig, open_store
+
+    target_folder = folder / "listing"
+    target_folder.mkdir(parents=True, exist_ok=True)
+    db = target_folder / "gateway.db"
+
+    async def create() -> None:
+        store = open_store(StoreConfig(path=db))
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    now = int(time.time() * 1e6)
+    body = b'{"type":"position.opened","accountId":"acc-1","position":{"id":"1","symbol":"EURUSD"}}'
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
+                         [(i, f"r{i}", "metacopier", now, "127.0.0.1", 1, b"[]", body) for i in range(1, 1001)])
+        types = ("position.opened", "position.closed", "history.updated", "trade.opened")
+        symbols = ("EURUSD", "XAUUSD", "BTCUSD", "GBPUSD", "USDJPY")
+        conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (
+            (i, i % 1000 + 1, src, src, types[i % 4], str(i), f"{src}:{types[i % 4]}:{i}", "stored",
+             f"acc-{i % 5000}", symbols[i % 5], now - (events - i) * 1000, None, None)
+            for i in range(1, events + 1) for src in (("metacopier", "pipsync", "tradrapi")[i % 3],)))
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+    target = Target("gateway", target_folder)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{target.port}", timeout=30) as client:
+            token = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "bench",
+                                                       "client_secret": CLIENT_SECRET}).json()["access_token"]
+            results = {}
+            for name, query in (("unfiltered", ""), ("source", "&source=pipsync"), ("type glob", "&type=position.*"),
+                                ("symbol", "&symbol=XAUUSD"), ("account", "&account=acc-42")):
+                latencies = []
+                for _ in range(samples):
+                    started = time.perf_counter()
+                    r = client.get(f"/api/v1/events?limit=100{query}", headers={"Authorization": f"Bearer {token}"})
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    assert r.status_code == 200, r.text
+                    if not query:
+                        assert len(r.json()["events"]) == min(100, events)
+                latencies.sort()
+                results[name] = {"p50_ms": statistics.median(latencies),
+                                 "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+        return {"events": events, "samples": samples, "queries": results}
+    finally:
+        target.stop()
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["load"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8))
+    workloads = sorted({r["workload"] for r in runs}, key=WORKLOADS.index)
+    for workload in workloads:
+        for kind, style in (("gateway", "-o"), ("bare", "--x")):
+            points = sorted((r["connections"], r) for r in runs if r["workload"] == workload and r["kind"] == kind)
+            if not points:
+                continue
+            xs = [c for c, _ in points]
+            top.plot(xs, [r["events_per_s"] for _, r in points], style, label=f"{kind} {workload}")
+            if kind == "gateway":
+                bottom.plot(xs, [r["p99_us"] / 1000 for _, r in points], style, label=workload)
+    for axis, label in ((top, "events/s"), (bottom, "gateway p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("connections")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7)
+    top.set_yscale("log")
+    bottom.set_yscale("log")
+    fig.suptitle(f"Gateway vs bare Starlette, {results['machine']['cores']} cores ({results['started']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=HERE / "results", show_default=True)
+@click.option("--quick", is_flag=True, help="A smoke run: tiny load, seconds.")
+@click.option("--seconds", type=float, default=8.0, show_default=True, help="Per load run.")
+@click.option("--connections", default="1,8,32,128", show_default=True)
+@click.option("--workloads", default=",".join(WORKLOADS), show_default=True)
+def main(out: Path, quick: bool, seconds: float, connections: str, workloads: str) -> None:
+    """Benchmark the gateway against a bare Starlette app; write results.json and chart.png."""
+    binary = ensure_wrk()
+    levels = [1, 8] if quick else [int(c) for c in connections.split(",")]
+    seconds = 1.0 if quick else seconds
+    chosen = [w for w in workloads.split(",") if w in WORKLOADS]
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": quick,
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                    "wrk": subprocess.run([binary, "-v"], capture_output=True, text=True).stdout.split("\n")[0]},
+        "load": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        folder = Path(tmp)
+        for workload in chosen:
+            count = 2000 if quick else 150_000
+            requests_file = None if workload == "tradrapi-500" else request_file(workload, folder, count)
+            for level in levels:
+                for kind in ("bare", "gateway"):
+                    run = load_run(binary, kind, workload, level, seconds, folder, requests_file)
+                    run.update(kind=kind, workload=workload, connections=level)
+                    results["load"].append(run)
+                    click.echo(f"{workload:16} c={level:<3} {kind:7} {run['rps']:9.0f} req/s "
+                               f"{run['events_per_s']:9.0f} ev/s  p50 {run['p50_us'] / 1000:6.2f} ms  "
+                               f"p99 {run['p99_us'] / 1000:6.2f} ms  p99.9 {run['p999_us'] / 1000:6.2f} ms  "
+                               f"rss {run['peak_rss_mb']:5.0f} MB  non2xx {run['non2xx']}")
+        for run in results["load"]:
+            if run["kind"] == "gateway":
+                bare = next(r for r in results["load"] if r["kind"] == "bare" and r["workload"] == run["workload"]
+                            and r["connections"] == run["connections"])
+                run["ratio_to_bare"] = run["rps"] / bare["rps"]
+        results["fanout"] = fanout_lag(folder, rate=500 if quick else 5000, seconds=1 if quick else 10)
+        click.echo(f"fan-out lag at {results['fanout']['rate_events_per_s']} ev/s: "
+                   f"p50 {results['fanout']['p50_s'] * 1000:.1f} ms, p99 {results['fanout']['p99_s'] * 1000:.1f} ms")
+        results["listing"] = listing(folder, events=10_000 if quick else 1_000_000, samples=20 if quick else 200)
+        for name, figures in results["listing"]["queries"].items():
+            click.echo(f"list 100 of {results['listing']['events']} ({name}): p50 {figures['p50_ms']:.2f} ms "
+                       f"p99 {figures['p99_ms']:.2f} ms")
+    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    chart(results, out / "chart.png")
+    click.echo(f"wrote {out / 'results.json'} and {out / 'chart.png'}")
+
+
+if __name__ == "__main__":
+    main()

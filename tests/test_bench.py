@@ -1,0 +1,36 @@
+"""A smoke run of the benchmark (seconds, tiny load), so bench/run.py cannot rot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by scripts/setup test")
+def test_quick_benchmark_writes_results_and_chart(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path),
+                           "--workloads", "metacopier,tradrapi-500,bad-signature"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
+    runs = {(r["kind"], r["workload"], r["connections"]): r for r in results["load"]}
+    assert len(runs) == 2 * 3 * 2
+    for (kind, workload, _), run in runs.items():
+        assert run["requests"] > 0 and run["socket_errors"] == 0
+        if kind == "gateway" and workload != "bad-signature":
+            assert run["non2xx"] == 0 and run["events_stored"] > 0 and run["ratio_to_bare"] > 0
+        if workload == "bad-signature" and kind == "gateway":
+            assert run["non2xx"] == run["requests"] and run["events_stored"] == 0  # nothing but forensics
+            assert run["rejections_kept"] <= 1000  # the bounded log
+    assert runs[("gateway", "tradrapi-500", 1)]["events_per_s"] == pytest.approx(
+        runs[("gateway", "tradrapi-500", 1)]["rps"] * 500)
+    assert results["fanout"]["journal_lines"] == results["fanout"]["events"] > 0
+    assert set(results["listing"]["queries"]) >= {"unfiltered", "source", "type glob"}
