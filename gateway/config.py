@@ -212,6 +212,17 @@ _SECRET_LENGTH = {
 }
 
 
+def _networks(c: _Checker, key: str, items: list[Any]) -> list[IPNetwork]:
+    """Addresses and CIDRs of an allowlist; each bad entry is an error naming its index."""
+    nets: list[IPNetwork] = []
+    for i, item in enumerate(items):
+        try:
+            nets.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            c.error(f"{key}[{i}]", f"{item!r} is not an IP address or CIDR")
+    return nets
+
+
 def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
     key = f"sources[{index}]"
     if not isinstance(raw, Mapping):
@@ -272,13 +283,8 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
     if not 1 <= tolerance <= 7 * 86400:
         c.error(f"{key}.tolerance_seconds", f"must be between 1 and 604800, got {tolerance}")
 
-    nets: list[IPNetwork] = []
     raw_ips = c.get(raw, f"{key}.allow_ips", "allow_ips", list, [])
-    for i, item in enumerate(raw_ips):
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            c.error(f"{key}.allow_ips[{i}]", f"{item!r} is not an IP address or CIDR")
+    nets = _networks(c, f"{key}.allow_ips", raw_ips)
     if auth == "none" and not raw_ips:
         c.error(f"{key}.auth", 'auth = "none" is refused unless allow_ips limits who may send')
 
@@ -375,12 +381,7 @@ def _metrics(c: _Checker, data: Mapping[str, Any]) -> MetricsConfig:
             c.error("metrics.listen", f'must be "host:port", e.g. "127.0.0.1:9464", got {spec!r}')
         else:
             listen = (host.strip("[]"), int(port))
-    nets: list[IPNetwork] = []
-    for i, item in enumerate(c.get(raw, "metrics.allow_ips", "allow_ips", list, [])):
-        try:
-            nets.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            c.error(f"metrics.allow_ips[{i}]", f"{item!r} is not an IP address or CIDR")
+    nets = _networks(c, "metrics.allow_ips", c.get(raw, "metrics.allow_ips", "allow_ips", list, []))
     return MetricsConfig(listen=listen, allow_ips=tuple(nets))
 
 
