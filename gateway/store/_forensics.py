@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,16 +25,16 @@ _PRUNE = (
 )
 
 
-async def insert(db: aiosqlite.Connection, rejections: Sequence[Rejection], keep: int) -> None:
+def insert(db: sqlite3.Connection, rejections: Sequence[Rejection], keep: int) -> None:
     rows = [
         (round(r.received_at * US), r.request_id, r.source if r.known_source else UNKNOWN_BUCKET, r.source[:64],
          r.code, r.detail[:1000], r.remote_addr, orjson.dumps(list(r.header_names[:100])).decode(), r.body_size,
          r.body_sha256)
         for r in rejections
     ]
-    await db.executemany(_INSERT, rows)
+    db.executemany(_INSERT, rows)
     for bucket in {row[2] for row in rows}:
-        await db.execute(_PRUNE, (bucket, keep))
+        db.execute(_PRUNE, (bucket, keep))
 
 
 async def listing(db: aiosqlite.Connection, source: str | None, code: str | None, limit: int) -> list[Rejection]:

@@ -1,8 +1,9 @@
-"""SQL for the delivery outbox. Reads take the reader connection; writes run inside the
-single writer's transaction (they are handed to it as operations)."""
+"""SQL for the delivery outbox. Reads take the (async) reader connection; writes are plain
+functions of the writer's connection, run inside its transaction in its thread."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,20 +73,20 @@ async def due(db: aiosqlite.Connection, plugin: str, now: float, limit: int) -> 
     ]
 
 
-async def finish(db: aiosqlite.Connection, results: Sequence[DeliveryResult], now: float) -> None:
+def finish(db: sqlite3.Connection, results: Sequence[DeliveryResult], now: float) -> None:
     now_us = round(now * US)
-    await db.executemany(
+    db.executemany(
         _FINISH,
         [(r.status, round(r.next_attempt_at * US), r.error, now_us, r.id) for r in results],
     )
 
 
-async def replay(db: aiosqlite.Connection, plugin: str, event_id: int | None, dead: bool, now: float) -> int:
+def replay(db: sqlite3.Connection, plugin: str, event_id: int | None, dead: bool, now: float) -> int:
     now_us = round(now * US)
     if event_id is not None:
-        cursor = await db.execute(_REPLAY_EVENT, (plugin, now_us, now_us, event_id))
+        cursor = db.execute(_REPLAY_EVENT, (plugin, now_us, now_us, event_id))
     elif dead:
-        cursor = await db.execute(_REPLAY_DEAD, (now_us, now_us, plugin))
+        cursor = db.execute(_REPLAY_DEAD, (now_us, now_us, plugin))
     else:
         raise ValueError("replay needs an event id or dead=True")
     return cursor.rowcount
