@@ -39,6 +39,7 @@ from gateway.store._writer import Committed, GroupWriter, Ingest, Item, Op
 log = logging.getLogger("gateway.store")
 
 
+HEARTBEAT_BYTES = 65536  # what /readyz writes: room for about one large batch
 MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyond this is dropped
 
 _SELECT_EVENTS = """
@@ -205,7 +206,8 @@ class SQLiteStore:
 
     async def check_writable(self) -> None:
         def beat(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (round(time.time() * 1e6),))
+            db.execute("INSERT OR REPLACE INTO heartbeat (id, at, probe) VALUES (1, ?, zeroblob(?))",
+                       (round(time.time() * 1e6), HEARTBEAT_BYTES))
 
         await self._write(beat)
 
