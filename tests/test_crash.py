@@ -20,6 +20,7 @@ skipped in the normal run; `-s` shows the summary line of each run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -137,6 +138,7 @@ class Ledger:
     answers: int = 0  # 2xx answers
     unknown: int = 0  # connection errors and 503s: retried
     stored_unanswered: int = 0  # first answer "duplicate": an unanswered attempt had committed
+    aborted: bool = False  # the run failed: stop retrying at once
 
     def record(self, msg: Message, outcomes: list[dict[str, object]], resend: bool) -> None:
         with self.lock:
@@ -194,6 +196,8 @@ class Sender(threading.Thread):
         """POST until a 2xx (False: the test is giving up on this sender)."""
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
+            if self.ledger.aborted:
+                return False
             msg.attempts += 1
             headers = self.sign(msg)
             with self.ledger.lock:
@@ -339,6 +343,12 @@ class Gateway:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
 
+    def ensure_stopped(self) -> None:
+        """After a failed check: never leave the child running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
 
@@ -347,8 +357,8 @@ def toml_list(values: frozenset[str]) -> str:
     return "[" + ", ".join(f'"{v}"' for v in sorted(values)) + "]"
 
 
-def read_only(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+def read_only(db: Path) -> contextlib.closing[sqlite3.Connection]:
+    return contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True))
 
 
 def pending_deliveries(db: Path) -> int:
@@ -406,6 +416,10 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
             gateway.start()
         before = ledger.answers
         wait_until(lambda: ledger.answers >= before + 3, 30, "traffic after the last restart")
+    except BaseException:
+        ledger.aborted = True
+        gateway.ensure_stopped()
+        raise
     finally:
         stop.set()  # senders finish (acknowledge) the message they hold, then return
         for thread in threads:
@@ -414,8 +428,9 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
         assert not any(t.is_alive() for t in threads), "a sender is stuck"
         assert not ledger.errors, f"seed {seed}: " + "\n".join(ledger.errors[:20])
         wait_until(lambda: pending_deliveries(db) == 0, drain, "fan-out to drain")
-    finally:
         code = gateway.terminate()
+    finally:
+        gateway.ensure_stopped()
     # uvicorn re-raises the signal once it shut down cleanly
     assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in gateway.log_tail(), gateway.log_tail()
     elapsed = time.monotonic() - started
