@@ -122,6 +122,18 @@ def test_the_search_finds_each_form_it_claims() -> None:
     assert find_leaks(planted, {"s": value}, allowed={"s": ("raw", "ex", "b", "hex", "sha1", "url", "per")}) == []
 
 
+def test_secret_scanner_finds_secrets_and_tradrapi_key_hashes_in_any_case() -> None:
+    from gateway._secret import Secret, SecretScanner
+
+    key, other = _token("key"), _token("other")
+    scanner = SecretScanner([Secret(key), Secret(other)])
+    sha1 = hashlib.sha1(key.encode()).hexdigest()
+    assert scanner.found_in(f"Bearer {key}") and scanner.found_in(sha1.upper()) and scanner.found_in(other.lower())
+    assert not scanner.found_in(key[:-1]) and not scanner.found_in("position.opened")
+    assert scanner.redact(f"tr/{key}/{sha1.upper()}") == "tr/[secret]/[secret]"
+    assert SecretScanner([]).redact(key) == key and not SecretScanner([]).found_in(key)
+
+
 # --- the secrets and the config ----------------------------------------------------------------
 
 
