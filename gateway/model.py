@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 EventStatus = Literal["stored", "duplicate", "quarantined"]
 
@@ -66,3 +68,35 @@ def dedup_key(source: str, event_type: str, entity_id: str) -> str:
     else:
         kind = _escape(event_type)
     return f"{source}:{kind}:{_escape(entity_id)}"
+
+
+JSON_MAX_DEPTH = 254
+"""The deepest nesting orjson writes back (it reads 1024 levels, but writes fewer than 255)."""
+
+
+def too_deep(data: bytes, obj: Any) -> bool:
+    """Whether `obj`, parsed from `data` by orjson, nests deeper than orjson can serialise."""
+    # Nesting needs brackets: almost every body has too few to matter, and skips the re-encoding.
+    if data.count(b"[") + data.count(b"{") <= JSON_MAX_DEPTH:
+        return False
+    try:
+        orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+def load_payload(data: bytes | None) -> Any:
+    """A stored event's JSON, parsed; `None` when it is not JSON or cannot be written back out.
+
+    Everything that hands events on (the API, the stream, plugins) serialises the payload with
+    orjson: a payload it could read but not write would fail every one of them, so it is handed
+    on as `None`, like any unparseable body (the raw bytes still go with it).
+    """
+    if data is None:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return None if too_deep(data, obj) else obj
