@@ -85,7 +85,9 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
     if reason is not None:
         return Verified(events=(quarantined(body, reason),))
     attempts = obj.get("attempts")
-    attempt = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None
+    # A counter, as MetaCopier's header: fewer than 10 digits (the store keeps signed 64-bit integers).
+    counter = isinstance(attempts, int) and not isinstance(attempts, bool) and 0 <= attempts < 10**9
+    attempt = attempts if counter else None
     if has_wide_int(body):
         # Members are stored (and their ids hashed) as JSON written back from the parsed body,
         # which would round such an integer: keep the body whole, exactly as sent.

@@ -34,6 +34,7 @@ from tests.conftest import (
     mc_sign,
     ps_sign,
 )
+from tests.hostile import BODIES, any_body, deep
 
 NOW = 1763633702.331
 TOKEN = "bearer-token-0123456789"
@@ -97,7 +98,7 @@ def assert_storable(source: SourceConfig, verified: Verified, body: bytes) -> No
             orjson.loads(event.payload)  # a batch member's own JSON is always JSON
         read_back(event, body)
     if verified.attempt is not None:
-        assert verified.attempt >= 0
+        assert 0 <= verified.attempt < 2**63  # a counter SQLite can store
 
 
 # --- strategies: headers -----------------------------------------------------------------
@@ -122,83 +123,6 @@ header_values = latin1 | huge_values | hex_values | structured | st.integers().m
 headers_strategy = st.dictionaries(header_names, header_values, max_size=8)
 
 
-# --- strategies: hostile JSON -------------------------------------------------------------
-
-def obj(pairs: list[tuple[str, bytes]]) -> bytes:
-    """A JSON object from raw member values, keeping duplicate keys as written."""
-    return b"{" + b",".join(orjson.dumps(k) + b":" + v for k, v in pairs) + b"}"
-
-
-def deep(depth: int, kind: str) -> bytes:
-    if kind == "[":
-        return b"[" * depth + b"]" * depth
-    return b'{"a":' * depth + b"1" + b"}" * depth
-
-
-plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-).map(orjson.dumps)
-huge_ints = st.integers(2**53, 10**330).map(lambda n: str(n).encode()) | st.integers(-(10**330), -(2**53)).map(
-    lambda n: str(n).encode())
-odd_numbers = st.sampled_from([b"1e400", b"-1e400", b"1e-400", b"1E308", b"-0", b"0.0", b"NaN", b"Infinity",
-                               b"-Infinity", b"1.5", b"01", b"1.", b".5", b"+1", b"0x10"])
-odd_strings = st.sampled_from([b'"\\ud800"', b'"\\udfff"', b'"a\\ud800b"', b'"\\ud83d\\ude00"', b'"\\u0000"',
-                               b'"\xff\xfe"', b'"\xc3"', b'"\xed\xa0\x80"', b'"caf\xc3\xa9"', b'" "', b'""'])
-long_strings = st.builds(lambda c, n: b'"' + c * n + b'"', st.sampled_from([b"a", b"7", b"\\n", b"\xc3\xa9"]),
-                         st.integers(1000, 200_000))
-deep_values = st.builds(deep, st.sampled_from([2, 253, 254, 255, 256, 1023, 1024, 1025, 2000]),
-                        st.sampled_from(["[", "{"]))
-values = plain | huge_ints | odd_numbers | odd_strings | long_strings | deep_values
-event_types = st.sampled_from([b'"position.opened"', b'"trade.opened"', b'"open_position"', b'"-"', b'"a:b%"'])
-maybe = values | event_types
-
-
-def _members(keys: dict[str, st.SearchStrategy[bytes]]) -> st.SearchStrategy[list[tuple[str, bytes]]]:
-    """Some of `keys` in any order, each perhaps twice (duplicate keys), plus a stray key."""
-    one = st.sampled_from(sorted(keys)).flatmap(lambda k: keys[k].map(lambda v: (k, v)))
-    return st.lists(one | st.tuples(st.text(max_size=5), values), max_size=6)
-
-
-mc_bodies = _members({
-    "type": maybe, "event": maybe, "eventType": maybe, "ticket": maybe, "accountId": maybe, "symbol": maybe,
-    "position": _members({"id": maybe, "symbol": maybe}).map(obj) | values,
-}).map(obj)
-ps_bodies = _members({
-    "type": maybe, "id": maybe, "created": maybe,
-    "data": _members({"position_id": maybe, "trade_id": maybe, "signal_id": maybe, "account_id": maybe,
-                      "symbol": maybe}).map(obj) | values,
-}).map(obj)
-tr_member = _members({
-    "eventType": maybe, "accountId": maybe, "exchangeAccountId": maybe,
-    "payload": _members({"id": maybe, "updatedAt": maybe, "symbol": maybe}).map(obj) | values,
-}).map(obj) | values
-tr_bodies = _members({
-    "payload": st.lists(tr_member, max_size=4).map(lambda ms: b"[" + b",".join(ms) + b"]") | values,
-    "attempts": maybe, "count": maybe, "eventType": maybe,
-}).map(obj)
-
-
-def _wrapped(inner: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-    """Bodies as they might arrive: whole, with a BOM or whitespace, truncated, or not an object."""
-    return st.one_of(
-        inner,
-        inner.map(lambda b: b"\xef\xbb\xbf" + b),
-        inner.map(lambda b: b" \r\n\t" + b + b"\n"),
-        st.tuples(inner, st.integers(0, 400)).map(lambda t: t[0][: t[1]]),
-        values,
-        st.lists(values, max_size=3).map(lambda vs: b"[" + b",".join(vs) + b"]"),
-        st.sampled_from([b"", b" ", b"null", b"{}", b"[]", b"{", b"}", b"\x00", b"\xff"]),
-        st.binary(max_size=200),
-    )
-
-
-BODIES: dict[str, st.SearchStrategy[bytes]] = {
-    "metacopier": _wrapped(mc_bodies), "pipsync": _wrapped(ps_bodies), "tradrapi": _wrapped(tr_bodies),
-}
-any_body = st.one_of(*BODIES.values())
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                             HealthCheck.data_too_large])
@@ -349,6 +273,17 @@ def test_has_wide_int(body: bytes, wide: bool) -> None:
     assert has_wide_int(body) is wide
 
 
+@pytest.mark.parametrize("attempts", [b"18446744073709551615", b"9223372036854775808", b"-1", b"1000000000"])
+def test_tradrapi_attempts_outside_a_counter_are_ignored(attempts: bytes) -> None:
+    """Found by the property above: `"attempts": 2**64-1` reached the store, which cannot keep it
+    in a signed 64-bit column, so an authentic batch got a 503 on every retry, for ever."""
+    body = b'{"payload":[{"eventType":"open_position","payload":{"id":1}}],"attempts":' + attempts + b"}"
+    verified = outcome(TR, body, sign(TR, body))
+    assert verified is not None
+    assert verified.attempt is None
+    assert verified.events[0].status == "stored"
+
+
 def test_tradrapi_batch_with_wide_int_is_kept_whole() -> None:
     body = b'{"payload":[{"eventType":"open_position","payload":{"id":1,"n":123456789012345678901234}}],"attempts":2}'
     verified = outcome(TR, body, sign(TR, body))
@@ -478,3 +413,43 @@ def test_signed_timestamps_outside_the_window_are_stale_or_future(source: Source
         return
     assert abs(skew) <= source.tolerance_seconds
     assert verified.sent_at == sent_at
+
+
+# --- dedup keys ----------------------------------------------------------------------------------
+
+tricky = st.text(":%-2ADad3", max_size=8) | st.text(max_size=8)  # separators, escapes and their look-alikes
+
+
+def _unescape(part: str) -> str:
+    out, i = [], 0
+    while i < len(part):
+        if part[i] == "%":
+            out.append({"%25": "%", "%3A": ":", "%2D": "-"}[part[i:i + 3]])  # nothing else is escaped
+            i += 3
+        else:
+            out.append(part[i])
+            i += 1
+    return "".join(out)
+
+
+def _decode(key: str) -> tuple[str, str, str]:
+    """The inverse of dedup_key: the last two parts never hold a bare ':', the source may."""
+    source, kind, entity = key.rsplit(":", 2)
+    return source, "" if kind == "-" else _unescape(kind), _unescape(entity)
+
+
+@settings(max_examples=500, deadline=None)
+@given(source=tricky, event_type=tricky, entity_id=tricky)
+@example(source="a:b", event_type="c", entity_id="d")
+@example(source="a", event_type="-", entity_id="x")
+@example(source="a", event_type="%2D", entity_id="x")
+def test_dedup_key_decodes_back_to_its_parts(source: str, event_type: str, entity_id: str) -> None:
+    """Decodable means injective: two different (source, type, entity) never share a key, even with
+    ':' or '%' anywhere (source names are validated, but event types and ids come from senders)."""
+    assert _decode(dedup_key(source, event_type, entity_id)) == (source, event_type, entity_id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.tuples(tricky, tricky, tricky), b=st.tuples(tricky, tricky, tricky))
+def test_dedup_key_is_injective_with_any_source(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+    assert (dedup_key(*a) == dedup_key(*b)) == (a == b)
