@@ -77,7 +77,7 @@ def outcome(source: SourceConfig, body: bytes, headers: dict[str, str], now: flo
 def read_back(event: ParsedEvent, body: bytes) -> Any:
     """What the API, the stream and plugins serve for the event (they serialise it with orjson)."""
     payload = load_payload(event.payload if event.payload is not None else body)
-    orjson.dumps(payload)  # raises if the read side would fail on it
+    orjson.dumps({"events": [{"payload": payload}]})  # as deep as an API listing writes it; raises if it can't
     return payload
 
 
@@ -188,14 +188,16 @@ def _has_type(source: SourceConfig, body: bytes) -> bool:
     return any(isinstance(parsed.get(n), str) and parsed[n].strip() for n in names)
 
 
-@pytest.mark.parametrize(("depth", "status"), [(254, "stored"), (255, "quarantined"), (300, "quarantined"),
-                                               (1023, "quarantined"), (1030, "quarantined")])
+@pytest.mark.parametrize(("depth", "status"), [(200, "stored"), (201, "quarantined"), (252, "quarantined"),
+                                               (254, "quarantined"), (300, "quarantined"), (1023, "quarantined"),
+                                               (1030, "quarantined")])
 @pytest.mark.parametrize("source", [MC, PS, TR], ids=lambda s: s.scheme)
 def test_deep_nesting_boundary(source: SourceConfig, depth: int, status: str) -> None:
-    """Bodies orjson can read but not write back are quarantined, so nothing downstream chokes.
+    """Bodies too deep to be written back inside an API listing are quarantined, and served as null.
 
     Found by the property above: a 300-level MetaCopier body was stored, and every API listing
-    that included it, the event itself and its plugin deliveries then failed.
+    that included it, the event itself and its plugin deliveries then failed. The HTTP property
+    then found 252 levels: writable alone, but not inside a listing's own three levels.
     """
     kind = {"metacopier": '"type":"position.opened","ticket":"1"', "pipsync": '"type":"trade.opened","id":"1"',
             "tradrapi": '"eventType":"open_position","payload":{"id":1}'}[source.scheme]
@@ -215,8 +217,9 @@ def test_deep_nesting_boundary(source: SourceConfig, depth: int, status: str) ->
 def test_load_payload_hands_on_none_for_what_cannot_be_written_back() -> None:
     assert load_payload(None) is None
     assert load_payload(b"\xff") is None
-    assert load_payload(deep(254, "[")) is not None
-    assert load_payload(deep(255, "[")) is None
+    assert load_payload(deep(200, "[")) is not None
+    assert load_payload(deep(201, "[")) is None
+    assert load_payload(deep(254, "{")) is None
     assert load_payload(b'{"a":"' + b"[" * 400 + b'"}') == {"a": "[" * 400}  # brackets in strings are text
 
 
@@ -417,14 +420,14 @@ def test_signed_timestamps_outside_the_window_are_stale_or_future(source: Source
 
 # --- dedup keys ----------------------------------------------------------------------------------
 
-tricky = st.text(":%-2ADad3", max_size=8) | st.text(max_size=8)  # separators, escapes and their look-alikes
+tricky = st.text(":%-2ADad30\x00", max_size=8) | st.text(max_size=8)  # separators, escapes and their look-alikes
 
 
 def _unescape(part: str) -> str:
     out, i = [], 0
     while i < len(part):
         if part[i] == "%":
-            out.append({"%25": "%", "%3A": ":", "%2D": "-"}[part[i:i + 3]])  # nothing else is escaped
+            out.append({"%25": "%", "%3A": ":", "%2D": "-", "%00": "\x00"}[part[i:i + 3]])  # nothing else
             i += 3
         else:
             out.append(part[i])
@@ -443,10 +446,20 @@ def _decode(key: str) -> tuple[str, str, str]:
 @example(source="a:b", event_type="c", entity_id="d")
 @example(source="a", event_type="-", entity_id="x")
 @example(source="a", event_type="%2D", entity_id="x")
+@example(source="a", event_type="t", entity_id="a\x00b")
 def test_dedup_key_decodes_back_to_its_parts(source: str, event_type: str, entity_id: str) -> None:
     """Decodable means injective: two different (source, type, entity) never share a key, even with
     ':' or '%' anywhere (source names are validated, but event types and ids come from senders)."""
-    assert _decode(dedup_key(source, event_type, entity_id)) == (source, event_type, entity_id)
+    key = dedup_key(source, event_type, entity_id)
+    assert _decode(key) == (source, event_type, entity_id)
+    assert "\x00" not in key[len(source):]  # SQLite's JSON functions would cut the key there
+
+
+def test_dedup_key_escapes_nul() -> None:
+    """Found by the HTTP properties: a retried event whose id held NUL got a 503 for ever (the
+    store's duplicate lookup, through SQLite's json_each, cut the key at NUL and missed it)."""
+    assert dedup_key("mc", "a\x00", "b\x00c") == "mc:a%00:b%00c"
+    assert dedup_key("mc", "t", "%00") == "mc:t:%2500"
 
 
 @settings(max_examples=300, deadline=None)
