@@ -44,8 +44,8 @@ values = plain | huge_ints | odd_numbers | odd_strings | long_strings | deep_val
 event_types = st.sampled_from([b'"position.opened"', b'"trade.opened"', b'"open_position"', b'"-"', b'"a:b%"',
                                b'"a\\u0000"'])
 # Ids as senders might send them, with dedup-key separators, escapes and NUL among ordinary characters.
-ids = st.text(":%\x00-aZ9 ", min_size=1, max_size=6).map(orjson.dumps) | st.integers(-(2**63), 2**64 - 1).map(
-    lambda n: str(n).encode())
+id_texts = st.text(":%\x00-aZ9 ", min_size=1, max_size=6).map(orjson.dumps)
+ids = id_texts | st.integers(-(2**63), 2**64 - 1).map(lambda n: str(n).encode())
 well_formed = plain | event_types | ids
 maybe = st.one_of(well_formed, well_formed, values)  # mostly readable: the odd value stands out
 
@@ -56,29 +56,52 @@ def _members(keys: dict[str, st.SearchStrategy[bytes]]) -> st.SearchStrategy[lis
     return st.lists(one | st.tuples(st.text(max_size=5), maybe), max_size=6)
 
 
-mc_bodies = _members({
+def _shaped(reads: st.SearchStrategy[list[tuple[str, bytes]]],
+            extra: st.SearchStrategy[list[tuple[str, bytes]]]) -> st.SearchStrategy[bytes]:
+    """Mostly an object with what the scheme reads first, then anything (a duplicate key may override
+    it); else the same keys in any order and number."""
+    shaped = st.tuples(reads, extra).map(lambda t: obj(t[0] + t[1]))
+    return st.integers(0, 3).flatmap(lambda i: extra.map(obj) if i == 0 else shaped)
+
+
+def _pair(key: str, value: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[tuple[str, bytes]]]:
+    return value.map(lambda v: [(key, v)])
+
+
+type_values = event_types | id_texts | st.text(max_size=8).map(orjson.dumps)
+id_values = st.one_of(ids, ids, plain, huge_ints, long_strings)
+mc_fields = {
     "type": maybe, "event": maybe, "eventType": maybe, "ticket": maybe, "accountId": maybe, "symbol": maybe,
     "position": _members({"id": maybe, "symbol": maybe}).map(obj) | values,
-}).map(obj)
-ps_bodies = _members({
+}
+mc_reads = st.tuples(_pair("type", type_values), _pair("ticket", id_values) | _pair(
+    "position", st.tuples(_pair("id", id_values), _members({"symbol": maybe})).map(lambda t: obj(t[0] + t[1]))))
+mc_bodies = _shaped(mc_reads.map(lambda t: t[0] + t[1]), _members(mc_fields))
+
+ps_fields = {
     "type": maybe, "id": maybe, "created": maybe,
     "data": _members({"position_id": maybe, "trade_id": maybe, "signal_id": maybe, "account_id": maybe,
                       "symbol": maybe}).map(obj) | values,
-}).map(obj)
-tr_member = _members({
+}
+ps_data = st.tuples(st.sampled_from(["position_id", "trade_id", "signal_id"]), id_values).map(lambda kv: obj([kv]))
+ps_reads = st.tuples(_pair("type", type_values), _pair("id", id_values) | _pair("data", ps_data))
+ps_bodies = _shaped(ps_reads.map(lambda t: t[0] + t[1]), _members(ps_fields))
+
+tr_fields = {
     "eventType": maybe, "accountId": maybe, "exchangeAccountId": maybe,
     "payload": _members({"id": maybe, "updatedAt": maybe, "symbol": maybe}).map(obj) | values,
-}).map(obj) | values
-tr_bodies = _members({
-    "payload": st.lists(tr_member, max_size=4).map(lambda ms: b"[" + b",".join(ms) + b"]") | values,
-    "attempts": maybe, "count": maybe, "eventType": maybe,
-}).map(obj)
+}
+tr_payload = st.tuples(_pair("id", id_values), _members({"updatedAt": id_values, "symbol": maybe}))
+tr_reads = st.tuples(_pair("eventType", type_values), _pair("payload", tr_payload.map(lambda t: obj(t[0] + t[1]))))
+tr_member = _shaped(tr_reads.map(lambda t: t[0] + t[1]), _members(tr_fields)) | values
+tr_batch = st.lists(tr_member, max_size=4).map(lambda ms: b"[" + b",".join(ms) + b"]")
+tr_root_fields = {"payload": tr_batch | values, "attempts": maybe, "count": maybe, "eventType": maybe}
+tr_bodies = _shaped(_pair("payload", tr_batch), _members(tr_root_fields))
 
 
 def _wrapped(inner: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-    """Bodies as they might arrive: whole, with a BOM or whitespace, truncated, or not an object."""
-    return st.one_of(
-        inner, inner, inner, inner, inner, inner,
+    """Bodies as they might arrive: mostly whole; else with a BOM or whitespace, truncated, or not an object."""
+    odd = st.one_of(
         inner.map(lambda b: b"\xef\xbb\xbf" + b),
         inner.map(lambda b: b" \r\n\t" + b + b"\n"),
         st.tuples(inner, st.integers(0, 400)).map(lambda t: t[0][: t[1]]),
@@ -87,6 +110,7 @@ def _wrapped(inner: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
         st.sampled_from([b"", b" ", b"null", b"{}", b"[]", b"{", b"}", b"\x00", b"\xff"]),
         st.binary(max_size=200),
     )
+    return st.integers(0, 2).flatmap(lambda i: odd if i == 0 else inner)
 
 
 BODIES: dict[str, st.SearchStrategy[bytes]] = {
