@@ -19,7 +19,7 @@ import aiosqlite
 import orjson
 
 from gateway.errors import StoreUnavailable
-from gateway.model import Outcome, ParsedEvent
+from gateway.model import Outcome, ParsedEvent, load_payload
 from gateway.store import (
     CommitListener,
     DeliveryRecord,
@@ -57,12 +57,8 @@ def _forget(future: asyncio.Future[Any]) -> None:
 
 
 def _loads(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None  # quarantined: the raw body is kept, but there is nothing to parse
+    # None for a quarantined body that is not JSON, or one nested too deeply to serialise again
+    return load_payload(data)
 
 
 class SQLiteStore:
