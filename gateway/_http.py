@@ -44,33 +44,50 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_connections = 2048
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._in_head = True  # waiting for a request head; a new connection owes us one
-        self._head_bytes = 0
-        self._deadline = time.monotonic() + self.client_timeout
+        self._start_head()  # a new connection owes us a request head, within the deadline
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             self._refuse("overloaded", f"more than {self.max_connections} open connections; retry shortly",
                          retry_after=1)
 
+    def _start_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0  # head bytes in earlier chunks
+        self._tail = b""  # the last bytes of the previous chunk, where a head end may begin
+        self._deadline = time.monotonic() + self.client_timeout
+
     def data_received(self, data: bytes) -> None:
         if not self._in_head and self._deadline == NEVER:
             # Bytes between requests start the next head's clock, even bare CRLFs that the
             # parser skips without beginning a message (they also disarm uvicorn's keep-alive timer).
-            self._in_head = True
-            self._head_bytes = 0
-            self._deadline = time.monotonic() + self.client_timeout
+            self._start_head()
+        if self._in_head and self._head_bytes + len(data) > self.max_head_bytes and not self._head_ends_in(data):
+            self._refuse_large_head()
+            return
         super().data_received(data)
-        if self._in_head:
-            # Still no complete head after this chunk, so all of it belongs to the head.
+        if self._in_head:  # still no complete head, so all of this chunk was head
             self._head_bytes += len(data)
+            self._tail = data[-2:]
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
-                self._refuse("header_too_large", f"the request line and headers exceed {self.max_head_bytes} bytes")
+                self._refuse_large_head()
+
+    def _head_ends_in(self, data: bytes) -> bool:
+        """Does the head end within this chunk's allowance? Only asked when the chunk could take it
+        past the cap: a chunk may hold a whole head and a body, so its size alone says nothing."""
+        room = self.max_head_bytes - self._head_bytes
+        window = self._tail + data[:room + 3]
+        for marker in (b"\n\r\n", b"\n\n"):  # the blank line, strict or lenient
+            at = window.find(marker)
+            if at >= 0 and at + len(marker) - len(self._tail) <= room:
+                return True
+        return False
+
+    def _refuse_large_head(self) -> None:
+        self._refuse("header_too_large", f"the request line and headers exceed {self.max_head_bytes} bytes")
 
     def on_message_begin(self) -> None:
         if not self._in_head:  # a pipelined request
-            self._in_head = True
-            self._head_bytes = 0
-            self._deadline = time.monotonic() + self.client_timeout
+            self._start_head()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:

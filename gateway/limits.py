@@ -44,8 +44,8 @@ class TokenBucket:
         if elapsed > 0:
             self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
             self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= 1.0 - 1e-9:  # float sums of elapsed * rate fall a hair short of whole tokens
+            self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
