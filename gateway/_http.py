@@ -85,11 +85,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse_large_head(self) -> None:
         self._refuse("header_too_large", f"the request line and headers exceed {self.max_head_bytes} bytes")
 
-    def on_message_begin(self) -> None:
-        if not self._in_head:  # a pipelined request
-            self._start_head()
-        super().on_message_begin()
-
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0

@@ -285,6 +285,24 @@ def test_slowloris_heads_are_cut_off_while_others_are_served(make_config: Callab
     assert db_count(gw, "receipts") == 1
 
 
+def test_a_head_dribbled_after_a_served_request_is_cut_off_too(make_config: Callable[..., Config],
+                                                              serve: Serve) -> None:
+    # A keep-alive connection: one real request, then the start of another in the same packet,
+    # then a byte at a time. Each byte resets uvicorn's own keep-alive timer; ours does not reset.
+    gw = serve(make_config(server={"client_timeout_seconds": 2}))
+    with connect(gw) as sock:
+        started = time.monotonic()
+        sock.sendall(mc_request("kept-alive", extra_headers=b"") + HEAD)
+        with dribbling([sock], b"X-A: " + b"b" * 200, interval=0.1):
+            replies = read_all_of([sock], timeout=8)
+        waited = time.monotonic() - started
+    reply = replies[0]
+    assert reply is not None and status_of(reply) == 200
+    second = reply[reply.index(b"HTTP/1.1 ", 10):]
+    assert status_of(second) == 408 and problem_of(second)["code"] == "request_timeout"
+    assert 1.5 < waited < 6
+
+
 def test_many_idle_connections_neither_block_others_nor_stay_open(make_config: Callable[..., Config],
                                                                    serve: Serve) -> None:
     gw = serve(make_config(server={"client_timeout_seconds": 2}))
