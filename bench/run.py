@@ -308,6 +308,49 @@ def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
         target.stop()
 
 
+def floors(folder: Path, groups: int) -> dict[str, Any]:
+    """What the gateway's own parts cost without HTTP, one core each: the bound for batches.
+
+    - verify: the TradrAPI verifier splitting 500-event batches (the event loop's share);
+    - store: the writer's transaction (dedup lookup, inserts into every index, COMMIT with
+      fsync) for groups of 500 new events on a fresh store (the writer thread's share).
+    """
+    from gateway.config import parse_config
+    from gateway.model import ParsedEvent
+    from gateway.schemes import tradrapi
+    from gateway.store import Receipt
+    from gateway.store._writer import Ingest, _transaction, connect
+
+    config = parse_config({"sources": [{"name": "tradrapi", "scheme": "tradrapi", "secret": TR_KEY}]},
+                          origin="bench", base_dir=folder)
+    source = config.sources["tradrapi"]
+    headers = {"x-webhook-secret": hashlib.sha1(TR_KEY.encode()).hexdigest()}
+    bodies = [orjson.dumps({"payload": [
+        {"brandId": 1, "serverId": 2, "accountId": k % 97, "eventType": "open_position", "platform": "MT5",
+         "payload": {"id": f"floor-{g}-{k}", "symbol": "EURUSD", "lots": 1, "openPrice": 1.0851}}
+        for k in range(500)], "count": 500, "attempts": 1}) for g in range(groups)]
+    started = time.perf_counter()
+    verified = [tradrapi.verify(body, headers, time.time(), source) for body in bodies]
+    verify_s = time.perf_counter() - started
+    conn = connect(folder / "floor.db", "FULL", 5000)
+    loop = asyncio.new_event_loop()
+    try:
+        started = time.perf_counter()
+        for g, (body, v) in enumerate(zip(bodies, verified, strict=True)):
+            events: tuple[ParsedEvent, ...] = v.events
+            receipt = Receipt(request_id=f"floor-{g}", source="tradrapi", scheme="tradrapi", received_at=time.time(),
+                              remote_addr="127.0.0.1", attempt=1, headers=[], body=body)
+            _transaction(conn, [Ingest(receipt, events, None, loop.create_future())])
+        store_s = time.perf_counter() - started
+    finally:
+        conn.close()
+        loop.close()
+    events_total = groups * 500
+    return {"events": events_total, "verify_events_per_s": events_total / verify_s,
+            "store_events_per_s": events_total / store_s,
+            "serial_events_per_s": events_total / (verify_s + store_s)}
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -380,6 +423,10 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
         results["fanout"] = fanout_lag(folder, rate=500 if quick else 5000, seconds=1 if quick else 10)
         click.echo(f"fan-out lag at {results['fanout']['rate_events_per_s']} ev/s: "
                    f"p50 {results['fanout']['p50_s'] * 1000:.1f} ms, p99 {results['fanout']['p99_s'] * 1000:.1f} ms")
+        results["floors"] = floors(folder, groups=4 if quick else 200)
+        f = results["floors"]
+        click.echo(f"floors for 500-event batches, no HTTP: verify {f['verify_events_per_s']:,.0f} ev/s, "
+                   f"store {f['store_events_per_s']:,.0f} ev/s, both in series {f['serial_events_per_s']:,.0f} ev/s")
         results["listing"] = listing(folder, events=10_000 if quick else 1_000_000, samples=20 if quick else 200)
         for name, figures in results["listing"]["queries"].items():
             click.echo(f"list 100 of {results['listing']['events']} ({name}): p50 {figures['p50_ms']:.2f} ms "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterable
 
 
 class Secret:
@@ -41,3 +43,26 @@ class Secret:
 
     def __reduce__(self) -> str:  # never pickled into anything
         raise TypeError("Secret cannot be pickled")
+
+
+class SecretScanner:
+    """Finds configured secrets in text that a request brought (a URL path, header names and
+    values), so that a secret a sender put in the wrong place is neither echoed, logged nor
+    stored. Looks for each secret and its SHA-1 hex (TradrAPI's credential), in any case."""
+
+    __slots__ = ("_forms", "_pattern")
+
+    def __init__(self, secrets: Iterable[Secret]) -> None:
+        forms = {form for s in secrets for form in (s.reveal().lower(), s.sha1_hex)}
+        self._forms = tuple(sorted(forms, key=len, reverse=True))  # longest first, for redact()
+        self._pattern = re.compile("|".join(map(re.escape, self._forms)), re.IGNORECASE) if forms else None
+
+    def found_in(self, text: str) -> bool:
+        if not self._forms:
+            return False
+        lowered = text.lower()
+        return any(form in lowered for form in self._forms)
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret found replaced by `[secret]`."""
+        return self._pattern.sub("[secret]", text) if self._pattern is not None else text

@@ -87,6 +87,8 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
     logs.configure(log_format)
     log = logging.getLogger("gateway")
     log.info("config %s; store %s", config.origin, config.store.path)
+    for warning in config.warnings:
+        log.warning(warning)
     for name, source in config.sources.items():
         log.info("source %s (%s): POST http://%s:%d/hooks/%s", name, source.scheme, host, port, name)
     for plugin in config.plugins:
@@ -110,6 +112,8 @@ def check_config(config_path: Path | None) -> None:
     """Validate the config; exit non-zero listing every error."""
     config = resolve_config(config_path)
     build_plugins(config)
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
     names = ", ".join(f"{n} ({s.scheme})" for n, s in config.sources.items())
     plugins = ", ".join(f"{p.name} ({p.use})" for p in config.plugins) or "none"
     click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; plugins: {plugins}; "

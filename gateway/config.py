@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -155,6 +155,15 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     origin: str = "<defaults>"
     base_dir: Path = Path(".")
+    # Where the file holds secrets in plain text (key paths, never values), and what is wrong
+    # about that: `gateway run` logs the warnings at start, `check-config` prints them.
+    literal_secrets: tuple[str, ...] = field(default=(), compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def all_secrets(self) -> tuple[Secret, ...]:
+        """Every source and API client secret (plugin options are the plugins' own)."""
+        return (*(s for src in self.sources.values() for s in src.secrets),
+                *(client.secret for client in self.api.clients.values()))
 
 
 class ConfigError(Exception):
@@ -172,6 +181,7 @@ class _Checker:
         self.origin = origin
         self.environ = environ
         self.errors: list[str] = []
+        self.literal_secrets: list[str] = []  # key paths of secrets written in the file itself
 
     def error(self, key: str, message: str) -> None:
         self.errors.append(f"{self.origin}: {key}: {message}")
@@ -190,13 +200,17 @@ class _Checker:
                 hint = ", ".join(sorted(allowed))
                 self.error(f"{prefix}.{name}" if prefix else name, f"unknown key (known: {hint})")
 
-    def get(self, data: Mapping[str, Any], key: str, name: str, kind: type, default: Any) -> Any:
+    def get(self, data: Mapping[str, Any], key: str, name: str, kind: type, default: Any,
+            echo: bool = True) -> Any:
+        """`data[name]` if it is a `kind`; `echo=False` for keys that may hold secrets (the
+        error then names the type found, not the value)."""
         if name not in data:
             return default
         value = data[name]
         # bool is an int subclass in Python; TOML keeps them apart and so do we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.error(key, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
+            shown = f" {value!r}" if echo else ""
+            self.error(key, f"must be {kind.__name__}, got {type(value).__name__}{shown}")
             return default
         return value
 
@@ -211,6 +225,7 @@ class _Checker:
                 self.error(key, f"environment variable {var} is not set or empty")
                 return None
             return Secret(value)
+        self.literal_secrets.append(key)
         return Secret(raw)
 
 
@@ -349,6 +364,24 @@ def _number(c: _Checker, raw: Mapping[str, Any], key: str, name: str, default: f
     return float(value)
 
 
+# Plugin options are the plugin's own business, so which of them are secrets is a guess by
+# name (secret, token, password, Authorization, api_key, ...) plus credentials inside URLs.
+_SECRET_NAME = re.compile(r"secret|token|passw|key|auth|credential|cookie|signature", re.IGNORECASE)
+_URL_SECRET = re.compile(r"://[^/@\s]*:[^/@\s]*@|[?&][^=&#]*(?:secret|token|passw|key|auth|sig)[^=&#]*=[^&#]",
+                         re.IGNORECASE)
+
+
+def _literal_option_secrets(value: Any, key: str, name: str = "") -> list[str]:
+    """Key paths of plugin options that look like secrets written in the file (not env:NAME)."""
+    if isinstance(value, Mapping):
+        return [k for sub, item in value.items() for k in _literal_option_secrets(item, f"{key}.{sub}", str(sub))]
+    if isinstance(value, list):
+        return [k for i, item in enumerate(value) for k in _literal_option_secrets(item, f"{key}[{i}]", name)]
+    if not isinstance(value, str) or not value or value.startswith("env:"):
+        return []
+    return [key] if _SECRET_NAME.search(name) or _URL_SECRET.search(value) else []
+
+
 def _plugin(c: _Checker, raw: Any, index: int) -> PluginConfig | None:
     key = f"plugins[{index}]"
     if not isinstance(raw, Mapping):
@@ -374,7 +407,8 @@ def _plugin(c: _Checker, raw: Any, index: int) -> PluginConfig | None:
     concurrency = c.get(raw, f"{key}.concurrency", "concurrency", int, 4)
     if not 1 <= concurrency <= 256:
         c.error(f"{key}.concurrency", f"must be between 1 and 256, got {concurrency}")
-    options = c.get(raw, f"{key}.options", "options", dict, {})
+    options = c.get(raw, f"{key}.options", "options", dict, {}, echo=False)
+    c.literal_secrets.extend(_literal_option_secrets(options, f"{key}.options"))
     plugin = PluginConfig(
         name=name or "",
         use=use or "",
@@ -535,16 +569,33 @@ def parse_config(
     if c.errors:
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
-                  api=api, metrics=metrics, origin=origin, base_dir=base_dir)
+                  api=api, metrics=metrics, origin=origin, base_dir=base_dir,
+                  literal_secrets=tuple(c.literal_secrets))
+
+
+def permission_warning(path: Path, mode: int, literal_secrets: tuple[str, ...]) -> str | None:
+    """A warning when a file holding secrets in plain text is readable by group or others."""
+    if not literal_secrets or not mode & 0o044:
+        return None
+    who = " and ".join(w for w, bit in (("its group", 0o040), ("other users", 0o004)) if mode & bit)
+    more = len(literal_secrets) - 3
+    keys = ", ".join(literal_secrets[:3]) + (f" and {more} more" if more > 0 else "")
+    return (f"{path} holds secrets in plain text ({keys}) and is readable by {who} (mode {mode & 0o777:04o}): "
+            f"run chmod 600 {path}, or read the secrets from the environment with env:NAME")
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config file; relative paths resolve against its folder."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode  # of the file actually read
+            data = tomllib.loads(fh.read().decode("utf-8"))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        # neither message quotes the text (the line may hold a secret): they give line and column
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
-    return parse_config(data, origin=str(path), base_dir=path.resolve().parent, environ=environ)
+    config = parse_config(data, origin=str(path), base_dir=path.resolve().parent, environ=environ)
+    warning = permission_warning(path, mode, config.literal_secrets)
+    return replace(config, warnings=(warning,)) if warning else config

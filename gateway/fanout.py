@@ -17,10 +17,9 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
-import orjson
-
 from gateway.config import PluginConfig
 from gateway.metrics import Metrics
+from gateway.model import load_payload
 from gateway.plugins import Event, PermanentFailure, Plugin
 from gateway.store import DeliveryResult, DueDelivery, Store
 
@@ -37,10 +36,7 @@ def backoff(config: PluginConfig, attempts: int, rng: random.Random) -> float:
 
 
 def to_event(due: DueDelivery) -> Event:
-    try:
-        payload = orjson.loads(due.data)
-    except orjson.JSONDecodeError:
-        payload = None
+    payload = load_payload(due.data)  # None when unparseable, or too deep for plugins to serialise
     return Event(
         id=due.event_id, source=due.source, scheme=due.scheme, event_type=due.event_type,
         entity_id=due.entity_id, dedup_key=due.dedup_key, status=due.status, account=due.account,

@@ -17,6 +17,7 @@ import orjson
 
 from gateway import logs
 from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
+from gateway._secret import SecretScanner
 from gateway.budget import ByteBudget
 from gateway.config import Config, SourceConfig
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
@@ -101,6 +102,7 @@ class IngestApp:
         self.store = store
         self.clock = clock
         self.router = Router(config.plugins)
+        self.secrets = SecretScanner(config.all_secrets())  # misplaced secrets: never echoed nor kept
         self.metrics = metrics if metrics is not None else Metrics()
         self.budget = ByteBudget(BODY_BUDGET_BYTES)
         # Abuse limits (gateway/limits.py says where each applies and why).
@@ -133,6 +135,8 @@ class IngestApp:
         logs.request_id.set(request_id)  # every log line of this request carries it
         name = scope["path"][len(PREFIX):]
         label = name if name in self.sources else UNKNOWN_SOURCE
+        if label is UNKNOWN_SOURCE:
+            name = self.secrets.redact(name)
         self._requests[label].inc()
         seen = _Seen(self._remote(scope))
         try:
@@ -152,7 +156,7 @@ class IngestApp:
             self.store.record_rejection(Rejection(
                 received_at=self.clock(), request_id=request_id, source=name[:64], code=exc.code,
                 detail=exc.detail, remote_addr=seen.remote,
-                header_names=tuple(k.decode("latin-1") for k, _ in scope["headers"]),
+                header_names=tuple(self.secrets.redact(k.decode("latin-1")) for k, _ in scope["headers"]),
                 body_size=len(seen.body) if seen.body is not None else seen.declared or _declared(scope),
                 body_sha256=hashlib.sha256(seen.body).hexdigest() if seen.body is not None else None,
                 known_source=name in self.sources,
@@ -215,7 +219,8 @@ class IngestApp:
             received_at=received_at,
             remote_addr=remote,
             attempt=verified.attempt,
-            headers=[(k, v) for k, v in headers.items() if k not in CREDENTIAL_HEADERS],
+            headers=[(k, v) for k, v in headers.items()
+                     if k not in CREDENTIAL_HEADERS and not self.secrets.found_in(v)],  # e.g. a proxy's copy
             body=body,
         )
         routes = self.router.routes(name, verified.events)

@@ -62,3 +62,6 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO with its full URL, credentials and query string included
+    # (an http plugin's url may carry both); the plugin runner logs failures itself.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))

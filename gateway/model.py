@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 EventStatus = Literal["stored", "duplicate", "quarantined"]
 
@@ -51,11 +53,15 @@ QUARANTINE_TYPE = ""
 
 
 def _escape(part: str) -> str:
-    return part.replace("%", "%25").replace(":", "%3A") if ("%" in part or ":" in part) else part
+    if "%" in part or ":" in part or "\x00" in part:
+        # NUL too: SQLite's JSON functions, which the store's duplicate lookup goes through,
+        # cut text at NUL, so a key holding one would never be found again.
+        return part.replace("%", "%25").replace(":", "%3A").replace("\x00", "%00")
+    return part
 
 
 def dedup_key(source: str, event_type: str, entity_id: str) -> str:
-    """`source:event_type:entity_id`, with `%` and `:` escaped so keys never collide.
+    """`source:event_type:entity_id`, with `%`, `:` and NUL escaped so keys never collide.
 
     Quarantined events (no readable type) use `-` as their type.
     """
@@ -66,3 +72,42 @@ def dedup_key(source: str, event_type: str, entity_id: str) -> str:
     else:
         kind = _escape(event_type)
     return f"{source}:{kind}:{_escape(entity_id)}"
+
+
+JSON_MAX_DEPTH = 200
+"""The deepest nesting an event's JSON may have and still be served as JSON.
+
+orjson reads 1024 levels but writes only 254, and the API, the stream and plugins write an
+event's payload inside a few levels of their own (a listing: object, array, event object).
+"""
+_WRITE_LIMIT = 254
+
+
+def too_deep(data: bytes, obj: Any) -> bool:
+    """Whether `obj`, parsed from `data` by orjson, nests deeper than `JSON_MAX_DEPTH`."""
+    # Nesting needs brackets: almost every body has too few to matter, and skips the re-encoding.
+    if data.count(b"[") + data.count(b"{") <= JSON_MAX_DEPTH:
+        return False
+    for _ in range(_WRITE_LIMIT - JSON_MAX_DEPTH):
+        obj = [obj]  # orjson measures depth for us: it refuses to write past its limit
+    try:
+        orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return True
+    return False
+
+
+def load_payload(data: bytes | None) -> Any:
+    """A stored event's JSON, parsed; `None` when it is not JSON or cannot be written back out.
+
+    Everything that hands events on (the API, the stream, plugins) serialises the payload with
+    orjson: a payload it could read but not write would fail every one of them, so it is handed
+    on as `None`, like any unparseable body (the raw bytes still go with it).
+    """
+    if data is None:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return None if too_deep(data, obj) else obj

@@ -100,10 +100,12 @@ class Streams:
 
     def _start_after(self, request: Request | WebSocket, header: str | None) -> int:
         if header is not None:
-            if not header.strip().isdigit():
+            if not _event_id(header.strip()):
                 raise GatewayError("invalid_parameter", "Last-Event-ID must be an event id")
             return int(header)
         since = request.query_params.get("since", "")
+        if since.isdigit() and not _event_id(since):  # "²" is a digit to Python; 2**64 is no id
+            raise GatewayError("invalid_parameter", "since must be an event id or a time")
         return int(since) if since.isdigit() else self.notifier.latest  # from now on
 
     async def sse(self, request: Request) -> Response:
@@ -165,3 +167,8 @@ class Streams:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+
+
+def _event_id(text: str) -> bool:
+    """ASCII digits that fit SQLite's 64-bit integer ids."""
+    return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) < 2**63

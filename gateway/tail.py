@@ -23,6 +23,8 @@ def _token(client: httpx.Client, who: ClientConfig | None) -> dict[str, str]:
         return {}
     r = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": who.id,
                                           "client_secret": who.secret.reveal(), "scope": "events:read"})
+    if r.status_code in (400, 401, 403):  # retrying cannot fix credentials: say why and stop
+        raise PermissionError(f"the gateway refused client {who.id!r}: {r.read().decode()[:200]}")
     r.raise_for_status()
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 

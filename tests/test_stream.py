@@ -197,3 +197,15 @@ def test_websocket_slow_client_is_closed_with_a_reason(gw: RunningGateway, monke
     assert "too_slow" in info.value.rcvd.reason
 
 
+
+
+@pytest.mark.parametrize(("query", "headers"), [
+    (f"?since={2**64}", {}),
+    ("?since=%C2%B2", {}),  # "²": a digit to Python, not an id
+    ("", {"Last-Event-ID": "²".encode()}),  # type: ignore[dict-item]
+    ("", {"Last-Event-ID": str(2**63)}),
+])
+def test_an_impossible_start_is_a_400_not_a_500(gw: RunningGateway, query: str, headers: dict[str, str]) -> None:
+    r = gw.client.get(f"/api/v1/stream{query}", headers={"Authorization": f"Bearer {token(gw)}", **headers})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_parameter"

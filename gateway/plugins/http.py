@@ -146,7 +146,11 @@ def factory(options: Mapping[str, Any], context: PluginContext) -> HttpPlugin:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"option 'url' is not a valid URL: {exc}") from None
+        # httpx quotes the offending part ("Invalid port: '...'"), which can be a piece of a
+        # password with an unescaped '/' or '@': name the problem only.
+        problem = str(exc).split(":", 1)[0]
+        raise ValueError(f"option 'url' is not a valid URL ({problem}; percent-encode special characters "
+                         "in credentials)") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError("option 'url' must be an absolute http:// or https:// URL")
     return HttpPlugin(url, signing_key(_secret(options.get("secret"))),

@@ -10,7 +10,8 @@ fsync'ed, but deliveries share that cost (group commit): the first waiting line 
 task, which writes every line queued so far in one `write` and one `fsync` (in a thread, so the
 event loop never blocks); lines that arrive meanwhile wait for the next flush. A failed write is
 truncated away, so a half-written line never stays in the file, and its `OSError` reaches every
-delivery of the batch: the gateway retries them.
+delivery of the batch: the gateway retries them. A line torn by a crash (a process killed inside
+`write`) is cut off when the file is opened again, before anything is appended.
 """
 
 from __future__ import annotations
@@ -88,7 +89,13 @@ class JsonlPlugin:
     def _open(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                _drop_torn_line(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd = fd
         return self._fd
 
     def _write(self, data: bytes) -> None:
@@ -105,6 +112,25 @@ class JsonlPlugin:
                 os.ftruncate(fd, size)
             raise
         self.fsyncs += 1
+
+
+def _drop_torn_line(fd: int) -> None:
+    """A process killed inside `write` (SIGKILL, power loss) can leave part of a batch: cut the
+    file back to its last whole line. Nothing of that batch was acknowledged, so the gateway
+    delivers it again; appending behind the fragment would instead glue it to the next line."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end < size:
+        os.ftruncate(fd, end)
+        os.fsync(fd)
 
 
 def factory(options: Mapping[str, Any], context: PluginContext) -> JsonlPlugin:

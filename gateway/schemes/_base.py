@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, AnyStr
@@ -12,13 +13,22 @@ import orjson
 
 from gateway._secret import Secret
 from gateway.errors import Rejected
-from gateway.model import QUARANTINE_TYPE, ParsedEvent
+from gateway.model import JSON_MAX_DEPTH, QUARANTINE_TYPE, ParsedEvent, too_deep
 
 Headers = Mapping[str, str]
 """Request headers with lower-case names; values decoded as Latin-1, as HTTP carries them."""
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _DIGITS = re.compile(r"[0-9]{1,19}")
+# orjson reads integers beyond 64 bits as floats, rounding them: from 2**53 on, two ids
+# the sender told apart could read as one, so such a number is no id (the body hash is).
+_EXACT_FLOAT = 2.0**53
+# 2**64 has 20 digits and -2**63 19: integers with fewer digits fit in 64 bits.
+_LONG_DIGITS = re.compile(rb"-[0-9]{19}|[0-9]{20}")
+
+
+class _WideInt(Exception):
+    pass
 
 
 def hmac_sha256_hex(key: bytes, *parts: bytes) -> str:
@@ -99,7 +109,36 @@ def load_json(body: bytes) -> tuple[Any, str | None]:
         return None, f"not valid JSON: {exc}"[:300]
     if not isinstance(obj, dict):
         return None, f"JSON {type(obj).__name__} where an object was expected"
+    if too_deep(body, obj):
+        # Readable here, but the API, the stream and plugins could not serialise it again.
+        return None, f"JSON nested deeper than {JSON_MAX_DEPTH} levels"
     return obj, None
+
+
+def has_wide_int(body: bytes) -> bool:
+    """Whether `body` (JSON that orjson read) holds an integer outside 64 bits.
+
+    orjson reads such an integer as a float, rounding it, so JSON written back from the
+    parsed value would differ from what the sender sent.
+    """
+    if not _LONG_DIGITS.search(body):  # nearly every body: no long run of digits at all
+        return False
+
+    def check(text: str) -> int:
+        digits = text.lstrip("-")
+        if len(digits) > 20 or not -(2**63) <= int(text) < 2**64:
+            raise _WideInt
+        return 0
+
+    # The standard library's parser calls parse_int for integer literals only, never for
+    # digits inside strings or for floats; it runs only on the rare body with long digit runs.
+    try:
+        json.loads(body, parse_int=check)
+    except _WideInt:
+        return True
+    except ValueError:  # orjson accepted what the standard parser refuses: nothing to round
+        return False
+    return False
 
 
 def scalar(value: Any) -> str | None:
@@ -108,7 +147,7 @@ def scalar(value: Any) -> str | None:
         return None
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT:
         return str(int(value))
     if isinstance(value, str) and value.strip():
         return value

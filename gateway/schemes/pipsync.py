@@ -40,12 +40,13 @@ def parse_header(value: str) -> tuple[str, list[str]]:
     """`(t as sent, [v1 signatures])` from the header; raises `malformed_signature`."""
     timestamp: str | None = None
     signatures: list[str] = []
-    for item in value.split(","):
+    for position, item in enumerate(value.split(","), 1):
         key, sep, val = item.strip().partition("=")
         if not sep:
             if item.strip():
-                shown = item.strip()[:20]
-                raise Rejected("malformed_signature", f"X-PipSync-Signature has a part without '=': {shown!r}")
+                # never quote the part: a misconfigured sender may put the secret itself here
+                raise Rejected("malformed_signature", f"X-PipSync-Signature has a part without '=' (part {position}, "
+                                                      f"{len(item.strip())} characters); expected t=<unix>,v1=<hex>")
             continue
         key = key.strip()
         if key == "t":

@@ -21,6 +21,7 @@ from gateway.schemes._base import (
     at_path,
     content_id,
     first_at,
+    has_wide_int,
     load_json,
     matches_any,
     parse_hex,
@@ -84,19 +85,22 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
     if reason is not None:
         return Verified(events=(quarantined(body, reason),))
     attempts = obj.get("attempts")
-    attempt = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None
-    batch = obj.get("payload")
-    try:
-        if isinstance(batch, list):
-            # Members are stored as their own canonical JSON; the raw body is kept beside them.
-            events = tuple(_member(m, source, _canonical(m)) for m in batch)
-            return Verified(events=events, attempt=attempt)
-        if "eventType" in obj:
-            return Verified(events=(_member(obj, source, None),), attempt=attempt)
-    except orjson.JSONEncodeError:
-        # orjson reads 1024 levels of nesting but writes only 255: keep the body whole.
-        reason = "JSON nested too deeply to store per event"
+    # A counter, as MetaCopier's header: fewer than 10 digits (the store keeps signed 64-bit integers).
+    counter = isinstance(attempts, int) and not isinstance(attempts, bool) and 0 <= attempts < 10**9
+    attempt = attempts if counter else None
+    if has_wide_int(body):
+        # Members are stored (and their ids hashed) as JSON written back from the parsed body,
+        # which would round such an integer: keep the body whole, exactly as sent.
+        reason = "an integer beyond 64 bits, which splitting the batch would round"
         return Verified(events=(quarantined(body, reason),), attempt=attempt)
+    batch = obj.get("payload")
+    # load_json refused bodies nested too deeply to write back, so canonical JSON cannot fail.
+    if isinstance(batch, list):
+        # Members are stored as their own canonical JSON; the raw body is kept beside them.
+        events = tuple(_member(m, source, _canonical(m)) for m in batch)
+        return Verified(events=events, attempt=attempt)
+    if "eventType" in obj:
+        return Verified(events=(_member(obj, source, None),), attempt=attempt)
     reason = "no payload array and no eventType at the root"
     return Verified(events=(quarantined(body, reason),), attempt=attempt)
 

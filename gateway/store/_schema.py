@@ -82,6 +82,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
     "CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
     ),
+    # 5: the heartbeat writes 64 KiB, about one large batch: on a nearly full disk a one-page
+    # heartbeat still fits into the WAL while ingest no longer does, and /readyz would lie.
+    (
+    "ALTER TABLE heartbeat ADD COLUMN probe BLOB",
+    ),
 )
 
 

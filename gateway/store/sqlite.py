@@ -19,7 +19,7 @@ import aiosqlite
 import orjson
 
 from gateway.errors import StoreUnavailable
-from gateway.model import Outcome, ParsedEvent
+from gateway.model import Outcome, ParsedEvent, load_payload
 from gateway.store import (
     CommitListener,
     DeliveryRecord,
@@ -39,6 +39,7 @@ from gateway.store._writer import Committed, GroupWriter, Ingest, Item, Op
 log = logging.getLogger("gateway.store")
 
 
+HEARTBEAT_BYTES = 65536  # what /readyz writes: room for about one large batch
 MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyond this is dropped
 
 _SELECT_EVENTS = """
@@ -56,12 +57,8 @@ def _forget(future: asyncio.Future[Any]) -> None:
 
 
 def _loads(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None  # quarantined: the raw body is kept, but there is nothing to parse
+    # None for a quarantined body that is not JSON, or one nested too deeply to serialise again
+    return load_payload(data)
 
 
 class SQLiteStore:
@@ -205,7 +202,8 @@ class SQLiteStore:
 
     async def check_writable(self) -> None:
         def beat(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (round(time.time() * 1e6),))
+            db.execute("INSERT OR REPLACE INTO heartbeat (id, at, probe) VALUES (1, ?, zeroblob(?))",
+                       (round(time.time() * 1e6), HEARTBEAT_BYTES))
 
         await self._write(beat)
 

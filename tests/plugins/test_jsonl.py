@@ -131,6 +131,23 @@ async def test_appends_to_an_existing_file_and_works_without_start(
     assert [line["id"] for line in read_lines(path)] == [0, 1]
 
 
+@pytest.mark.parametrize("tail", [b'{"id":1,"sou', b"x" * 70000])
+async def test_a_line_torn_by_a_crash_is_cut_off_before_appending(
+        make_plugin: Callable[..., JsonlPlugin], tmp_path: Path, tail: bytes) -> None:
+    # A SIGKILL inside write() can leave part of a batch (Linux stops a write between pages);
+    # that batch was never acknowledged and comes again, so the fragment must go.
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"id":0}\n' + tail)
+    plugin = make_plugin()
+    await plugin.deliver(make_event(1))
+    assert [line["id"] for line in read_lines(path)] == [0, 1]
+    path.write_bytes(tail)  # nothing whole at all: the file starts over
+    await plugin.stop()
+    plugin = make_plugin()
+    await plugin.deliver(make_event(2))
+    assert [line["id"] for line in read_lines(path)] == [2]
+
+
 async def test_stop_waits_for_queued_lines_then_closes(make_plugin: Callable[..., JsonlPlugin], tmp_path: Path) -> None:
     plugin = make_plugin()
     await plugin.start()

@@ -1,0 +1,510 @@
+"""Crash safety of the real `gateway run` process under concurrent signed traffic.
+
+Several sender threads post MetaCopier and PipSync events and TradrAPI batches (and resend
+some of them on purpose) while the gateway is SIGKILLed at random moments and restarted. Like
+real senders, they retry every request that got no answer (connection error) or a 503 until
+it is acknowledged. At the end, after a graceful run that lets fan-out drain:
+
+- every event a sender generated is stored exactly once, under the id every 2xx answer gave;
+- every stored event reached every plugin that matches it, and no plugin that does not;
+- each plugin saw the events of one (source, entity id) first in event-id order;
+- no delivery is left pending or dead, and `PRAGMA integrity_check` is ok.
+
+The random choices (kill moments, traffic) come from one seed, printed with the results; set
+`GATEWAY_CRASH_SEED` to replay a seed (the timing of the process itself stays nondeterministic).
+
+Soak variant: `GATEWAY_SOAK=1 .venv/bin/python -m pytest tests/test_crash.py -m soak -s` runs
+50 kills, 6 senders and up to 3 s of traffic between kills (about 5 minutes). It is
+skipped in the normal run; `-s` shows the summary line of each run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from gateway.model import dedup_key
+from tests.conftest import MC_SECRET, PS_SECRET, TR_KEY, mc_sign, ps_sign, tr_sign
+from tests.test_cli import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = str(Path(sys.executable).parent / "gateway")
+
+# Which events each plugin wants; the checks below model routing independently of gateway/routing.py.
+SLOW_TYPES = frozenset({"position.opened", "position.closed", "trade.opened", "trade.closed",
+                        "open_position", "close_position"})
+PICKY_SOURCES = frozenset({"pipsync", "tradrapi"})
+PICKY_TYPES = frozenset({"trade.closed", "close_position"})
+
+
+def wants(plugin: str, source: str, event_type: str) -> bool:
+    if plugin == "slow":
+        return event_type in SLOW_TYPES
+    if plugin == "picky":
+        return source in PICKY_SOURCES and event_type in PICKY_TYPES
+    return True  # journal takes everything
+
+
+CONFIG = """
+[server]
+shutdown_timeout_seconds = 20
+
+[store]
+path = "gateway.db"
+
+[[sources]]
+name = "metacopier"
+scheme = "metacopier"
+secret = "{mc}"
+
+[[sources]]
+name = "pipsync"
+scheme = "pipsync"
+secret = "{ps}"
+
+[[sources]]
+name = "tradrapi"
+scheme = "tradrapi"
+secret = "{tr}"
+
+[[plugins]]
+name = "journal"
+use = "jsonl"
+[plugins.options]
+path = "journal.jsonl"
+
+# Slow and flaky: deliveries fall behind ingest, so kills land with the outbox full.
+[[plugins]]
+name = "slow"
+use = "tests.fanout_plugins:recorder"
+events = {slow_types}
+concurrency = 4
+retry_backoff_seconds = 0.05
+retry_backoff_max_seconds = 0.2
+[plugins.options]
+delay = 0.02
+fail_rate = 0.05
+log = "{dir}/slow.log"
+
+[[plugins]]
+name = "picky"
+use = "tests.fanout_plugins:recorder"
+sources = {picky_sources}
+events = {picky_types}
+[plugins.options]
+log = "{dir}/picky.log"
+"""
+
+
+# --- senders --------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    """One request a sender must get acknowledged: its body and the dedup keys it carries."""
+
+    source: str
+    body: bytes
+    keys: tuple[str, ...]
+    attempts: int = 0
+    unanswered: bool = False  # an attempt got no answer: it may have been stored meanwhile
+
+
+@dataclass
+class Ledger:
+    """What the senders know, shared between their threads."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    generated: set[str] = field(default_factory=set)
+    acked: dict[str, int] = field(default_factory=dict)  # dedup key -> the id its first 2xx gave
+    errors: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    answers: int = 0  # 2xx answers
+    unknown: int = 0  # connection errors and 503s: retried
+    stored_unanswered: int = 0  # first answer "duplicate": an unanswered attempt had committed
+    aborted: bool = False  # the run failed: stop retrying at once
+
+    def record(self, msg: Message, outcomes: list[dict[str, object]], resend: bool) -> None:
+        with self.lock:
+            self.answers += 1
+            if [o.get("dedup_key") for o in outcomes] != list(msg.keys):
+                self.errors.append(f"{msg.source}: answered keys {outcomes} for {msg.keys}")
+                return
+            statuses = {o["status"] for o in outcomes}
+            if len(statuses) != 1:  # nobody else sends these keys: a batch is all new or all known
+                self.errors.append(f"{msg.source}: batch stored in part: {outcomes}")
+            for outcome in outcomes:
+                key, event_id, status = str(outcome["dedup_key"]), outcome["id"], outcome["status"]
+                assert isinstance(event_id, int)
+                known = self.acked.get(key)
+                if known is not None:
+                    if (known, status) != (event_id, "duplicate"):
+                        self.errors.append(f"{key}: acknowledged as {known}, now {status} {event_id}")
+                    continue
+                self.acked[key] = event_id
+                if status == "duplicate":
+                    if resend or not msg.unanswered:
+                        self.errors.append(f"{key}: duplicate ({event_id}) on its first answer, never sent before")
+                    self.stored_unanswered += 1
+                elif status != "stored":
+                    self.errors.append(f"{key}: unexpected status {status}")
+
+
+class Sender(threading.Thread):
+    """One sender: sends its messages one at a time, each retried until acknowledged."""
+
+    def __init__(self, index: int, port: int, seed: int, ledger: Ledger, stop: threading.Event,
+                 budget: int, think: float) -> None:
+        super().__init__(name=f"sender-{index}", daemon=True)
+        self.index, self.port, self.ledger, self.stop = index, port, ledger, stop
+        self.budget, self.think = budget, think
+        self.rng = random.Random(seed * 1000 + index)
+        self.n = 0
+        self.open: dict[str, list[str]] = defaultdict(list)  # source -> positions opened, not closed
+
+    def run(self) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10) as http:
+            for _ in range(self.budget):
+                if self.stop.is_set():
+                    return
+                msg = self.next_message()
+                with self.ledger.lock:
+                    self.ledger.generated.update(msg.keys)
+                if not self.deliver(http, msg, resend=False):
+                    return
+                if self.rng.random() < 0.08 and not self.deliver(http, msg, resend=True):  # a sender's retry
+                    return
+                time.sleep(self.rng.uniform(0, self.think))
+
+    def deliver(self, http: httpx.Client, msg: Message, resend: bool) -> bool:
+        """POST until a 2xx (False: the test is giving up on this sender)."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.ledger.aborted:
+                return False
+            msg.attempts += 1
+            headers = self.sign(msg)
+            with self.ledger.lock:
+                self.ledger.in_flight += 1
+            try:
+                reply = http.post(f"/hooks/{msg.source}", content=msg.body, headers=headers)
+            except httpx.TransportError:
+                msg.unanswered = True
+                reply = None
+            finally:
+                with self.ledger.lock:
+                    self.ledger.in_flight -= 1
+            if reply is not None and reply.status_code == 200:
+                self.ledger.record(msg, reply.json()["events"], resend)
+                return True
+            if reply is not None and reply.status_code != 503:
+                with self.ledger.lock:
+                    self.ledger.errors.append(f"{msg.source}: {reply.status_code} {reply.text[:300]}")
+                return False
+            with self.ledger.lock:
+                self.ledger.unknown += 1
+            time.sleep(self.rng.uniform(0.02, 0.08))  # the gateway is down or restarting
+        with self.ledger.lock:
+            self.ledger.errors.append(f"{msg.source}: never acknowledged after {msg.attempts} attempts: {msg.keys}")
+        return False
+
+    def sign(self, msg: Message) -> dict[str, str]:
+        if msg.source == "metacopier":
+            return {**mc_sign(msg.body), "X-MetaCopier-Delivery-Attempt": str(msg.attempts)}
+        if msg.source == "pipsync":
+            return ps_sign(msg.body)
+        return tr_sign()
+
+    def number(self) -> int:
+        """A number no other sender uses (every id of this sender comes from it)."""
+        self.n += 1
+        return (self.index + 1) * 10**7 + self.n
+
+    def lifecycle(self, source: str, new_id: str) -> tuple[str, str]:
+        """Open a new position or close one this sender opened: ("opened" | "closed", id)."""
+        positions = self.open[source]
+        if positions and self.rng.random() < 0.45:
+            return "closed", positions.pop(self.rng.randrange(len(positions)))
+        positions.append(new_id)
+        return "opened", new_id
+
+    def next_message(self) -> Message:
+        roll = self.rng.random()
+        if roll < 0.4:
+            return self.metacopier()
+        if roll < 0.8:
+            return self.pipsync()
+        return self.tradrapi()
+
+    def metacopier(self) -> Message:
+        if self.rng.random() < 0.15:
+            body = orjson.dumps({"type": "history.updated", "accountId": f"acc-{self.index}", "n": self.number()})
+            entity = "sha256-" + hashlib.sha256(body).hexdigest()  # no position: the body's hash is the id
+            return Message("metacopier", body, (dedup_key("metacopier", "history.updated", entity),))
+        state, position = self.lifecycle("metacopier", f"p:{self.number()}")  # ':' is escaped in keys
+        event_type = f"position.{state}"
+        body = orjson.dumps({"type": event_type, "accountId": f"acc-{self.index}",
+                             "position": {"id": position, "symbol": "EURUSD", "volume": 0.5}})
+        return Message("metacopier", body, (dedup_key("metacopier", event_type, position),))
+
+    def pipsync(self) -> Message:
+        if self.rng.random() < 0.2:
+            signal_id = f"sig-{self.number()}"
+            body = orjson.dumps({"id": f"evt-{self.number()}", "type": "signal.received",
+                                 "data": {"signal_id": signal_id, "symbol": "EURUSD"}})
+            return Message("pipsync", body, (dedup_key("pipsync", "signal.received", signal_id),))
+        state, position = self.lifecycle("pipsync", str(self.number()))
+        event_type = f"trade.{state}"
+        body = orjson.dumps({"id": f"evt-{self.number()}", "type": event_type,
+                             "data": {"position_id": position, "symbol": "EURUSD", "lots": 0.5}})
+        return Message("pipsync", body, (dedup_key("pipsync", event_type, position),))
+
+    def tradrapi(self) -> Message:
+        """A batch of 5 to 20 events: opens and closes, balance operations, account updates."""
+        members, keys = [], []
+        for _ in range(self.rng.randint(5, 20)):
+            roll = self.rng.random()
+            payload: dict[str, object]
+            if roll < 0.6:
+                state, entity = self.lifecycle("tradrapi", str(self.number()))
+                event_type = "open_position" if state == "opened" else "close_position"
+                payload = {"id": int(entity), "symbol": "EURUSD", "lots": 1}
+            elif roll < 0.85:
+                event_type, number = "balance_operation", self.number()
+                entity, payload = str(number), {"id": number, "amount": 500, "currency": "USD"}
+            else:  # an account is updated many times: updatedAt is part of its id
+                account, updated = (self.index + 1) * 1000 + self.rng.randrange(3), self.number()
+                event_type, entity = "account_updated", f"{account}@{updated}"
+                payload = {"id": account, "updatedAt": updated, "currency": "USD"}
+            members.append({"brandId": 12, "serverId": 3, "eventType": event_type, "platform": "MT5",
+                            "payload": payload})
+            keys.append(dedup_key("tradrapi", event_type, entity))
+        body = orjson.dumps({"payload": members, "count": len(members), "attempts": 1})
+        return Message("tradrapi", body, tuple(keys))
+
+
+# --- the gateway process ----------------------------------------------------------------------
+
+
+class Gateway:
+    """`gateway run` as a child process, started again after every kill on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.config = folder / "gateway.toml"
+        self.config.write_text(CONFIG.format(
+            mc=MC_SECRET, ps=PS_SECRET, tr=TR_KEY, dir=folder, slow_types=toml_list(SLOW_TYPES),
+            picky_sources=toml_list(PICKY_SOURCES), picky_types=toml_list(PICKY_TYPES)))
+        self.log_path = folder / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the recorder plugin lives in tests/
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [GATEWAY, "run", "--config", str(self.config), "--port", str(self.port), "--log-format", "text"],
+                cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.starts += 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"gateway did not start (start {self.starts}):\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, "the gateway died by itself:\n" + self.log_tail()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def ensure_stopped(self) -> None:
+        """After a failed check: never leave the child running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
+
+
+def toml_list(values: frozenset[str]) -> str:
+    return "[" + ", ".join(f'"{v}"' for v in sorted(values)) + "]"
+
+
+def read_only(db: Path) -> contextlib.closing[sqlite3.Connection]:
+    return contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True))
+
+
+def pending_deliveries(db: Path) -> int:
+    with read_only(db) as conn:
+        count: int = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+    return count
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Kill:
+    """The state of things when one SIGKILL landed."""
+
+    uptime: float  # seconds since the restart
+    in_flight: int  # requests the senders were waiting on
+    answers: int  # 2xx answers since the restart
+    pending: int  # deliveries not yet done, read from the store right after the kill
+
+
+# --- the run and its checks -----------------------------------------------------------------
+
+
+def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tuple[float, float],
+              think: float, budget: int, drain: float = 120) -> None:
+    """Traffic from `senders` threads, `kills` SIGKILLs each `uptime` s (uniform) after traffic
+    resumed, a graceful last run until fan-out drained, then every check."""
+    rng = random.Random(seed)
+    gateway = Gateway(folder)
+    db = folder / "gateway.db"
+    ledger, stop = Ledger(), threading.Event()
+    started = time.monotonic()
+    gateway.start()
+    threads = [Sender(i, gateway.port, seed, ledger, stop, budget, think) for i in range(senders)]
+    for thread in threads:
+        thread.start()
+    record: list[Kill] = []
+    try:
+        for _ in range(kills):
+            before, restarted = ledger.answers, time.monotonic()
+            wait_until(lambda: ledger.answers >= before + 3, 30, "traffic to resume after the restart")  # noqa: B023
+            time.sleep(rng.uniform(*uptime))
+            wait_until(lambda: ledger.in_flight > 0, 5, "a request in flight")
+            in_flight, answers = ledger.in_flight, ledger.answers - before
+            gateway.kill()
+            record.append(Kill(time.monotonic() - restarted, in_flight, answers, pending_deliveries(db)))
+            with read_only(db) as conn:
+                assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",), f"after kill {len(record)}"
+            gateway.start()
+        before = ledger.answers
+        wait_until(lambda: ledger.answers >= before + 3, 30, "traffic after the last restart")
+    except BaseException:
+        ledger.aborted = True
+        gateway.ensure_stopped()
+        raise
+    finally:
+        stop.set()  # senders finish (acknowledge) the message they hold, then return
+        for thread in threads:
+            thread.join(timeout=120)
+    try:
+        assert not any(t.is_alive() for t in threads), "a sender is stuck"
+        assert not ledger.errors, f"seed {seed}: " + "\n".join(ledger.errors[:20])
+        wait_until(lambda: pending_deliveries(db) == 0, drain, "fan-out to drain")
+        code = gateway.terminate()
+    finally:
+        gateway.ensure_stopped()
+    # uvicorn re-raises the signal once it shut down cleanly
+    assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in gateway.log_tail(), gateway.log_tail()
+    elapsed = time.monotonic() - started
+
+    assert len(record) == kills
+    for number, kill in enumerate(record, 1):  # every kill interrupted live traffic
+        assert kill.in_flight > 0 and kill.answers > 0, f"seed {seed}: kill {number}: {kill}"
+    with_backlog = sum(1 for kill in record if kill.pending)
+    assert with_backlog >= kills // 2, f"seed {seed}: only {with_backlog} kills with deliveries pending: {record}"
+    events, redelivered = check_store(folder, ledger)
+    print(f"\ncrash run: seed {seed}, {kills} kills ({with_backlog} with deliveries pending, "
+          f"up to {max(k.pending for k in record)}), {len(ledger.acked)} events in {ledger.answers} answers, "
+          f"{ledger.unknown} unanswered/503 retried, {ledger.stored_unanswered} stored without an answer, "
+          f"{redelivered} redeliveries, {events} events checked, {elapsed:.1f} s")
+
+
+def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
+    """Everything the run must have left behind; returns (events, redeliveries)."""
+    with read_only(folder / "gateway.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        rows = conn.execute("SELECT id, source, event_type, entity_id, dedup_key FROM events").fetchall()
+        twice = conn.execute("SELECT source, event_type, entity_id, count(*) FROM events"
+                             " GROUP BY 1, 2, 3 HAVING count(*) > 1").fetchall()
+        deliveries = conn.execute("SELECT plugin, event_id, status FROM deliveries").fetchall()
+    # Stored exactly once: every event the senders made (all were acknowledged in the end),
+    # under the id every answer gave, and nothing else.
+    assert not twice, f"stored more than once: {twice[:10]}"
+    assert ledger.generated == set(ledger.acked), f"never acknowledged: {sorted(ledger.generated - set(ledger.acked))}"
+    stored = {key: event_id for event_id, _, _, _, key in rows}
+    lost = {key: event_id for key, event_id in ledger.acked.items() if stored.get(key) != event_id}
+    assert not lost, f"acknowledged (key: id) but not stored under that id: {list(lost.items())[:10]}"
+    assert set(stored) == set(ledger.acked), f"stored, never sent: {sorted(set(stored) - set(ledger.acked))[:10]}"
+    events = {event_id: (source, event_type, entity) for event_id, source, event_type, entity, _ in rows}
+
+    # The outbox holds exactly one row per matching (plugin, event), all delivered.
+    plugins = ("journal", "slow", "picky")
+    expected = {(p, i) for i, (source, event_type, _) in events.items()
+                for p in plugins if wants(p, source, event_type)}
+    assert {(plugin, event_id) for plugin, event_id, _ in deliveries} == expected
+    assert {status for _, _, status in deliveries} == {"delivered"}
+
+    # Each plugin got every event it wants, at least once, none it does not, and the first
+    # delivery of each (source, entity) in event-id order.
+    seen = {
+        "journal": [orjson.loads(line)["id"] for line in (folder / "journal.jsonl").read_bytes().splitlines()],
+        "slow": [int(line.split()[0]) for line in (folder / "slow.log").read_text().splitlines()],
+        "picky": [int(line.split()[0]) for line in (folder / "picky.log").read_text().splitlines()],
+    }
+    redelivered = 0
+    for plugin, ids in seen.items():
+        wanted = {i for p, i in expected if p == plugin}
+        assert wanted <= set(ids), f"{plugin} never got {sorted(wanted - set(ids))[:20]}"
+        assert set(ids) <= wanted, f"{plugin} got events it does not match: {sorted(set(ids) - wanted)[:20]}"
+        redelivered += len(ids) - len(set(ids))
+        lines: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for event_id in dict.fromkeys(ids):  # first deliveries, in the order they happened
+            source, _, entity = events[event_id]
+            lines[(source, entity)].append(event_id)
+        disorder = {line: order for line, order in lines.items() if order != sorted(order)}
+        assert not disorder, f"{plugin} got events of one entity out of order: {disorder}"
+    return len(events), redelivered
+
+
+def run_seed() -> int:
+    given = os.environ.get("GATEWAY_CRASH_SEED")
+    return int(given) if given else random.randrange(10**6)
+
+
+def test_sigkill_under_concurrent_traffic_loses_nothing(tmp_path: Path) -> None:
+    crash_run(tmp_path, seed=run_seed(), kills=10, senders=4, uptime=(0.1, 1.0), think=0.01, budget=3000)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(os.environ.get("GATEWAY_SOAK") != "1", reason="soak test: set GATEWAY_SOAK=1 to run it")
+def test_soak_sigkill_many_times(tmp_path: Path) -> None:
+    crash_run(tmp_path, seed=run_seed(), kills=50, senders=6, uptime=(0.1, 3.0), think=0.005, budget=10**6,
+              drain=600)
