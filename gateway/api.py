@@ -129,9 +129,11 @@ class Api:
         return principal
 
     async def token(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > 8192:
-            raise GatewayError("invalid_request", "the token request is too large")
+        body = b""
+        async for chunk in request.stream():  # refused as it grows: never buffered beyond the limit
+            body += chunk
+            if len(body) > 8192:
+                raise GatewayError("invalid_request", "the token request is too large")
         try:
             form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
         except UnicodeDecodeError:

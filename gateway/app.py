@@ -24,6 +24,7 @@ from gateway.config import Config, ip_allowed
 from gateway.errors import PROBLEM_CONTENT_TYPE, problem_body
 from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
+from gateway.limits import client_address
 from gateway.metrics import Metrics
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
@@ -129,7 +130,9 @@ class GatewayApp:
         if settings.listen is not None:
             raise HTTPException(404, f"metrics are served on {settings.listen[0]}:{settings.listen[1]}")
         if settings.allow_ips:
-            peer = request.client.host if request.client else None
+            peer = client_address(request.client.host if request.client else None,
+                                  [v for k, v in request.scope["headers"] if k == b"x-forwarded-for"],
+                                  self.config.server.trusted_proxies)
             if not ip_allowed(settings.allow_ips, peer):
                 body = problem_body("ip_denied", f"{peer} may not read /metrics", request.state.request_id)
                 return Response(body, status_code=403, media_type=PROBLEM_CONTENT_TYPE)

@@ -75,10 +75,8 @@ def main() -> None:
               help="auto: JSON lines unless stderr is a terminal.")
 def run(config_path: Path | None, host: str | None, port: int | None, log_format: str) -> None:
     """Serve webhooks at POST /hooks/{source}."""
-    import uvicorn
-
     from gateway.app import GatewayApp
-    from gateway.server import GatewayServer
+    from gateway.server import GatewayServer, uvicorn_config
 
     config = resolve_config(config_path)
     plugins = build_plugins(config)
@@ -98,8 +96,8 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
                  ",".join(plugin.events))
     deadline = config.server.shutdown_timeout_seconds
     app = GatewayApp(config, plugins=plugins, shutdown_grace=deadline / 2)
-    server = GatewayServer(uvicorn.Config(
-        app, host=host, port=port, lifespan="on", access_log=False, server_header=False, log_config=None,
+    server = GatewayServer(uvicorn_config(
+        app, config.server, host=host, port=port,
         # in-flight requests get half the deadline (live streams never end by themselves);
         # plugins and the last commit get the other half, in the lifespan shutdown
         timeout_graceful_shutdown=max(1, int(deadline / 2)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -57,6 +58,10 @@ class SourceConfig:
     require_timestamp: bool = True  # metacopier only
     allow_ips: tuple[IPNetwork, ...] = ()
     dedup_fields: tuple[str, ...] | None = None
+    # Authenticated requests per second (token bucket); 0 is no limit. `rate_burst` requests may
+    # arrive at once after a quiet spell.
+    rate_limit: float = 0.0
+    rate_burst: int = 0
 
     def allows(self, address: str | None) -> bool:
         """True when `address` may send to this source (no allowlist allows any)."""
@@ -123,6 +128,12 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = DEFAULT_MAX_BODY
     shutdown_timeout_seconds: float = 30.0
+    # Abuse limits (gateway/limits.py, gateway/_http.py); see config.example.toml for the why.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_in_flight: int = 256
+    max_connections: int = 2048
+    max_header_bytes: int = 16384
+    client_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +256,7 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
         return None
     allowed = {
         "name", "scheme", "secret", "secrets", "tolerance_seconds", "auth",
-        "require_timestamp", "allow_ips", "dedup_fields",
+        "require_timestamp", "allow_ips", "dedup_fields", "rate_limit", "rate_burst",
     }
     c.unknown(raw, key, allowed)
     before = len(c.errors)
@@ -308,6 +319,13 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
         c.error(f"{key}.dedup_fields", 'must be a non-empty list of paths like "position.id"')
         fields = None
 
+    rate = _number(c, raw, key, "rate_limit", 0.0, 0, 1_000_000)
+    burst = c.get(raw, f"{key}.rate_burst", "rate_burst", int, max(1, math.ceil(rate * 10)))
+    if "rate_burst" in raw and rate == 0:
+        c.error(f"{key}.rate_burst", "needs rate_limit (requests per second) above 0")
+    elif not 1 <= burst <= 1_000_000:
+        c.error(f"{key}.rate_burst", f"must be between 1 and 1000000, got {burst}")
+
     if len(c.errors) > before:
         return None
     return SourceConfig(
@@ -319,6 +337,8 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
         require_timestamp=require_ts,
         allow_ips=tuple(nets),
         dedup_fields=tuple(fields) if fields is not None else None,
+        rate_limit=rate,
+        rate_burst=burst if rate else 0,
     )
 
 
@@ -419,6 +439,20 @@ def _metrics(c: _Checker, data: Mapping[str, Any]) -> MetricsConfig:
     return MetricsConfig(listen=listen, allow_ips=tuple(nets))
 
 
+def _limits(c: _Checker, srv: Mapping[str, Any]) -> dict[str, Any]:
+    """The [server] abuse limits, as ServerConfig keyword arguments."""
+    proxies = _networks(c, "server.trusted_proxies", c.get(srv, "server.trusted_proxies", "trusted_proxies", list, []))
+    limits: dict[str, Any] = {"trusted_proxies": tuple(proxies)}
+    for name, default, low, high in (("max_in_flight", 256, 1, 100_000), ("max_connections", 2048, 1, 1_000_000),
+                                     ("max_header_bytes", 16384, 1024, 1024 * 1024)):
+        value = c.get(srv, f"server.{name}", name, int, default)
+        if not low <= value <= high:
+            c.error(f"server.{name}", f"must be between {low} and {high}, got {value}")
+        limits[name] = value
+    limits["client_timeout_seconds"] = _number(c, srv, "server", "client_timeout_seconds", 30.0, 1, 3600)
+    return limits
+
+
 def _api(c: _Checker, data: Mapping[str, Any]) -> ApiConfig:
     raw = c.table(data, "api", {"public", "token_ttl_seconds"})
     ttl = c.get(raw, "api.token_ttl_seconds", "token_ttl_seconds", int, 3600)
@@ -469,7 +503,8 @@ def parse_config(
     c = _Checker(origin, os.environ if environ is None else environ)
     c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients", "metrics"})
 
-    srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds"})
+    srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds", "trusted_proxies",
+                                   "max_in_flight", "max_connections", "max_header_bytes", "client_timeout_seconds"})
     port = c.get(srv, "server.port", "port", int, 8080)
     if not 0 <= port <= 65535:
         c.error("server.port", f"must be between 0 and 65535, got {port}")
@@ -478,7 +513,8 @@ def parse_config(
         c.error("server.max_body_bytes", f"must be between 1024 and 67108864, got {max_body}")
     server = ServerConfig(host=c.get(srv, "server.host", "host", str, "127.0.0.1"), port=port,
                           max_body_bytes=max_body,
-                          shutdown_timeout_seconds=_number(c, srv, "server", "shutdown_timeout_seconds", 30.0, 1, 3600))
+                          shutdown_timeout_seconds=_number(c, srv, "server", "shutdown_timeout_seconds", 30.0, 1, 3600),
+                          **_limits(c, srv))
 
     st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms", "rejections_per_source",
                                  "retention_days"})

@@ -20,6 +20,10 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "stale_timestamp": (401, "Stale timestamp"),
     "future_timestamp": (401, "Timestamp in the future"),
     "payload_too_large": (413, "Payload too large"),
+    "header_too_large": (431, "Request header too large"),
+    "request_timeout": (408, "Request timeout"),
+    "rate_limited": (429, "Too many requests"),
+    "overloaded": (503, "Overloaded"),
     "store_unavailable": (503, "Store unavailable"),
     "internal_error": (500, "Internal error"),
     # the read API
@@ -37,15 +41,17 @@ CODES: Final[dict[str, tuple[int, str]]] = {
 
 
 class GatewayError(Exception):
-    """An error with a stable `code`; its HTTP status and title come from `CODES`."""
+    """An error with a stable `code`; its HTTP status and title come from `CODES`.
+    `retry_after` (seconds) becomes a Retry-After header: the sender should try again."""
 
-    def __init__(self, code: str, detail: str, status: int | None = None) -> None:
+    def __init__(self, code: str, detail: str, status: int | None = None, *, retry_after: int | None = None) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self._status = status
+        self.retry_after = retry_after
 
     @property
     def status(self) -> int:
@@ -60,7 +66,7 @@ class StoreUnavailable(GatewayError):
     """The store could not durably commit; the sender should retry."""
 
     def __init__(self, detail: str = "the event store cannot commit right now; retry later") -> None:
-        super().__init__("store_unavailable", detail)
+        super().__init__("store_unavailable", detail, retry_after=5)
 
 
 def problem_body(code: str, detail: str, request_id: str, status: int | None = None) -> bytes:

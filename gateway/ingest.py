@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from gateway._secret import SecretScanner
 from gateway.budget import ByteBudget
 from gateway.config import Config, SourceConfig
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.limits import TokenBucket, client_address
 from gateway.metrics import UNKNOWN_SOURCE, Metrics
 from gateway.model import Outcome, Verified
 from gateway.routing import Router
@@ -44,11 +46,12 @@ class ClientGone(Exception):
 class _Seen:
     """What a request showed before it failed, for the rejection log."""
 
-    __slots__ = ("body", "declared")
+    __slots__ = ("body", "declared", "remote")
 
-    def __init__(self) -> None:
+    def __init__(self, remote: str | None) -> None:
         self.body: bytes | None = None
         self.declared: int | None = None
+        self.remote = remote  # the client's address (behind trusted proxies: from X-Forwarded-For)
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, seen: _Seen | None = None) -> bytes:
@@ -102,11 +105,32 @@ class IngestApp:
         self.secrets = SecretScanner(config.all_secrets())  # misplaced secrets: never echoed nor kept
         self.metrics = metrics if metrics is not None else Metrics()
         self.budget = ByteBudget(BODY_BUDGET_BYTES)
+        # Abuse limits (gateway/limits.py says where each applies and why).
+        self.trusted_proxies = config.server.trusted_proxies
+        self.max_in_flight = config.server.max_in_flight
+        self.in_flight = 0
+        now = clock()
+        self.buckets = {name: TokenBucket(s.rate_limit, s.rate_burst, now)
+                        for name, s in config.sources.items() if s.rate_limit}
         # Series exist from the start, at zero; the hot path increments children, not labels().
         self._requests = {name: self.metrics.requests.labels(name) for name in (*self.sources, UNKNOWN_SOURCE)}
         self._latency = {name: self.metrics.ingest_latency.labels(name) for name in self.sources}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.in_flight += 1  # counted until answered, whatever the answer
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _remote(self, scope: Scope) -> str | None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if not self.trusted_proxies:
+            return peer
+        return client_address(peer, (v for k, v in scope["headers"] if k == b"x-forwarded-for"), self.trusted_proxies)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         logs.request_id.set(request_id)  # every log line of this request carries it
         name = scope["path"][len(PREFIX):]
@@ -114,7 +138,7 @@ class IngestApp:
         if label is UNKNOWN_SOURCE:
             name = self.secrets.redact(name)
         self._requests[label].inc()
-        seen = _Seen()
+        seen = _Seen(self._remote(scope))
         try:
             body = await self._handle(name, scope, receive, request_id, seen)
         except ClientGone:
@@ -125,22 +149,21 @@ class IngestApp:
                 log.exception("internal error", extra={"source": name[:64]})
                 exc = GatewayError("internal_error", "the gateway failed unexpectedly; see its log")
             self.metrics.rejections.labels(label, exc.code).inc()
-            client = scope.get("client")
             log.warning("request rejected", extra={
                 "source": name[:64], "code": exc.code, "status": exc.status,
-                "remote": client[0] if client else None, "detail": exc.detail,
+                "remote": seen.remote, "detail": exc.detail,
             })
             self.store.record_rejection(Rejection(
                 received_at=self.clock(), request_id=request_id, source=name[:64], code=exc.code,
-                detail=exc.detail, remote_addr=client[0] if client else None,
+                detail=exc.detail, remote_addr=seen.remote,
                 header_names=tuple(self.secrets.redact(k.decode("latin-1")) for k, _ in scope["headers"]),
                 body_size=len(seen.body) if seen.body is not None else seen.declared or _declared(scope),
                 body_sha256=hashlib.sha256(seen.body).hexdigest() if seen.body is not None else None,
                 known_source=name in self.sources,
             ))
             extra = [(b"allow", b"POST")] if exc.code == "method_not_allowed" else []
-            if exc.code == "store_unavailable":
-                extra.append((b"retry-after", b"5"))
+            if exc.retry_after is not None:
+                extra.append((b"retry-after", str(exc.retry_after).encode()))
             body = problem_body(exc.code, exc.detail, request_id)
             await send_response(send, exc.status, body, PROBLEM_CONTENT_TYPE.encode(), request_id, extra)
             return
@@ -162,13 +185,15 @@ class IngestApp:
             m.sender_clock_skew.labels(source).observe(verified.sent_at - received_at)
 
     async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str, seen: _Seen) -> bytes:
+        if self.in_flight > self.max_in_flight:  # 503, not 429: every sender retries a 5xx
+            raise GatewayError("overloaded", f"more than {self.max_in_flight} requests in flight; retry shortly",
+                               retry_after=1)
         source = self.sources.get(name)
         if source is None:
             raise GatewayError("unknown_source", f"no source named {name[:64]!r} is configured")
         if scope["method"] != "POST":
             raise GatewayError("method_not_allowed", "webhooks are accepted with POST only")
-        client = scope.get("client")
-        remote = client[0] if client else None
+        remote = seen.remote
         if not source.allows(remote):
             raise GatewayError("ip_denied", f"{remote} is not in allow_ips for source {name!r}")
         body = await read_body(scope, receive, self.max_body, seen)
@@ -181,6 +206,10 @@ class IngestApp:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         received_at = self.clock()
         verified = self.schemes[name].verify(body, headers, received_at, source)
+        bucket = self.buckets.get(name)
+        if bucket is not None and (wait := bucket.take(received_at)):  # charged only once authentic
+            raise GatewayError("rate_limited", f"source {name!r} is limited to {source.rate_limit:g} requests/s "
+                               f"(burst {source.rate_burst}); retry later", retry_after=math.ceil(wait))
         if not verified.events:
             return orjson.dumps({"request_id": request_id, "events": []})
         receipt = Receipt(

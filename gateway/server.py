@@ -1,4 +1,5 @@
-"""The HTTP server: uvicorn, except that a second SIGTERM or SIGINT ends the process at once.
+"""The HTTP server: uvicorn with the gateway's connection limits; a second SIGTERM or SIGINT ends
+the process at once.
 
 The first signal stops accepting connections, lets in-flight requests finish (half of
 `[server] shutdown_timeout_seconds`), then the app's lifespan stops the plugins and commits
@@ -10,14 +11,45 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
+from gateway._http import GuardedHttpToolsProtocol, sweep
+from gateway.config import ServerConfig
+
 log = logging.getLogger("gateway")
+KEEP_ALIVE_SECONDS = 5  # an idle keep-alive connection is closed after this
+WS_MAX_MESSAGE_BYTES = 64 * 1024  # clients send the live stream nothing but control frames
+
+
+def uvicorn_config(app: Any, server: ServerConfig, *, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for the gateway: the guarded protocol with `server`'s limits, and no
+    proxy-header rewriting (the app reads X-Forwarded-For itself, from `trusted_proxies` only:
+    uvicorn's own `proxy_headers` would trust 127.0.0.1 by default, so any local process, or a
+    proxy that passes a client's header through, could choose its address)."""
+
+    class Protocol(GuardedHttpToolsProtocol):
+        max_head_bytes = server.max_header_bytes
+        client_timeout = server.client_timeout_seconds
+        max_connections = server.max_connections
+
+    settings: dict[str, Any] = {
+        "lifespan": "on", "access_log": False, "server_header": False, "log_config": None,
+        "proxy_headers": False, "timeout_keep_alive": KEEP_ALIVE_SECONDS, "ws_max_size": WS_MAX_MESSAGE_BYTES,
+        **options,
+    }
+    return uvicorn.Config(app, host=host, port=port, http=Protocol, **settings)
 
 
 class GatewayServer(uvicorn.Server):
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # uvicorn ticks every 0.1 s; deadlines are checked every second
+            sweep(self.server_state.connections, time.monotonic())
+        return await super().on_tick(counter)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
             log.warning("second signal %d: exiting now", sig)

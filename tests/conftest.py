@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.app import GatewayApp
 from gateway.config import Config, parse_config
+from gateway.server import GatewayServer, uvicorn_config
 
 MC_SECRET = "mc-demo-secret-0123456789abcdefghij"
 MC_SECRET_NEW = "mc-rotated-secret-abcdefghijklmnopqrstuv"
@@ -90,9 +90,10 @@ class RunningGateway:
 
     def __init__(self, app: GatewayApp) -> None:
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                                access_log=False, log_config=None, timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        # the same uvicorn settings and limits as `gateway run`
+        config = uvicorn_config(app, app.config.server, host="127.0.0.1", port=0, log_level="warning",
+                                timeout_graceful_shutdown=2)
+        self.server = GatewayServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> RunningGateway:

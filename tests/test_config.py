@@ -526,3 +526,63 @@ def test_empty_allowlist_allows_any_address() -> None:
 )
 def test_allowlist(address: str | None, allowed: bool) -> None:
     assert source_allowing("10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32").allows(address) is allowed
+
+
+# --- abuse limits -----------------------------------------------------------------------------
+
+
+def test_abuse_limits_default_to_generous_values(write: Callable[[str], Path]) -> None:
+    config = load_config(write(MC_SOURCE), environ={})
+    server = config.server
+    assert (server.trusted_proxies, server.max_in_flight, server.max_connections, server.max_header_bytes,
+            server.client_timeout_seconds) == ((), 256, 2048, 16384, 30.0)
+    assert (config.sources["mc"].rate_limit, config.sources["mc"].rate_burst) == (0.0, 0)  # no rate limit
+
+
+def test_abuse_limits_load(write: Callable[[str], Path]) -> None:
+    path = write("""
+[server]
+trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]
+max_in_flight = 1
+max_connections = 1
+max_header_bytes = 1024
+client_timeout_seconds = 2.5
+""" + MC_SOURCE + 'rate_limit = 0.5\n' + MC_SOURCE.replace('"mc"', '"mc2"') + 'rate_limit = 20\nrate_burst = 1\n')
+    config = load_config(path, environ={})
+    net = ipaddress.ip_network
+    assert config.server == ServerConfig(
+        trusted_proxies=(net("127.0.0.1/32"), net("10.0.0.0/8"), net("::1/128")), max_in_flight=1,
+        max_connections=1, max_header_bytes=1024, client_timeout_seconds=2.5)
+    assert (config.sources["mc"].rate_limit, config.sources["mc"].rate_burst) == (0.5, 5)  # 10 s worth
+    assert (config.sources["mc2"].rate_limit, config.sources["mc2"].rate_burst) == (20.0, 1)
+
+
+LIMIT_ERRORS: list[tuple[str, str, str, str]] = [
+    ("bad-proxy", '[server]\ntrusted_proxies = ["10.0.0.0/8", "nginx"]\n' + MC_SOURCE, "server.trusted_proxies[1]",
+     "'nginx' is not an IP address or CIDR"),
+    ("proxies-not-a-list", '[server]\ntrusted_proxies = "127.0.0.1"\n' + MC_SOURCE, "server.trusted_proxies",
+     "must be list, got str"),
+    ("in-flight-zero", "[server]\nmax_in_flight = 0\n" + MC_SOURCE, "server.max_in_flight",
+     "must be between 1 and 100000, got 0"),
+    ("connections-zero", "[server]\nmax_connections = 0\n" + MC_SOURCE, "server.max_connections",
+     "must be between 1 and 1000000, got 0"),
+    ("header-too-small", "[server]\nmax_header_bytes = 1023\n" + MC_SOURCE, "server.max_header_bytes",
+     "must be between 1024 and 1048576, got 1023"),
+    ("header-float", "[server]\nmax_header_bytes = 2048.0\n" + MC_SOURCE, "server.max_header_bytes",
+     "must be int, got float"),
+    ("timeout-zero", "[server]\nclient_timeout_seconds = 0\n" + MC_SOURCE, "server.client_timeout_seconds",
+     "must be between 1 and 3600, got 0"),
+    ("timeout-string", '[server]\nclient_timeout_seconds = "30s"\n' + MC_SOURCE, "server.client_timeout_seconds",
+     "must be a number, got str"),
+    ("rate-negative", MC_SOURCE + "rate_limit = -1\n", "sources[0] (mc).rate_limit", "must be between 0 and"),
+    ("burst-without-rate", MC_SOURCE + "rate_burst = 10\n", "sources[0] (mc).rate_burst",
+     "needs rate_limit (requests per second) above 0"),
+    ("burst-zero", MC_SOURCE + "rate_limit = 1\nrate_burst = 0\n", "sources[0] (mc).rate_burst",
+     "must be between 1 and 1000000, got 0"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), [c[1:] for c in LIMIT_ERRORS], ids=[c[0] for c in LIMIT_ERRORS])
+def test_abuse_limit_errors(write: Callable[[str], Path], text: str, key: str, fragment: str) -> None:
+    path = write(text)
+    assert_error(config_errors(path), path, key, fragment)
