@@ -97,10 +97,10 @@ class SSEReader:
         self.ended.wait(1)
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 10) -> None:
+def wait_for(check: Callable[[], bool], timeout: float = 10, message: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out {message()}"
         time.sleep(0.02)
 
 
@@ -118,7 +118,7 @@ def test_sse_live_events_filters_and_resume(gw: RunningGateway) -> None:
 
     missed = [send(gw, f"m{i}", "position.closed") for i in range(4)]  # while disconnected
     resumed = SSEReader(gw, "?type=position.closed", {**bearer, "Last-Event-ID": str(closes[-1])})
-    wait_for(lambda: resumed.ids() == missed)
+    wait_for(lambda: resumed.ids() == missed, message=lambda: f"{resumed.ids()} != {missed}; status {resumed.status}")
     live = send(gw, "live", "position.closed")
     wait_for(lambda: resumed.ids() == [*missed, live])  # no gap, no repeat
     resumed.close()

@@ -49,8 +49,7 @@ async def listing(db: aiosqlite.Connection, source: str | None, code: str | None
     sql = ("SELECT id, received_at, request_id, source, code, detail, remote_addr, header_names, body_size,"
            " body_sha256, bucket FROM rejections")
     sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-    async with db.execute(sql, (*args, limit)) as cur:
-        rows = await cur.fetchall()
+    rows = await db.execute_fetchall(sql, (*args, limit))
     return [
         Rejection(id=r[0], received_at=r[1] / US, request_id=r[2], source=r[3], code=r[4], detail=r[5],
                   remote_addr=r[6], header_names=tuple(orjson.loads(r[7])), body_size=r[8], body_sha256=r[9],

@@ -1,4 +1,6 @@
-"""SQL for the delivery outbox. Reads take the (async) reader connection; writes are plain
+"""SQL for the delivery outbox. Reads take the (async) reader connection, each in one
+`execute_fetchall` call: the reader is shared, and a cursor left open between two calls would
+hold its read snapshot open for whatever query runs in between (a stale read); writes are plain
 functions of the writer's connection, run inside its transaction in its thread."""
 
 from __future__ import annotations
@@ -61,8 +63,7 @@ _LIST = """
 
 
 async def due(db: aiosqlite.Connection, plugin: str, now: float, limit: int) -> list[DueDelivery]:
-    async with db.execute(_DUE, (plugin, round(now * US), limit)) as cur:
-        rows = await cur.fetchall()
+    rows = await db.execute_fetchall(_DUE, (plugin, round(now * US), limit))
     return [
         DueDelivery(
             id=r[0], plugin=r[1], attempts=r[2], event_id=r[3], source=r[4], scheme=r[5], event_type=r[6],
@@ -93,14 +94,13 @@ def replay(db: sqlite3.Connection, plugin: str, event_id: int | None, dead: bool
 
 
 async def stats(db: aiosqlite.Connection, plugin: str) -> DeliveryStats:
-    async with db.execute(
+    rows = await db.execute_fetchall(
         "SELECT (SELECT count(*) FROM deliveries WHERE plugin = ?1 AND status = 'pending'),"
         " (SELECT created_at FROM deliveries WHERE plugin = ?1 AND status = 'pending' ORDER BY id LIMIT 1),"
         " (SELECT count(*) FROM deliveries WHERE plugin = ?1 AND status = 'dead')",
         (plugin,),
-    ) as cur:
-        row = await cur.fetchone()
-    assert row is not None
+    )
+    row = next(iter(rows))
     return DeliveryStats(pending=row[0], oldest_pending_at=None if row[1] is None else row[1] / US, dead=row[2])
 
 
@@ -116,8 +116,7 @@ async def listing(
             where.append(clause)
             args.append(value)
     sql = _LIST + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id DESC LIMIT ?"
-    async with db.execute(sql, (*args, limit)) as cur:
-        rows = await cur.fetchall()
+    rows = await db.execute_fetchall(sql, (*args, limit))
     return [
         DeliveryRecord(
             id=r[0], event_id=r[1], plugin=r[2], source=r[3], entity_id=r[4], event_type=r[5], status=r[6],

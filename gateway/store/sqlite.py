@@ -109,7 +109,7 @@ class SQLiteStore:
         await self._reader.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         if self.readonly:
             try:
-                await self._reader.execute("SELECT 1 FROM events LIMIT 1")
+                await self._reader.execute_fetchall("SELECT 1 FROM events LIMIT 1")
             except sqlite3.DatabaseError as exc:  # no schema, or not a database at all
                 await self._reader.close()
                 self._reader = None
@@ -211,8 +211,7 @@ class SQLiteStore:
         self._event_listeners.append(listener)
 
     async def latest_event_id(self) -> int:
-        async with self._read().execute("SELECT coalesce(max(id), 0) FROM events") as cur:
-            row = await cur.fetchone()
+        row = next(iter(await self._read().execute_fetchall("SELECT coalesce(max(id), 0) FROM events")), None)
         return int(row[0]) if row else 0
 
     def record_rejection(self, rejection: Rejection) -> None:
@@ -297,14 +296,12 @@ class SQLiteStore:
         sql = _SELECT_EVENTS + (" WHERE " + " AND ".join(where) if where else "")
         sql += f" ORDER BY e.id {'DESC' if query.newest_first else 'ASC'} LIMIT ?"
         args.append(query.limit)
-        async with self._read().execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self._read().execute_fetchall(sql, args)
         return [_event(r) for r in rows]
 
     async def get_event(self, event_id: int) -> EventDetail | None:
         sql = _SELECT_EVENTS.replace("FROM events e", ", r.body, r.headers FROM events e") + " WHERE e.id = ?"
-        async with self._read().execute(sql, (event_id,)) as cur:
-            row = await cur.fetchone()
+        row = next(iter(await self._read().execute_fetchall(sql, (event_id,))), None)
         if row is None:
             return None
         return EventDetail(event=_event(row), body=row[15], headers=[tuple(h) for h in orjson.loads(row[16])])
@@ -313,8 +310,8 @@ class SQLiteStore:
         sql = "SELECT source, event_type, status, count(*) FROM events WHERE received_at >= ? AND received_at < ?"
         low = 0 if since is None else round(since * 1_000_000)
         high = 2**62 if until is None else round(until * 1_000_000)
-        async with self._read().execute(sql + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", (low, high)) as cur:
-            return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+        rows = await self._read().execute_fetchall(sql + " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", (low, high))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def retry_delivery(self, delivery_id: int) -> bool:
         def run(db: sqlite3.Connection) -> tuple[int, str | None]:
