@@ -110,7 +110,6 @@ class GroupWriter:
         self.busy_timeout_ms = busy_timeout_ms
         self.on_commit = on_commit
         self.commits = 0
-        self.fault: str | None = None  # the last store fault, until a commit succeeds again
         self._conn: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
@@ -123,7 +122,6 @@ class GroupWriter:
         try:
             await self._call(lambda conn: None)
         except sqlite3.OperationalError as exc:  # read-only, locked, full: wait for it to clear
-            self.fault = str(exc)
             log.error("the event store is not writable yet (%s); ingest answers 503 until it is", exc)
         self._task = asyncio.create_task(self._run(), name="store-writer")
 
@@ -201,13 +199,11 @@ class GroupWriter:
         except Exception as exc:
             log.error("store commit failed for %d item(s): %s", len(group), exc)
             if not is_busy(exc) and isinstance(exc, sqlite3.Error):
-                self.fault = str(exc)
                 # A fault may leave the connection unusable (I/O error, file replaced or made
                 # read-only): the next group opens a fresh one.
                 await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
             return exc
         self.commits += 1
-        self.fault = None
         for item, result in zip(group, committed.results, strict=True):
             if not item.future.done():  # a request may have been cancelled meanwhile
                 item.future.set_result(result)

@@ -92,11 +92,6 @@ class SQLiteStore:
         """Groups committed so far; tests read it."""
         return self._writer.commits if self._writer is not None else 0
 
-    @property
-    def fault(self) -> str | None:
-        """The last store fault, until a write succeeds again (for /readyz)."""
-        return self._writer.fault if self._writer is not None else None
-
     async def open(self) -> None:
         if not self.readonly:
             self._writer = GroupWriter(self.path, self.synchronous, self.busy_timeout_ms, self._committed)
