@@ -37,7 +37,11 @@ def _other_keys(c: Checker, raw: Mapping[str, Any], bare_key: str, key: str, sch
     if not strays:
         return
     owners: dict[str, list[str]] = {}
-    for other in registry.all_schemes():
+    for other_name in registry.SCHEMES:
+        try:
+            other = registry.get_scheme(other_name)
+        except registry.SchemeError:
+            continue  # a source that names it is told why; here it only explains a stray key
         for option in other.options:
             owners.setdefault(option, []).append(other.name)
     for name in strays:

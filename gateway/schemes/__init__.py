@@ -24,7 +24,7 @@ SCHEMES: dict[str, str] = {
 BUILTIN = tuple(SCHEMES)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_loaded: dict[str, Scheme] = {}  # by import string
+_loaded: dict[tuple[str, str], Scheme] = {}  # by name and import string
 # Every member of the protocol: what the load-time check looks for.
 _DATA = ("name", "event_types", "options", "credential_headers", "secret_form", "dedup_fields")
 _METHODS = ("secret_rule", "check", "verify", "sign", "sample", "new_secret")
@@ -56,13 +56,13 @@ def get_scheme(name: str) -> Scheme:
     target = SCHEMES.get(name)
     if target is None:
         raise SchemeError(f"no scheme named {name!r} (known: {', '.join(SCHEMES)})")
-    scheme = _loaded.get(target)
+    scheme = _loaded.get((name, target))
     if scheme is None:
         try:
             found = import_from_string(target)
         except ImportFromStringError as exc:
             raise SchemeError(f"scheme {name!r}: {exc}") from exc
-        scheme = _loaded[target] = _checked(name, target, found)
+        scheme = _loaded[name, target] = _checked(name, target, found)
     return scheme
 
 
