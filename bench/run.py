@@ -319,7 +319,8 @@ def floors(folder: Path, groups: int) -> dict[str, Any]:
     from gateway.model import ParsedEvent
     from gateway.schemes import tradrapi
     from gateway.store import Receipt
-    from gateway.store._writer import Ingest, _transaction, connect
+    from gateway.store.committer import Ingest
+    from gateway.store.sqlite._writer import connect, transaction
 
     config = parse_config({"sources": [{"name": "tradrapi", "scheme": "tradrapi", "secret": TR_KEY}]},
                           origin="bench", base_dir=folder)
@@ -340,7 +341,7 @@ def floors(folder: Path, groups: int) -> dict[str, Any]:
             receipt = Receipt(request_id=f"floor-{g}", source="tradrapi", scheme="tradrapi", received_at=time.time(),
                               remote_addr="127.0.0.1", attempt=1, headers=[], body=body)
             started = time.perf_counter()
-            _transaction(conn, [Ingest(receipt, events, None, loop.create_future())])
+            transaction(conn, [Ingest(receipt, events, None, loop.create_future())])
             store_s += time.perf_counter() - started
     finally:
         conn.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store._schema import MIGRATIONS, SchemaTooNew, migrate
+from gateway.store.sqlite._schema import MIGRATIONS, SchemaTooNew, migrate
 from gateway.store.sqlite import SQLiteStore
 
 
