@@ -147,7 +147,7 @@ class Store(Protocol):
     async def replay(self, plugin: str, *, event_id: int | None = None, dead: bool = False) -> int:
         """Make deliveries pending again, due now: one event's (creating its row if the plugin
         never had it) or every dead one. Returns how many rows changed. Never copies an event.
-        Wakes the plugin's runner through the commit listeners."""
+        Wakes the plugin's runner through the commit listeners. ValueError without either."""
         ...
 
     async def retry_delivery(self, delivery_id: int) -> bool:

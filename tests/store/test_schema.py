@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.sqlite._schema import MIGRATIONS, SchemaTooNew, migrate
 from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite._schema import MIGRATIONS, SchemaTooNew, migrate
 
 
 @pytest.fixture

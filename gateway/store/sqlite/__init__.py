@@ -319,6 +319,8 @@ class SQLiteStore:
         return refused
 
     async def replay(self, plugin: str, *, event_id: int | None = None, dead: bool = False) -> int:
+        if event_id is None and not dead:
+            raise ValueError("replay needs an event id or dead=True")
         changed: int = await self._write(lambda db: _outbox.replay(db, plugin, event_id, dead, time.time()),
                                          wakes=_wakes_one(plugin))
         return changed
