@@ -258,7 +258,8 @@ def fanout_lag(folder: Path, rate: int, seconds: float) -> dict[str, Any]:
 
 def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
     """Time GET /api/v1/events?limit=100 against a store of `events` events."""
-    from gateway.store import StoreConfig, open_store
+    from gateway.config import StoreConfig
+    from gateway.store import open_store
 
     target_folder = folder / "listing"
     target_folder.mkdir(parents=True, exist_ok=True)
