@@ -4,10 +4,8 @@ point, configured like any plugin, idempotent, and correct end to end through th
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from gateway_plugin_example import PositionLedger, factory
 from gateway.config import Config, ConfigError, parse_config
 from gateway.plugins import ENTRY_POINT_GROUP, Event, PermanentFailure, PluginContext
 from gateway.plugins.loader import load_plugins, resolve_factory
+from tests import store_reads
 from tests.conftest import RunningGateway, mc_sign, source_table
 
 
@@ -255,9 +254,7 @@ def test_end_to_end_through_the_gateway(tmp_path: Path, serve: Callable[..., Run
         ids.append(outcome["id"])
 
     def deliveries() -> list[tuple[Any, ...]]:
-        # The app runs in another thread with its own event loop: read the store file directly.
-        with closing(sqlite3.connect(config.store.path)) as conn:
-            return conn.execute("SELECT event_id, plugin, status, attempts FROM deliveries ORDER BY id").fetchall()
+        return [(d.event_id, d.plugin, d.status, d.attempts) for d in store_reads.deliveries(config)]
 
     wait_for(lambda: all(row[2] == "delivered" for row in deliveries()), "every delivery is recorded")
     assert deliveries() == [(event_id, "ledger", "delivered", 1) for event_id in ids]

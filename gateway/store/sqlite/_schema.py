@@ -87,6 +87,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
     "ALTER TABLE heartbeat ADD COLUMN probe BLOB",
     ),
+    # 6: claims. A runner claims due deliveries under a lease (Unix time, microseconds); while it
+    # holds, nobody else gets them, and only the holder's claim id may record their outcome.
+    (
+    "ALTER TABLE deliveries ADD COLUMN claim_id INTEGER",
+    "ALTER TABLE deliveries ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 
