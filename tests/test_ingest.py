@@ -384,11 +384,6 @@ async def test_concurrent_requests_share_group_commits(make_config: Callable[...
     assert commits < 200, commits
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_store_path_is_created(tmp_path: Path, make_config: Callable[..., Config], serve: Serve) -> None:
     gw = serve(make_config())
     assert Path(gw.app.config.store.path).exists()

@@ -19,12 +19,7 @@ from gateway_plugin_example import PositionLedger, factory
 from gateway.config import Config, ConfigError, parse_config
 from gateway.plugins import ENTRY_POINT_GROUP, Event, PermanentFailure, PluginContext
 from gateway.plugins.loader import load_plugins, resolve_factory
-from tests.conftest import RunningGateway, mc_sign, source_table
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
 
 
 def make_event(event_id: int, event_type: str = "position.opened", entity_id: str = "88412231",
@@ -224,14 +219,6 @@ async def test_the_ledger_survives_a_restart(tmp_path: Path) -> None:
 # --- end to end through the real gateway -------------------------------------------------------
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.02)
-
-
 def mc_body(event_type: str, position: str, symbol: str) -> bytes:
     return orjson.dumps({"type": event_type, "timestamp": "2026-11-20T10:15:02.331Z", "accountId": "acc-1",
                          "position": {"id": position, "symbol": symbol, "orderType": "Buy", "volume": 0.5}})
@@ -259,7 +246,8 @@ def test_end_to_end_through_the_gateway(tmp_path: Path, serve: Callable[..., Run
         with closing(sqlite3.connect(config.store.path)) as conn:
             return conn.execute("SELECT event_id, plugin, status, attempts FROM deliveries ORDER BY id").fetchall()
 
-    wait_for(lambda: all(row[2] == "delivered" for row in deliveries()), "every delivery is recorded")
+    wait_for(lambda: all(row[2] == "delivered" for row in deliveries()), what="every delivery recorded",
+             seen=deliveries)
     assert deliveries() == [(event_id, "ledger", "delivered", 1) for event_id in ids]
     assert read_ledger(ledger_file) == {
         "open": {"metacopier:B": {"symbol": "GBPUSD", "account": "acc-1", "opened_event_id": ids[1],

@@ -28,11 +28,6 @@ RECORD = (
 )
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def make_event(event_id: int = 9, **changes: Any) -> Event:
     fields: dict[str, Any] = {
         "id": event_id, "source": "tradrapi", "scheme": "tradrapi", "event_type": "open_position",
