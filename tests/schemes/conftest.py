@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.config import SourceConfig
 from gateway.errors import Rejected
-from gateway.model import Verified
+from gateway.model import ParsedEvent, Verified
 
 Verify = Callable[[bytes, Mapping[str, str], float, SourceConfig], Verified]
 
@@ -38,6 +38,16 @@ def lower(headers: Mapping[str, str]) -> dict[str, str]:
 def sha256_id(data: bytes) -> str:
     """The entity id of an event without one: a hash of its bytes."""
     return "sha256-" + hashlib.sha256(data).hexdigest()
+
+
+def assert_quarantined(event: ParsedEvent, body: bytes, reason: str) -> None:
+    """`event` was quarantined with `reason` in its reason: no type, no payload, and the hash of
+    `body` for its id."""
+    assert event.status == "quarantined"
+    assert event.event_type == ""
+    assert event.entity_id == sha256_id(body)
+    assert event.payload is None
+    assert event.quarantine_reason is not None and reason in event.quarantine_reason
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from gateway.model import Verified
 from gateway.schemes import get_scheme, metacopier
 from gateway.schemes._base import hmac_sha256_hex
 from tests.conftest import MC_BODY, MC_SECRET, MC_SECRET_NEW, mc_sign, source_table
-from tests.schemes.conftest import Reference, json_values, lower, sha256_id
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, lower, sha256_id
 
 # senders.md test vector
 MC_TS = 1763633702331
@@ -446,11 +446,7 @@ def test_open_and_close_of_one_position_are_distinct_events() -> None:
 def test_quarantine(body: bytes, reason: str) -> None:
     verified = verify_signed(body)
     (event,) = verified.events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    assert_quarantined(event, body, reason)
     assert verified.attempt == 1
 
 

@@ -17,7 +17,7 @@ from gateway.model import Verified
 from gateway.schemes import get_scheme, pipsync
 from gateway.schemes._base import hmac_sha256_hex
 from tests.conftest import PS_BODY, PS_SECRET, PS_SECRET_NEW, ps_sign, source_table
-from tests.schemes.conftest import Reference, json_values, lower, sha256_id
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, lower, sha256_id
 
 # senders.md test vector
 T = 1763633702
@@ -324,11 +324,7 @@ def test_account_and_symbol(data: Any, account: str | None, symbol: str | None) 
 )
 def test_quarantine(body: bytes, reason: str) -> None:
     (event,) = verify_signed(body).events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    assert_quarantined(event, body, reason)
 
 
 @pytest.mark.parametrize(

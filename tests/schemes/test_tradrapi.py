@@ -16,7 +16,7 @@ from gateway.config import SourceConfig, parse_config
 from gateway.model import Verified
 from gateway.schemes import get_scheme, tradrapi
 from tests.conftest import TR_BODY, TR_KEY, TR_KEY_NEW, source_table, tr_sign
-from tests.schemes.conftest import Reference, json_values, sha256_id
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, sha256_id
 
 # senders.md test vector
 TR_HDR = "e2eb5eaa018f8a000f08232be248ecf04825fe54"
@@ -302,11 +302,7 @@ def test_unknown_event_type_is_stored() -> None:
 def test_root_quarantine(body: bytes, reason: str) -> None:
     verified = tradrapi.verify(body, AUTH, NOW, TR)
     (event,) = verified.events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    assert_quarantined(event, body, reason)
 
 
 def test_attempts_kept_when_root_quarantined() -> None:
