@@ -100,10 +100,12 @@ async def wait_for_async(check: Callable[[], T], timeout: float = 10.0, what: st
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
-    """Build a Config with one source per scheme (named after it) plus any extra sources."""
+    """Build a Config with one source per scheme (named after it) plus any extra sources, or
+    `only` the sources given; other sections (`clients`, `api`, ...) as keywords."""
 
     def make(*extra_sources: dict[str, Any], server: dict[str, Any] | None = None,
-             only: list[dict[str, Any]] | None = None, plugins: list[dict[str, Any]] | None = None) -> Config:
+             only: list[dict[str, Any]] | None = None, plugins: list[dict[str, Any]] | None = None,
+             **sections: Any) -> Config:
         sources = only if only is not None else [
             source_table("metacopier", "metacopier"),
             source_table("pipsync", "pipsync"),
@@ -111,7 +113,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
             *extra_sources,
         ]
         data = {"sources": sources, "store": {"path": str(tmp_path / "gateway.db")},
-                "server": server or {}, "plugins": plugins or []}
+                "server": server or {}, "plugins": plugins or [], **sections}
         return parse_config(data, origin="test.toml", base_dir=tmp_path)
 
     return make
@@ -146,11 +148,9 @@ class RunningGateway:
 
     def __enter__(self) -> RunningGateway:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.01)
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), 10, "the gateway to start", interval=0.01)
+        if not self.server.started:
+            raise RuntimeError("gateway did not start")
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.client = httpx.Client(base_url=self.url, timeout=10)

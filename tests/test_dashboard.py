@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from gateway.config import parse_config
+from gateway.config import Config
 from tests.conftest import RunningGateway, send, source_table, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -24,14 +24,12 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is
 
 
 @pytest.fixture
-def gw(tmp_path: Path, serve: Callable[..., RunningGateway]) -> RunningGateway:
-    config = parse_config({
-        "sources": [source_table("metacopier", "metacopier")],
-        "store": {"path": str(tmp_path / "gateway.db")},
-        "plugins": [{"name": "crm", "use": "tests.fanout_plugins:recorder", "options": {"permanent": True}}],
-        "clients": [{"id": "desk", "secret": SECRET, "scopes": ["events:read", "deliveries:write"]}],
-    }, origin="test.toml", base_dir=tmp_path)
-    return serve(config)
+def gw(make_config: Callable[..., Config], serve: Callable[..., RunningGateway]) -> RunningGateway:
+    return serve(make_config(
+        only=[source_table("metacopier", "metacopier")],
+        plugins=[{"name": "crm", "use": "tests.fanout_plugins:recorder", "options": {"permanent": True}}],
+        clients=[{"id": "desk", "secret": SECRET, "scopes": ["events:read", "deliveries:write"]}],
+    ))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,21 +15,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from gateway import stream
-from gateway.config import Config, parse_config
+from gateway.config import Config
 from tests.conftest import RunningGateway, send, source_table, wait_for
 
 SECRET = "dashboard-secret-0123456789"
 
 
 @pytest.fixture
-def gw(tmp_path: Path, serve: Callable[..., RunningGateway]) -> RunningGateway:
-    data = {
-        "sources": [source_table("metacopier", "metacopier")],
-        "store": {"path": str(tmp_path / "gateway.db")},
-        "clients": [{"id": "dash", "secret": SECRET, "scopes": ["events:read"]}],
-    }
-    config: Config = parse_config(data, origin="test.toml", base_dir=tmp_path)
-    return serve(config)
+def gw(make_config: Callable[..., Config], serve: Callable[..., RunningGateway]) -> RunningGateway:
+    return serve(make_config(only=[source_table("metacopier", "metacopier")],
+                             clients=[{"id": "dash", "secret": SECRET, "scopes": ["events:read"]}]))
 
 
 def token(gw: RunningGateway) -> str:
