@@ -68,8 +68,7 @@ def test_metrics_on_a_separate_listener(tmp_path, make_config, serve) -> None:  
     import httpx
 
     from gateway.config import parse_config
-    from tests.conftest import source_table
-    from tests.test_cli import free_port
+    from tests.conftest import free_port, source_table
 
     port = free_port()
     config = parse_config({"sources": [source_table("metacopier", "metacopier")],
