@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,11 @@ from hypothesis import strategies as st
 
 from gateway._secret import Secret
 from gateway.config import SourceConfig, parse_config
-from gateway.errors import Rejected
 from gateway.model import Verified
 from gateway.schemes import get_scheme, metacopier
 from gateway.schemes._base import hmac_sha256_hex
 from tests.conftest import MC_BODY, MC_SECRET, MC_SECRET_NEW, mc_sign, source_table
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, lower, sha256_id
 
 # senders.md test vector
 MC_TS = 1763633702331
@@ -38,27 +37,10 @@ BEARER = SourceConfig(name="mcb", scheme="metacopier", options={"auth": "bearer"
 NONE = SourceConfig(name="mcn", scheme="metacopier", options={"auth": "none"}, secrets=())
 
 FULLWIDTH = {ord(d): ord(d) + 0xFEE0 for d in "0123456789"}  # "1" -> "\uff11", looks like a digit
-REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
-                "future_timestamp"}
 
 
-def lower(headers: dict[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def signed(body: bytes = MC_BODY, secret: str = MC_SECRET, ts_ms: int = MC_TS) -> dict[str, str]:
-    return lower(mc_sign(body, secret, ts_ms))
-
-
-def rejected(body: bytes, headers: dict[str, str], now: float = MC_NOW,
-             source: SourceConfig = HMAC) -> Rejected:
-    with pytest.raises(Rejected) as info:
-        metacopier.verify(body, headers, now, source)
-    return info.value
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256-" + hashlib.sha256(data).hexdigest()
+MC = Reference(metacopier.verify, MC_BODY, MC_NOW, HMAC, mc_sign, MC_SECRET, MC_TS, one_event=True)
+signed, rejected, verify_signed, outcome = MC.signed, MC.rejected, MC.verify_signed, MC.outcome
 
 
 # --- test vectors ----------------------------------------------------------------------
@@ -385,10 +367,6 @@ def test_delivery_attempt(value: str | None, attempt: int | None) -> None:
 
 # --- payload parsing -------------------------------------------------------------------
 
-def _verify_signed(body: bytes, source: SourceConfig = HMAC) -> Verified:
-    return metacopier.verify(body, signed(body), MC_NOW, source)
-
-
 @pytest.mark.parametrize(
     ("obj", "event_type", "entity", "account", "symbol"),
     [
@@ -415,7 +393,7 @@ def _verify_signed(body: bytes, source: SourceConfig = HMAC) -> Verified:
 )
 def test_payload_fields(obj: dict[str, Any], event_type: str, entity: str, account: str | None,
                         symbol: str | None) -> None:
-    (event,) = _verify_signed(orjson.dumps(obj)).events
+    (event,) = verify_signed(orjson.dumps(obj)).events
     assert (event.event_type, event.entity_id, event.account, event.symbol) == (
         event_type, entity, account, symbol)
     assert event.status == "stored"
@@ -430,7 +408,7 @@ def test_payload_fields(obj: dict[str, Any], event_type: str, entity: str, accou
 )
 def test_entity_falls_back_to_body_hash(obj: dict[str, Any]) -> None:
     body = orjson.dumps(obj)
-    (event,) = _verify_signed(body).events
+    (event,) = verify_signed(body).events
     assert event.entity_id == sha256_id(body)
     assert event.status == "stored"
 
@@ -438,12 +416,12 @@ def test_entity_falls_back_to_body_hash(obj: dict[str, Any]) -> None:
 def test_body_hash_is_of_raw_bytes() -> None:
     a = b'{"type":"history.updated","accountId":"a"}'
     b = b'{"accountId":"a", "type":"history.updated"}'
-    assert _verify_signed(a).events[0].entity_id != _verify_signed(b).events[0].entity_id
+    assert verify_signed(a).events[0].entity_id != verify_signed(b).events[0].entity_id
 
 
 def test_open_and_close_of_one_position_are_distinct_events() -> None:
-    opened = _verify_signed(b'{"type":"position.opened","position":{"id":"7"}}').events[0]
-    closed = _verify_signed(b'{"type":"position.closed","position":{"id":"7"}}').events[0]
+    opened = verify_signed(b'{"type":"position.opened","position":{"id":"7"}}').events[0]
+    closed = verify_signed(b'{"type":"position.closed","position":{"id":"7"}}').events[0]
     assert (opened.event_type, opened.entity_id) == ("position.opened", "7")
     assert (closed.event_type, closed.entity_id) == ("position.closed", "7")
 
@@ -468,13 +446,9 @@ def test_open_and_close_of_one_position_are_distinct_events() -> None:
     ],
 )
 def test_quarantine(body: bytes, reason: str) -> None:
-    verified = _verify_signed(body)
+    verified = verify_signed(body)
     (event,) = verified.events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    assert_quarantined(event, body, reason)
     assert verified.attempt == 1
 
 
@@ -485,7 +459,7 @@ def test_quarantine(body: bytes, reason: str) -> None:
 )
 def test_dedup_fields_override(fields: tuple[str, ...], entity: str | None) -> None:
     source = SourceConfig(name="mc", scheme="metacopier", secrets=(Secret(MC_SECRET),), dedup_fields=fields)
-    (event,) = _verify_signed(MC_BODY, source).events
+    (event,) = verify_signed(MC_BODY, source).events
     assert event.entity_id == (entity or sha256_id(MC_BODY))
 
 
@@ -502,7 +476,7 @@ def test_source_from_parse_config(tmp_path: Path) -> None:
 def test_sample_bodies_parse() -> None:
     for event_type in metacopier.EVENT_TYPES:
         body = metacopier.sample(event_type)
-        (event,) = _verify_signed(body).events
+        (event,) = verify_signed(body).events
         assert event.event_type == event_type
         if event_type == "history.updated":
             assert event.entity_id == sha256_id(body)
@@ -517,13 +491,6 @@ HEADER_NAMES = ["x-metacopier-signature", "x-webhook-signature", "x-metacopier-t
 headers_strategy = st.dictionaries(
     st.sampled_from(HEADER_NAMES) | st.text(max_size=20), st.text(max_size=80), max_size=6)
 latin1_text = st.text(st.characters(max_codepoint=0xFF), max_size=80)
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 mc_objects = st.fixed_dictionaries(
     {},
     optional={"type": json_values | st.sampled_from(metacopier.EVENT_TYPES), "event": json_values,
@@ -533,43 +500,32 @@ mc_objects = st.fixed_dictionaries(
 )
 
 
-def _outcome(body: bytes, headers: dict[str, str], now: float, source: SourceConfig) -> Verified | None:
-    try:
-        verified = metacopier.verify(body, headers, now, source)
-    except Rejected as exc:
-        assert exc.code in REJECT_CODES
-        return None
-    assert isinstance(verified, Verified)
-    assert len(verified.events) == 1
-    return verified
-
-
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy,
        now=st.floats(min_value=0, max_value=4e9), source=st.sampled_from([HMAC, HMAC_ONE, NO_TS]))
 def test_property_arbitrary_request_verifies_or_rejects(body: bytes, headers: dict[str, str], now: float,
                                                        source: SourceConfig) -> None:
-    _outcome(body, headers, now, source)
+    outcome(body, headers, now, source)
 
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300),
        headers=st.dictionaries(st.sampled_from(HEADER_NAMES), latin1_text, max_size=4))
 def test_property_bearer_latin1_headers_verify_or_reject(body: bytes, headers: dict[str, str]) -> None:
-    _outcome(body, headers, MC_NOW, BEARER)
+    outcome(body, headers, MC_NOW, BEARER)
 
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy)
 @example(body=MC_BODY, headers={"x-metacopier-delivery-attempt": "²"})
 def test_property_auth_none_any_headers(body: bytes, headers: dict[str, str]) -> None:
-    assert _outcome(body, headers, MC_NOW, NONE) is not None
+    assert outcome(body, headers, MC_NOW, NONE) is not None
 
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300) | mc_objects.map(orjson.dumps))
 def test_property_authentic_body_never_raises(body: bytes) -> None:
-    verified = _outcome(body, signed(body), MC_NOW, HMAC)
+    verified = outcome(body, signed(body), MC_NOW, HMAC)
     assert verified is not None
     (event,) = verified.events
     if event.status == "quarantined":
