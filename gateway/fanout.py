@@ -80,9 +80,7 @@ class PluginRunner:
         return self._loop_task is not None and not self._loop_task.done()
 
     async def start(self) -> None:
-        start = getattr(self.plugin, "start", None)
-        if start is not None:
-            await start()
+        await self.plugin.start()
         self.metrics.add_plugin(self.name)
         self._loop_task = asyncio.create_task(self._loop(), name=f"plugin-{self.name}")
 
@@ -100,12 +98,10 @@ class PluginRunner:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self._flush_now()
-        stop = getattr(self.plugin, "stop", None)
-        if stop is not None:
-            try:
-                await stop()
-            except Exception:
-                log.exception("plugin %s failed to stop", self.name)
+        try:
+            await self.plugin.stop()
+        except Exception:
+            log.exception("plugin %s failed to stop", self.name)
 
     async def _loop(self) -> None:
         while not self._stopping:

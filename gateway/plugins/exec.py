@@ -61,6 +61,12 @@ class ExecPlugin:
     def __repr__(self) -> str:
         return f"ExecPlugin({self.name!r}, {self.command!r})"
 
+    async def start(self) -> None:
+        """Nothing to open: every delivery runs its own process."""
+
+    async def stop(self) -> None:
+        """Nothing to close: no process outlives its delivery."""
+
     def environment(self, event: Event) -> dict[str, str]:
         return {
             **os.environ,
