@@ -17,6 +17,10 @@ timed out: uvicorn's only timer is the keep-alive one, armed after a response. T
 Deadlines are not timers: a request only notes a `time.monotonic()` value (a timer per request
 costs ~8 µs, a tenth of a request), and `GatewayServer` sweeps the connections once a second, so
 a limit takes effect within a second of its deadline.
+
+This reaches into uvicorn's internals (`connections`, `cycle` and its `message_event`, the
+parser callbacks): pyproject.toml pins uvicorn to the versions tests/test_uvicorn_internals.py
+checks.
 """
 
 from __future__ import annotations
