@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
@@ -25,7 +25,6 @@ from gateway.config import SCOPES
 from gateway.errors import GatewayError
 from gateway.store import EventQuery, Store, iso_utc
 
-Handler = Callable[[Request], Awaitable[Response]]
 MAX_LIMIT = 1000
 
 
