@@ -23,8 +23,9 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth import Principal, Tokens
 from gateway.config import SCOPES
 from gateway.errors import GatewayError
+from gateway.model import iso_utc
 from gateway.schemes import scheme_names
-from gateway.store import EventQuery, Store, iso_utc
+from gateway.store import EventQuery, Store
 
 MAX_LIMIT = 1000
 

@@ -31,9 +31,9 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.model import iso_utc
 from gateway.plugins import Event, PermanentFailure, PluginContext
 from gateway.plugins.options import check_keys, optional_string, string_table
-from gateway.store import iso_utc
 
 EX_DATAERR = 65
 STDERR_TAIL = 500
