@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from gateway.cli import opened_store
 from gateway.config import Config
-from gateway.store import DeliveryRecord, Store, StoredEvent
+from gateway.store import DeliveryRecord, EventDetail, Rejection, Store, StoredEvent
 
 T = TypeVar("T")
 ALL = 1_000_000
@@ -37,3 +37,16 @@ def deliveries(config: Config, **filters: Any) -> list[DeliveryRecord]:
     """Delivery rows, oldest first."""
     filters.setdefault("limit", ALL)
     return on_store(config, lambda store: store.list_deliveries(**filters))[::-1]
+
+
+def detail(config: Config, event_id: int) -> EventDetail:
+    """One stored event with its request's raw body and the headers kept."""
+    found = on_store(config, lambda store: store.get_event(event_id))
+    assert found is not None, f"no event {event_id} in the store"
+    return found
+
+
+def rejections(config: Config, **filters: Any) -> list[Rejection]:
+    """Recorded rejections, oldest first."""
+    filters.setdefault("limit", ALL)
+    return on_store(config, lambda store: store.list_rejections(**filters))[::-1]
