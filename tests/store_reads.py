@@ -7,7 +7,9 @@ the running gateway (`gateway.cli.opened_store`), like `gateway events` does.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from typing import Any, TypeVar
 
 from gateway.cli import opened_store
@@ -50,3 +52,11 @@ def rejections(config: Config, **filters: Any) -> list[Rejection]:
     """Recorded rejections, oldest first."""
     filters.setdefault("limit", ALL)
     return on_store(config, lambda store: store.list_rejections(**filters))[::-1]
+
+
+def sqlite_receipt_count(config: Config) -> int:
+    """Request rows in a SQLite store's file. The contract hands back events, not requests; that a
+    refused request left no row at all behind is a property of the storage, read from the file."""
+    with closing(sqlite3.connect(f"{config.store.path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        count: int = conn.execute("SELECT count(*) FROM receipts").fetchone()[0]
+    return count

@@ -35,19 +35,11 @@ from tests.conftest import (
     tr_sign,
     wait_for,
 )
-from tests.store_reads import detail, rejections
+from tests.store_reads import detail, rejections, sqlite_receipt_count
 from tests.store_reads import events as stored_events
 
 Serve = Callable[[Config], RunningGateway]
 ALL_SECRETS = [MC_SECRET, MC_SECRET_NEW, PS_SECRET, PS_SECRET_NEW, TR_KEY, TR_KEY_NEW]
-
-
-def receipt_count(gw: RunningGateway) -> int:
-    """Request rows in the SQLite file: that a refused request left no row behind is a property
-    of the storage, which the store contract does not show (it hands back events)."""
-    with sqlite3.connect(gw.app.config.store.path) as conn:
-        count: int = conn.execute("SELECT count(*) FROM receipts").fetchone()[0]
-    return count
 
 
 def raw_dump(gw: RunningGateway) -> str:
@@ -194,7 +186,7 @@ def test_rejections_are_precise_401s_and_store_nothing(
             # the detail never echoes what the signature should have been
             assert value.split("v1=")[-1][-64:] not in str(problem["detail"])
     assert stored_events(gateway.app.config) == []
-    assert receipt_count(gateway) == 0
+    assert sqlite_receipt_count(gateway.app.config) == 0
 
 
 def test_non_latin_garbage_in_headers_is_a_401_not_a_crash(gateway: RunningGateway) -> None:
@@ -309,7 +301,7 @@ def test_authentic_odd_bodies_are_quarantined_once(gateway: RunningGateway, body
 
 def test_unauthenticated_odd_bodies_are_rejected_not_quarantined(gateway: RunningGateway) -> None:
     assert_problem(gateway.post("/hooks/metacopier", b"\xff", mc_sign(b"other")), 401, "bad_signature")
-    assert receipt_count(gateway) == 0
+    assert sqlite_receipt_count(gateway.app.config) == 0
 
 
 # --- TradrAPI batches -----------------------------------------------------------------------
@@ -347,7 +339,7 @@ def test_batch_is_atomic_when_the_store_fails_and_tradrapi_gets_503_not_404(gate
     assert_problem(r, 503, "store_unavailable")
     assert r.headers["retry-after"]
     assert stored_events(gateway.app.config) == []
-    assert receipt_count(gateway) == 0
+    assert sqlite_receipt_count(gateway.app.config) == 0
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TRIGGER boom")
     r = gateway.post("/hooks/tradrapi", batch, tr_sign())  # the sender's retry succeeds
@@ -481,6 +473,6 @@ def test_rejection_log_is_bounded_under_a_flood(make_config: Callable[..., Confi
     buckets = Counter(r.source if r.known_source else "?" for r in kept)  # unknown names: one bucket
     assert buckets == {"metacopier": 25, "?": 25}
     assert stored_events(gw.app.config) == []
-    assert receipt_count(gw) == 0
+    assert sqlite_receipt_count(gw.app.config) == 0
     newest = max(r.id for r in kept)
     assert newest >= 990  # the newest are the ones kept
