@@ -48,6 +48,18 @@ def detail(config: Config, event_id: int) -> EventDetail:
     return found
 
 
+def details(config: Config, **filters: Any) -> list[EventDetail]:
+    """`detail` of every stored event (filtered), oldest first, read in one go."""
+    filters.setdefault("newest_first", False)
+    filters.setdefault("limit", ALL)
+
+    async def read(store: Store) -> list[EventDetail]:
+        found = [await store.get_event(e.id) for e in await store.list_events(**filters)]
+        return [d for d in found if d is not None]
+
+    return on_store(config, read)
+
+
 def rejections(config: Config, **filters: Any) -> list[Rejection]:
     """Recorded rejections, oldest first."""
     filters.setdefault("limit", ALL)
