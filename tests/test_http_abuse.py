@@ -382,18 +382,18 @@ def test_rate_limit_counts_authentic_requests_only_and_refills(make_config: Call
         assert gw.post("/hooks/metacopier", b"{}", {"X-MetaCopier-Signature": "0" * 64}).status_code == 401
     clock.offset = 0.0
 
-    def send(position: str) -> Any:
+    def post_opened(position: str) -> Any:
         body = orjson.dumps({"type": "position.opened", "position": {"id": position}})
         return gw.post("/hooks/metacopier", body, mc_sign(body))
 
-    assert [send(f"r{i}").status_code for i in range(2)] == [200, 200]  # the burst
-    limited = send("r2")
+    assert [post_opened(f"r{i}").status_code for i in range(2)] == [200, 200]  # the burst
+    limited = post_opened("r2")
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
     assert limited.headers["retry-after"] == "1"
     assert "1 requests/s" in limited.json()["detail"]
     clock.offset += 1.0  # one second later: one more token
-    assert send("r2").status_code == 200  # the sender's retry succeeds
-    assert send("r3").status_code == 429
+    assert post_opened("r2").status_code == 200  # the sender's retry succeeds
+    assert post_opened("r3").status_code == 429
     assert stored(gw) == 3  # a refused request stored nothing
     wait_for(lambda: len(rejections(gw.app.config, code="rate_limited")) == 2, what="2 rate_limited rejections")
 
