@@ -43,7 +43,7 @@ def test_readyz_fails_while_another_process_holds_the_store_and_recovers(
 
 def test_readyz_names_a_store_that_refuses_writes(make_config: Callable[..., Config], serve: Serve) -> None:
     gw = serve(make_config())
-    with sqlite3.connect(gw.app.config.store.path) as conn:
+    with sqlite3.connect(gw.app.config.store.path) as conn:  # a real write fault, injected in SQLite
         conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON heartbeat BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
     r = gw.client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["store"].startswith("not writable")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
+
+from tests.conftest import free_port, run_gateway, serving, wait_for
 
 GATEWAY = [str(Path(sys.executable).parent / "gateway")]
 
@@ -26,30 +25,14 @@ def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
+    """`gateway run --port PORT ARGS` in `cwd`, started through conftest's `run_gateway`."""
+
     def __init__(self, cwd: Path, *args: str, port: int | None = None) -> None:
         self.port = port or free_port()
         self.log = cwd / f"server-{self.port}.log"
-        self.log_file = self.log.open("w")
-        self.proc = subprocess.Popen([*GATEWAY, "run", "--port", str(self.port), *args], cwd=cwd,
-                                     stdout=self.log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gateway run failed:\n{self.log.read_text()}")
-            time.sleep(0.1)
+        self.log.write_bytes(b"")  # this start's output only (a restart on the same port reuses the name)
+        self.proc = run_gateway(["run", "--port", str(self.port), *args], cwd=cwd, port=self.port, log=self.log)
 
     @property
     def url(self) -> str:
@@ -59,7 +42,6 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
-        self.log_file.close()
         return self.log.read_text()
 
 
@@ -205,13 +187,9 @@ def test_readme_run_command(workdir: Path) -> None:
     log = (workdir / "run.log").open("w")
     proc = subprocess.Popen([str(script), "--port", str(port)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_for(lambda: serving(port) or proc.poll() is not None, 120, "scripts/run to answer /healthz",
+                 seen=lambda: (workdir / "run.log").read_text()[-3000:])
+        assert proc.poll() is None, (workdir / "run.log").read_text()
         sent = run("send", "tradrapi", "--url", f"http://127.0.0.1:{port}/hooks/tradrapi", cwd=workdir)
         assert '"status": "stored"' in sent.stdout
     finally:
@@ -235,22 +213,27 @@ id = "ops"
 secret = "ops-secret-0123456789"
 """)
     server = Server(workdir, port=port)
-    tail = subprocess.Popen([*GATEWAY, "tail", "--count", "4", "--type", "position.*"], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    notes = workdir / "tail.err"
+    # From the first event on (`--since 0`), not "from now on": what it shows does not depend on
+    # when it got connected (test_stream covers "from now on").
+    with notes.open("w") as err_file:
+        tail = subprocess.Popen([*GATEWAY, "tail", "--since", "0", "--count", "4", "--type", "position.*"],
+                                cwd=workdir, stdout=subprocess.PIPE, stderr=err_file, text=True)
     try:
-        time.sleep(1.0)  # let it connect: the stream starts "from now on"
         run("send", "copier", "--event", "position.opened", cwd=workdir)
         run("send", "copier", "--event", "history.updated", cwd=workdir)  # filtered out
         run("send", "copier", "--event", "position.closed", cwd=workdir)
         server.stop()  # the connection drops; tail keeps trying
-        time.sleep(0.5)
+        wait_for(lambda: "reconnecting" in notes.read_text(), 30, "tail to notice the gateway is gone",
+                 seen=notes.read_text)
         server = Server(workdir, port=port)
         run("send", "copier", "--event", "position.opened", cwd=workdir)
         run("send", "copier", "--event", "position.closed", cwd=workdir)
-        out, err = tail.communicate(timeout=30)
+        out, _ = tail.communicate(timeout=30)
     finally:
         tail.kill()
         server.stop()
+    err = notes.read_text()
     lines = out.splitlines()
     assert len(lines) == 4, (out, err)
     assert [line.split()[3] for line in lines] == ["position.opened", "position.closed"] * 2

@@ -21,6 +21,20 @@ def test_example_loads() -> None:
     assert [p.name for p in config.plugins] == ["journal"]
 
 
+def test_example_documents_the_store_url(tmp_path: Path) -> None:
+    """`[store] url` is documented in [store], and the url shown names the same file as `path`."""
+    text = EXAMPLE.read_text()
+    store = text[text.index("\n[store]\n"):text.index("\n[[sources]]")]
+    assert "sqlite:///relative/path" in store and "sqlite:////absolute/path" in store
+    assert "postgresql://" in store
+    (url,) = re.findall(r'^# url = "([^"]+)"$', store, flags=re.M)
+    with_url = text.replace('\npath = "var/gateway.db"\n', f'\nurl = "{url}"\n', 1)
+    assert with_url != text
+    by_url = tmp_path / "by-url.toml"
+    by_url.write_text(with_url)
+    assert load_config(by_url, environ=ENV).store.path == tmp_path / "var" / "gateway.db"
+
+
 def test_example_mentions_every_key() -> None:
     text = EXAMPLE.read_text()
     source = "".join(path.read_text() for path in Path(config_module.__file__).parent.glob("*.py"))

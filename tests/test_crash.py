@@ -29,7 +29,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,9 @@ import httpx
 import orjson
 import pytest
 
+from gateway.config import load_config
 from gateway.model import dedup_key
+from tests import store_reads
 from tests.conftest import MC_SECRET, PS_SECRET, TR_KEY, free_port, mc_sign, ps_sign, run_gateway, tr_sign, wait_for
 
 # Which events each plugin wants; the checks below model routing independently of gateway/routing.py.
@@ -343,10 +345,8 @@ def read_only(db: Path) -> contextlib.closing[sqlite3.Connection]:
     return contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True))
 
 
-def pending_deliveries(db: Path) -> int:
-    with read_only(db) as conn:
-        count: int = conn.execute("SELECT count(*) FROM deliveries WHERE status = 'pending'").fetchone()[0]
-    return count
+def pending_deliveries(folder: Path) -> int:
+    return len(store_reads.deliveries(load_config(folder / "gateway.toml"), status="pending"))
 
 
 @dataclass(frozen=True)
@@ -384,8 +384,8 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
             wait_for(lambda: ledger.in_flight > 0, 5, "a request in flight", interval=0.01)
             in_flight, answers = ledger.in_flight, ledger.answers - before
             gateway.kill()
-            record.append(Kill(time.monotonic() - restarted, in_flight, answers, pending_deliveries(db)))
-            with read_only(db) as conn:
+            record.append(Kill(time.monotonic() - restarted, in_flight, answers, pending_deliveries(folder)))
+            with read_only(db) as conn:  # the SQLite file itself survives every kill
                 assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",), f"after kill {len(record)}"
             gateway.start()
         before = ledger.answers
@@ -401,7 +401,7 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
     try:
         assert not any(t.is_alive() for t in threads), "a sender is stuck"
         assert not ledger.errors, f"seed {seed}: " + "\n".join(ledger.errors[:20])
-        wait_for(lambda: pending_deliveries(db) == 0, drain, "fan-out to drain")
+        wait_for(lambda: pending_deliveries(folder) == 0, drain, "fan-out to drain")
         code = gateway.terminate()
     finally:
         gateway.ensure_stopped()
@@ -423,12 +423,13 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
 
 def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
     """Everything the run must have left behind; returns (events, redeliveries)."""
-    with read_only(folder / "gateway.db") as conn:
+    with read_only(folder / "gateway.db") as conn:  # the SQLite file itself
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        rows = conn.execute("SELECT id, source, event_type, entity_id, dedup_key FROM events").fetchall()
-        twice = conn.execute("SELECT source, event_type, entity_id, count(*) FROM events"
-                             " GROUP BY 1, 2, 3 HAVING count(*) > 1").fetchall()
-        deliveries = conn.execute("SELECT plugin, event_id, status FROM deliveries").fetchall()
+    config = load_config(folder / "gateway.toml")
+    rows = [(e.id, e.source, e.event_type, e.entity_id, e.dedup_key) for e in store_reads.events(config)]
+    copies = Counter((source, event_type, entity) for _, source, event_type, entity, _ in rows)
+    twice = [(*line, count) for line, count in copies.items() if count > 1]
+    deliveries = [(d.plugin, d.event_id, d.status) for d in store_reads.deliveries(config)]
     # Stored exactly once: every event the senders made (all were acknowledged in the end),
     # under the id every answer gave, and nothing else.
     assert not twice, f"stored more than once: {twice[:10]}"

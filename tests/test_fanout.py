@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Config
 from gateway.store import open_store
-from tests.conftest import PS_BODY, RunningGateway, mc_sign, ps_sign
+from tests.conftest import PS_BODY, RunningGateway, mc_sign, ps_sign, send, wait_for
 from tests.fanout_plugins import Recorder
 from tests.store_reads import deliveries, events
 
@@ -31,23 +31,8 @@ def plugin(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "use": "tests.fanout_plugins:recorder", **FAST_RETRY, **extra, "options": options}
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def opened(position: str, event: str = "position.opened", symbol: str = "EURUSD") -> bytes:
     return orjson.dumps({"type": event, "accountId": "acc-1", "position": {"id": position, "symbol": symbol}})
-
-
-def send(gw: RunningGateway, body: bytes) -> int:
-    r = gw.post("/hooks/metacopier", body, mc_sign(body))
-    assert r.status_code == 200, r.text
-    event_id: int = r.json()["events"][0]["id"]
-    return event_id
 
 
 def statuses(gw: RunningGateway, **filters: Any) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import selectors
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import pytest
 
 from gateway.config import Config, parse_config
 from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
+from tests.store_reads import events, rejections, sqlite_receipt_count
 
 Serve = Callable[..., RunningGateway]
 
@@ -130,9 +130,13 @@ def assert_serves(gw: RunningGateway, position: str, within: float = 3.0) -> Non
     assert time.monotonic() - started < within
 
 
-def db_count(gw: RunningGateway, table: str) -> int:
-    with sqlite3.connect(gw.app.config.store.path) as conn:
-        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+def stored(gw: RunningGateway) -> int:
+    """How many events the gateway stored."""
+    return len(events(gw.app.config))
+
+
+def receipts(gw: RunningGateway) -> int:
+    return sqlite_receipt_count(gw.app.config)
 
 
 @contextmanager
@@ -183,7 +187,7 @@ def test_oversized_head_is_431_and_the_server_keeps_serving(make_config: Callabl
         assert status_of(reply) == 431, reply[:300]
         assert problem_of(reply)["code"] == "header_too_large"
         assert header_of(reply, b"connection") == b"close"
-    assert db_count(gw, "receipts") == 0
+    assert receipts(gw) == 0
     assert_serves(gw, f"after-{shape}")
 
 
@@ -204,7 +208,7 @@ def test_heads_under_the_cap_are_served_whichever_way_they_are_cut(make_config: 
             sock.sendall(request[split:])
             reply = read_all(sock, timeout=3)
         assert status_of(reply) == 200, (split - cut, reply[:300])
-    assert db_count(gw, "events") == 4
+    assert stored(gw) == 4
 
 
 # --- slow clients -----------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def test_a_body_over_the_limit_sent_slowly_is_refused_within_the_timeout(make_co
     assert status_of(slow_reply) == 408, slow_reply[:300]
     assert problem_of(slow_reply)["code"] == "request_timeout"
     assert 1.5 < waited < 6  # the deadline, checked once a second
-    assert db_count(gw, "receipts") == 1  # only the legitimate request
+    assert receipts(gw) == 1  # only the legitimate request
 
 
 def test_a_slow_legitimate_body_within_the_timeout_is_stored(make_config: Callable[..., Config],
@@ -275,7 +279,7 @@ def test_slowloris_heads_are_cut_off_while_others_are_served(make_config: Callab
         assert reply is not None and status_of(reply) == 408 and problem_of(reply)["code"] == "request_timeout"
     assert 1.5 < cut_off < 6
     assert silent_closed < 6
-    assert db_count(gw, "receipts") == 1
+    assert receipts(gw) == 1
 
 
 def test_a_head_dribbled_after_a_served_request_is_cut_off_too(make_config: Callable[..., Config],
@@ -351,7 +355,7 @@ def test_requests_beyond_max_in_flight_get_503_then_succeed(make_config: Callabl
             assert status_of(reply) == 200, reply[:300]
     wait_for(lambda: gw.app.ingest.in_flight == 0)
     assert_serves(gw, "after-in-flight")
-    assert db_count(gw, "events") == 3
+    assert stored(gw) == 3
 
 
 # --- rate limit -------------------------------------------------------------------------------
@@ -378,22 +382,20 @@ def test_rate_limit_counts_authentic_requests_only_and_refills(make_config: Call
         assert gw.post("/hooks/metacopier", b"{}", {"X-MetaCopier-Signature": "0" * 64}).status_code == 401
     clock.offset = 0.0
 
-    def send(position: str) -> Any:
+    def post_opened(position: str) -> Any:
         body = orjson.dumps({"type": "position.opened", "position": {"id": position}})
         return gw.post("/hooks/metacopier", body, mc_sign(body))
 
-    assert [send(f"r{i}").status_code for i in range(2)] == [200, 200]  # the burst
-    limited = send("r2")
+    assert [post_opened(f"r{i}").status_code for i in range(2)] == [200, 200]  # the burst
+    limited = post_opened("r2")
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
     assert limited.headers["retry-after"] == "1"
     assert "1 requests/s" in limited.json()["detail"]
     clock.offset += 1.0  # one second later: one more token
-    assert send("r2").status_code == 200  # the sender's retry succeeds
-    assert send("r3").status_code == 429
-    assert db_count(gw, "events") == 3  # a refused request stored nothing
-    with sqlite3.connect(gw.app.config.store.path) as conn:
-        wait_for(lambda: conn.execute("SELECT count(*) FROM rejections WHERE code = 'rate_limited'")
-                 .fetchone()[0] == 2)
+    assert post_opened("r2").status_code == 200  # the sender's retry succeeds
+    assert post_opened("r3").status_code == 429
+    assert stored(gw) == 3  # a refused request stored nothing
+    wait_for(lambda: len(rejections(gw.app.config, code="rate_limited")) == 2, what="2 rate_limited rejections")
 
 
 # --- trusted proxies --------------------------------------------------------------------------
@@ -407,13 +409,16 @@ def _via(gw: RunningGateway, position: str, forwarded: str | None) -> Any:
     return gw.post("/hooks/metacopier", body, headers)
 
 
-def _remote_of(gw: RunningGateway, request_id: str, table: str) -> str | None:
-    with sqlite3.connect(gw.app.config.store.path) as conn:
-        def row() -> Any:
-            return conn.execute(f"SELECT remote_addr FROM {table} WHERE request_id = ?", (request_id,)).fetchone()
-        wait_for(lambda: row() is not None)
-        value: str | None = row()[0]
-        return value
+def _remote_of(gw: RunningGateway, request_id: str, kept_as: str) -> str | None:
+    """The address stored with a request: with its events (`kept_as="events"`), or with its
+    rejection (`"rejections"`, written after the answer: waited for)."""
+    records = events if kept_as == "events" else rejections
+
+    def found() -> list[str | None]:
+        return [r.remote_addr for r in records(gw.app.config) if r.request_id == request_id]
+
+    (remote_addr,) = wait_for(found, what=f"request {request_id} in the store's {kept_as}")
+    return remote_addr
 
 
 def test_x_forwarded_for_from_a_trusted_proxy_decides_allow_ips(make_config: Callable[..., Config],
@@ -423,9 +428,9 @@ def test_x_forwarded_for_from_a_trusted_proxy_decides_allow_ips(make_config: Cal
     gw = serve(config)
     ok = _via(gw, "p1", "198.51.100.7")
     assert ok.status_code == 200
-    assert _remote_of(gw, ok.json()["request_id"], "receipts") == "198.51.100.7"
+    assert _remote_of(gw, ok.json()["request_id"], "events") == "198.51.100.7"
     ok = _via(gw, "p2", "203.0.113.5, 198.51.100.8, 10.1.1.1")  # through a second trusted hop
-    assert _remote_of(gw, ok.json()["request_id"], "receipts") == "198.51.100.8"
+    assert _remote_of(gw, ok.json()["request_id"], "events") == "198.51.100.8"
     # The client forges the left part: the right-most untrusted address still decides.
     spoofed = _via(gw, "p3", "198.51.100.7, 203.0.113.9")
     assert spoofed.status_code == 403 and "203.0.113.9 is not in allow_ips" in spoofed.json()["detail"]
@@ -445,7 +450,7 @@ def test_x_forwarded_for_from_anyone_else_is_ignored(make_config: Callable[..., 
                          server={"trusted_proxies": ["10.0.0.0/8"]})
     gw = serve(config)
     ok = _via(gw, "s2", "203.0.113.9")
-    assert ok.status_code == 200 and _remote_of(gw, ok.json()["request_id"], "receipts") == "127.0.0.1"
+    assert ok.status_code == 200 and _remote_of(gw, ok.json()["request_id"], "events") == "127.0.0.1"
 
 
 def test_metrics_allow_ips_honours_trusted_proxies(serve: Serve, tmp_path: Path) -> None:
@@ -493,7 +498,7 @@ def test_nothing_unauthenticated_is_stored_under_mixed_abuse(make_config: Callab
             sock.shutdown(socket.SHUT_WR)
             statuses[i] = status_of(read_all(sock))
     assert statuses == {i: (401, 431, 413, 404)[i % 4] for i in range(60)}
-    assert db_count(gw, "events") == db_count(gw, "receipts") == 0
-    wait_for(lambda: db_count(gw, "rejections") >= 20)
-    assert db_count(gw, "rejections") <= 40  # bounded: 20 per bucket (metacopier, unknown names)
+    assert stored(gw) == receipts(gw) == 0
+    wait_for(lambda: len(rejections(gw.app.config)) >= 20, what="20 rejections recorded")
+    assert len(rejections(gw.app.config)) <= 40  # bounded: 20 per bucket (metacopier, unknown names)
     assert_serves(gw, "after-mixed-abuse")

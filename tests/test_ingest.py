@@ -7,7 +7,9 @@ import hashlib
 import socket
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,7 @@ import orjson
 import pytest
 
 from gateway.config import Config
+from gateway.store import Rejection
 from tests.conftest import (
     MC_BODY,
     MC_SECRET,
@@ -32,14 +35,17 @@ from tests.conftest import (
     tr_sign,
     wait_for,
 )
+from tests.store_reads import detail, rejections, sqlite_receipt_count
+from tests.store_reads import events as stored_events
 
 Serve = Callable[[Config], RunningGateway]
 ALL_SECRETS = [MC_SECRET, MC_SECRET_NEW, PS_SECRET, PS_SECRET_NEW, TR_KEY, TR_KEY_NEW]
 
 
-def db_rows(gw: RunningGateway, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(gw.app.config.store.path) as conn:
-        return conn.execute(sql).fetchall()
+def raw_dump(gw: RunningGateway) -> str:
+    """Every byte of the SQLite file as SQL: a secret must appear nowhere, in any table."""
+    with closing(sqlite3.connect(gw.app.config.store.path)) as conn:
+        return "\n".join(conn.iterdump())
 
 
 def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, object]:
@@ -83,7 +89,7 @@ def test_reference_body_is_stored_then_duplicate(
     assert again.status_code == 200
     assert again.json()["events"] == [{"id": doc["events"][0]["id"], "status": "duplicate", "dedup_key": dedup_key}]
     assert again.json()["request_id"] != doc["request_id"]
-    assert db_rows(gateway, "SELECT count(*) FROM events") == [(1,)]
+    assert len(stored_events(gateway.app.config)) == 1
 
 
 def test_stored_row_keeps_raw_body_headers_and_fields_but_no_credentials(
@@ -95,19 +101,18 @@ def test_stored_row_keeps_raw_body_headers_and_fields_but_no_credentials(
     token_body = unique_mc("b-1")
     r = gw.post("/hooks/mc-bearer", token_body, {"Authorization": f"Bearer {MC_SECRET}"})
     assert r.status_code == 200, r.text
-    rows = db_rows(gw, "SELECT source, body, headers, remote_addr, attempt FROM receipts ORDER BY id")
-    assert rows[0][0] == "tradrapi" and rows[0][1] == TR_BODY
-    assert rows[0][3] == "127.0.0.1" and rows[0][4] == 1
-    headers = dict(orjson.loads(rows[0][2]))
+    tradr, bearer = stored_events(gw.app.config)  # one event per request
+    assert tradr.source == "tradrapi" and detail(gw.app.config, tradr.id).body == TR_BODY
+    assert tradr.remote_addr == "127.0.0.1" and tradr.attempt == 1
+    headers = dict(detail(gw.app.config, tradr.id).headers)
     assert headers["x-custom"] == "kept"
     assert "x-webhook-secret" not in headers
-    assert "authorization" not in dict(orjson.loads(rows[1][2]))
-    dump = b"".join(bytes(line, "utf-8") for line in sqlite3.connect(gw.app.config.store.path).iterdump())
+    assert "authorization" not in dict(detail(gw.app.config, bearer.id).headers)
+    dump = raw_dump(gw)
     for secret in (TR_KEY, hashlib.sha1(TR_KEY.encode()).hexdigest(), MC_SECRET):
-        assert secret.encode() not in dump
-    events = db_rows(gw, "SELECT event_type, entity_id, account, symbol, status FROM events ORDER BY id")
-    assert events == [("open_position", "5561201", "99121", "EURUSD", "stored"),
-                      ("position.opened", "b-1", "a1", "XAUUSD", "stored")]
+        assert secret not in dump
+    assert [(e.event_type, e.entity_id, e.account, e.symbol, e.status) for e in (tradr, bearer)] == [
+        ("open_position", "5561201", "99121", "EURUSD", "stored"), ("position.opened", "b-1", "a1", "XAUUSD", "stored")]
 
 
 @pytest.mark.parametrize("secret", [MC_SECRET, MC_SECRET_NEW])
@@ -180,8 +185,8 @@ def test_rejections_are_precise_401s_and_store_nothing(
         if "signature" in name.lower() and len(value) > 20:
             # the detail never echoes what the signature should have been
             assert value.split("v1=")[-1][-64:] not in str(problem["detail"])
-    assert db_rows(gateway, "SELECT count(*) FROM events") == [(0,)]
-    assert db_rows(gateway, "SELECT count(*) FROM receipts") == [(0,)]
+    assert stored_events(gateway.app.config) == []
+    assert sqlite_receipt_count(gateway.app.config) == 0
 
 
 def test_non_latin_garbage_in_headers_is_a_401_not_a_crash(gateway: RunningGateway) -> None:
@@ -289,15 +294,14 @@ def test_authentic_odd_bodies_are_quarantined_once(gateway: RunningGateway, body
     assert event["dedup_key"] == f"metacopier:-:sha256-{hashlib.sha256(body).hexdigest()}"
     again = gateway.post("/hooks/metacopier", body, mc_sign(body))
     assert again.json()["events"][0] == {**event, "status": "duplicate"}
-    rows = db_rows(gateway, "SELECT e.status, e.quarantine_reason, r.body FROM events e "
-                            "JOIN receipts r ON r.id = e.receipt_id")
-    assert len(rows) == 1
-    assert rows[0][0] == "quarantined" and reason in str(rows[0][1]) and rows[0][2] == body
+    (stored,) = stored_events(gateway.app.config)
+    assert stored.status == "quarantined" and reason in str(stored.quarantine_reason)
+    assert detail(gateway.app.config, stored.id).body == body
 
 
 def test_unauthenticated_odd_bodies_are_rejected_not_quarantined(gateway: RunningGateway) -> None:
     assert_problem(gateway.post("/hooks/metacopier", b"\xff", mc_sign(b"other")), 401, "bad_signature")
-    assert db_rows(gateway, "SELECT count(*) FROM receipts") == [(0,)]
+    assert sqlite_receipt_count(gateway.app.config) == 0
 
 
 # --- TradrAPI batches -----------------------------------------------------------------------
@@ -321,8 +325,8 @@ def test_batch_members_are_deduplicated_each_on_their_own(gateway: RunningGatewa
     assert events[0]["id"] == r1.json()["events"][1]["id"]
     assert events[5]["dedup_key"] == "tradrapi:account_updated:9@100"
     assert events[6]["dedup_key"] == "tradrapi:account_updated:9@200"
-    attempts = db_rows(gateway, "SELECT attempt FROM receipts ORDER BY id")
-    assert attempts == [(1,), (2,)]
+    requests = dict.fromkeys((e.request_id, e.attempt) for e in stored_events(gateway.app.config))  # in order
+    assert [attempt for _, attempt in requests] == [1, 2]
 
 
 def test_batch_is_atomic_when_the_store_fails_and_tradrapi_gets_503_not_404(gateway: RunningGateway) -> None:
@@ -334,8 +338,8 @@ def test_batch_is_atomic_when_the_store_fails_and_tradrapi_gets_503_not_404(gate
     r = gateway.post("/hooks/tradrapi", batch, tr_sign())
     assert_problem(r, 503, "store_unavailable")
     assert r.headers["retry-after"]
-    assert db_rows(gateway, "SELECT count(*) FROM events") == [(0,)]
-    assert db_rows(gateway, "SELECT count(*) FROM receipts") == [(0,)]
+    assert stored_events(gateway.app.config) == []
+    assert sqlite_receipt_count(gateway.app.config) == 0
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TRIGGER boom")
     r = gateway.post("/hooks/tradrapi", batch, tr_sign())  # the sender's retry succeeds
@@ -380,7 +384,7 @@ async def test_concurrent_requests_share_group_commits(make_config: Callable[...
     assert [r.status_code for r in results] == [200] * 200
     ids = {r.json()["events"][0]["id"] for r in results}
     assert len(ids) == 200
-    assert db_rows(gw, "SELECT count(*) FROM events") == [(200,)]
+    assert len(await asyncio.to_thread(stored_events, gw.app.config)) == 200  # its own event loop
     commits = gw.app.store.commits  # type: ignore[attr-defined]
     assert commits < 200, commits
 
@@ -428,21 +432,21 @@ def test_rejections_are_recorded_without_bodies_or_credentials(gateway: RunningG
     gateway.post("/hooks/tradrapi", TR_BODY, {"x-webhook-secret": TR_KEY})
     gateway.post("/hooks/no-such-source", b"x" * 10, {})
 
-    def recorded() -> list[tuple[object, ...]]:
-        return db_rows(gateway, "SELECT request_id, bucket, source, code, detail, remote_addr, header_names,"
-                                " body_size, body_sha256 FROM rejections ORDER BY id")
+    def recorded() -> list[Rejection]:
+        return rejections(gateway.app.config)
 
     wait_for(lambda: len(recorded()) >= 3, 5, "3 rejections recorded", seen=recorded)
     first, second, third = recorded()
-    assert first[0] == r.headers["x-request-id"]
-    assert first[1:4] == ("metacopier", "metacopier", "bad_signature")
-    assert first[5] == "127.0.0.1"
-    assert {"x-metacopier-signature", "x-metacopier-timestamp", "authorization"} <= set(orjson.loads(first[6]))
-    assert first[7] == len(body) and first[8] == hashlib.sha256(body).hexdigest()
-    assert second[3] == "malformed_signature" and second[7] == len(TR_BODY)
-    assert third[1:4] == ("?", "no-such-source", "unknown_source")  # unknown names share one bucket
-    assert third[7] == 10 and third[8] is None  # body never read for an unknown source
-    dump = "\n".join(sqlite3.connect(gateway.app.config.store.path).iterdump())
+    assert first.request_id == r.headers["x-request-id"]
+    assert (first.known_source, first.source, first.code) == (True, "metacopier", "bad_signature")
+    assert first.remote_addr == "127.0.0.1"
+    assert {"x-metacopier-signature", "x-metacopier-timestamp", "authorization"} <= set(first.header_names)
+    assert first.body_size == len(body) and first.body_sha256 == hashlib.sha256(body).hexdigest()
+    assert second.code == "malformed_signature" and second.body_size == len(TR_BODY)
+    # unknown names share one bucket
+    assert (third.known_source, third.source, third.code) == (False, "no-such-source", "unknown_source")
+    assert third.body_size == 10 and third.body_sha256 is None  # body never read for an unknown source
+    dump = raw_dump(gateway)
     for secret in (MC_SECRET, TR_KEY, headers["X-MetaCopier-Signature"]):
         assert secret not in dump
     assert "forensic-1" not in dump  # the unauthenticated body itself is never kept
@@ -465,9 +469,10 @@ def test_rejection_log_is_bounded_under_a_flood(make_config: Callable[..., Confi
 
     asyncio.run(flood())
     gw.flush()
-    buckets = dict(db_rows(gw, "SELECT bucket, count(*) FROM rejections GROUP BY bucket"))
+    kept = rejections(gw.app.config)
+    buckets = Counter(r.source if r.known_source else "?" for r in kept)  # unknown names: one bucket
     assert buckets == {"metacopier": 25, "?": 25}
-    assert db_rows(gw, "SELECT count(*) FROM events") == [(0,)]
-    assert db_rows(gw, "SELECT count(*) FROM receipts") == [(0,)]
-    newest = db_rows(gw, "SELECT max(id) FROM rejections")[0][0]
+    assert stored_events(gw.app.config) == []
+    assert sqlite_receipt_count(gw.app.config) == 0
+    newest = max(r.id for r in kept)
     assert newest >= 990  # the newest are the ones kept

@@ -29,6 +29,7 @@ from gateway.ingest import PREFIX
 from gateway.schemes import get_scheme
 from tests.conftest import MC_BODY, RunningGateway, mc_sign, ps_sign, source_table, tr_sign
 from tests.hostile import BODIES, any_body
+from tests.store_reads import details, events
 
 Serve = Callable[..., RunningGateway]
 MAX_BODY = 64 * 1024
@@ -301,12 +302,12 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
     assert listing.status_code == 200, listing.text[:300]
     fresh = b'{"type":"position.opened","ticket":"after-the-storm"}'
     assert gw.post("/hooks/metacopier", fresh, mc_sign(fresh)).json()["events"][0]["status"] == "stored"
-    with sqlite3.connect(config.store.path) as db:
-        receipts = db.execute("SELECT source, body FROM receipts").fetchall()
-        stored_keys = {k for (k,) in db.execute("SELECT dedup_key FROM events WHERE source != 'metacopier' OR "
-                                                 "entity_id != 'after-the-storm'")}
+    stored = details(config)
+    stored_keys = {d.event.dedup_key for d in stored
+                   if d.event.source != "metacopier" or d.event.entity_id != "after-the-storm"}
+    with sqlite3.connect(config.store.path) as db:  # the SQLite schema itself: no column for a body
         rejected_columns = {row[1] for row in db.execute("PRAGMA table_info(rejections)")}
-    assert {(s, bytes(b)) for s, b in receipts} <= accepted | {("metacopier", fresh)}
+    assert {(d.event.source, d.body) for d in stored} <= accepted | {("metacopier", fresh)}
     assert stored_keys == keys
     assert "body" not in rejected_columns  # refused bodies are never kept, only their size and hash
 
@@ -318,8 +319,9 @@ def test_deep_body_is_served_back_by_the_api(make_config: Callable[..., Config],
     body = b'{"type":"position.opened","ticket":"deep-1","x":' + b"[" * 300 + b"]" * 300 + b"}"
     r = gw.post("/hooks/metacopier", body, mc_sign(body))
     assert r.status_code == 200 and r.json()["events"][0]["status"] == "quarantined"
-    with sqlite3.connect(config.store.path) as db:
-        (reason,) = db.execute("SELECT quarantine_reason FROM events").fetchone()
+    (event,) = events(config)
+    reason = event.quarantine_reason
+    assert reason is not None
     assert "nested deeper than 200 levels" in reason
     from gateway.model import load_payload
     assert load_payload(body) is None  # what the API and plugins hand on, instead of failing to serialise

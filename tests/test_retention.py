@@ -18,15 +18,11 @@ import pytest
 from gateway.config import Config, StoreConfig
 from gateway.model import ParsedEvent
 from gateway.store import DeliveryResult, Receipt, Rejection, open_store
-from tests.conftest import RunningGateway, mc_sign
+from tests.conftest import RunningGateway, mc_sign, wait_for
+from tests.store_reads import events
 
 DAY = 86400.0
 GATEWAY = str(Path(sys.executable).parent / "gateway")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def receipt(request_id: str, received_at: float, body: bytes = b"{}") -> Receipt:
@@ -34,6 +30,8 @@ def receipt(request_id: str, received_at: float, body: bytes = b"{}") -> Receipt
 
 
 def counts(path: Path) -> dict[str, int]:
+    """Rows per table, read from the file: pruning must also drop orphaned receipts and
+    finished delivery rows, which the store contract does not count."""
     with sqlite3.connect(path) as conn:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("events", "receipts", "deliveries", "rejections")}
@@ -88,11 +86,8 @@ def test_background_retention_prunes_old_events(tmp_path: Path, make_config: Cal
     gw = serve(config)
     body = orjson.dumps({"type": "position.opened", "position": {"id": "fresh"}})
     assert gw.post("/hooks/metacopier", body, mc_sign(body)).status_code == 200
-    deadline = time.monotonic() + 10
-    while counts(config.store.path)["events"] != 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with sqlite3.connect(config.store.path) as conn:
-        assert conn.execute("SELECT entity_id FROM events").fetchall() == [("fresh",)]
+    wait_for(lambda: [e.entity_id for e in events(config)] == ["fresh"], what="only the fresh event left",
+             seen=lambda: [e.entity_id for e in events(config)])
 
 
 def test_backup_under_write_load_holds_every_acknowledged_event(
@@ -115,7 +110,11 @@ def test_backup_under_write_load_holds_every_acknowledged_event(
     writers = [threading.Thread(target=load) for _ in range(2)]
     for w in writers:
         w.start()
-    time.sleep(1.0)
+
+    def running() -> bool:
+        return all(w.is_alive() for w in writers)
+
+    wait_for(lambda: len(acked) > 50 or not running(), what="writes under way", seen=lambda: len(acked))
     acked_before = list(acked)
     config_file = tmp_path / "cli.toml"
     config_file.write_text(f'[store]\npath = "{gw.app.config.store.path}"\n[[sources]]\nname = "m"\n'
@@ -123,7 +122,9 @@ def test_backup_under_write_load_holds_every_acknowledged_event(
     target = tmp_path / "backups" / "copy.db"
     proc = subprocess.run([GATEWAY, "backup", str(target), "--config", str(config_file)], capture_output=True,
                           text=True, timeout=60)
-    time.sleep(0.5)
+    acked_during = len(acked)
+    wait_for(lambda: len(acked) > acked_during or not running(), what="writes after the backup",
+             seen=lambda: len(acked))
     stop.set()
     for w in writers:
         w.join()

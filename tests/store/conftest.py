@@ -26,11 +26,6 @@ from tests.store import testsqlite
 RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class SQLiteBackend:
     name = "sqlite"
 

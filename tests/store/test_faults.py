@@ -40,7 +40,8 @@ def event(n: int, padding: int = 0) -> bytes:
                          "position": {"id": f"fault-{n}", "symbol": "EURUSD", "note": "x" * padding}})
 
 
-def send(gw: RunningGateway, n: int, padding: int = 0) -> tuple[int, dict[str, Any]]:
+def post_event(gw: RunningGateway, n: int, padding: int = 0) -> tuple[int, dict[str, Any]]:
+    """POST event `n`, signed; its status and problem or receipt, whatever they are."""
     body = event(n, padding)
     r = gw.post("/hooks/metacopier", body, mc_sign(body))
     return r.status_code, r.json()
@@ -55,11 +56,11 @@ def until_ok(gw: RunningGateway, n: int, seconds: float = 10) -> tuple[int, dict
     """Resend like a sender would, until a 2xx or the deadline."""
     deadline = time.monotonic() + seconds
     while True:
-        status, body = send(gw, n)
+        status, body = post_event(gw, n)
         if status == 200 or time.monotonic() > deadline:
             return status, body
         assert status == 503 and body["code"] == "store_unavailable", (status, body)
-        time.sleep(0.2)
+        time.sleep(0.2)  # a sender's retry pace, not a wait for the store
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_a_full_disk_gets_503_and_ingest_resumes_when_space_is_freed(tmpfs: Path
     acked: set[str] = set()
     statuses: list[int] = []
     for n in range(400):  # 400 x 2 KB cannot fit into 150 KB
-        status, body = send(gw, n, padding=2000)
+        status, body = post_event(gw, n, padding=2000)
         statuses.append(status)
         if status == 200:
             acked.add(f"fault-{n}")
@@ -113,13 +114,13 @@ def test_a_full_disk_gets_503_and_ingest_resumes_when_space_is_freed(tmpfs: Path
 def test_a_read_only_store_file_gets_503_and_recovers_when_writable(tmp_path: Path, serve: Serve) -> None:
     db = tmp_path / "gateway.db"
     first = serve(config_for(db))
-    assert send(first, 1)[0] == 200
+    assert post_event(first, 1)[0] == 200
     first.__exit__()
     subprocess.run(["chattr", "+i", str(db)], check=True)
     try:
         gw = serve(config_for(db))  # starts anyway: the store may become writable
         for n in range(2, 6):
-            status, body = send(gw, n)
+            status, body = post_event(gw, n)
             assert status == 503 and body["code"] == "store_unavailable", (status, body)
         ready = gw.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["store"].startswith("not writable")
@@ -136,7 +137,7 @@ def test_a_read_only_store_file_gets_503_and_recovers_when_writable(tmp_path: Pa
 def test_a_lock_held_by_another_process_gets_503_and_clears(tmp_path: Path, serve: Serve) -> None:
     db = tmp_path / "gateway.db"
     gw = serve(config_for(db, busy_timeout_ms=300))
-    assert send(gw, 1)[0] == 200
+    assert post_event(gw, 1)[0] == 200
     locker = subprocess.Popen(
         [sys.executable, "-c",
          "import sqlite3, sys\n"
@@ -149,7 +150,7 @@ def test_a_lock_held_by_another_process_gets_503_and_clears(tmp_path: Path, serv
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         for n in range(2, 5):
-            status, body = send(gw, n)
+            status, body = post_event(gw, n)
             assert status == 503 and body["code"] == "store_unavailable", (status, body)
         ready = gw.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["store"] != "ok"

@@ -75,8 +75,3 @@ async def test_dropped_rejections_are_exported(tmp_path: Path) -> None:
         await store.close()
     assert store.rejections_dropped == 100
     assert b"gateway_rejections_dropped_total 100.0" in generate_latest(metrics.registry)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"

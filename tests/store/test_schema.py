@@ -13,11 +13,6 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.store.sqlite._schema import MIGRATIONS, SchemaTooNew, migrate
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=[None, ""], ids=["autocommit", "legacy-transactions"])
 def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sqlite3.Connection]:
     """A fresh connection, in autocommit mode and in Python's default transaction mode."""

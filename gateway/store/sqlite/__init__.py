@@ -275,10 +275,12 @@ class SQLiteStore:
             self._writer.submit(Op(self._write_rejections, future))
 
     def _write_rejections(self, db: sqlite3.Connection) -> None:
-        # Runs in the writer thread: swapping the list is atomic under the GIL, and a
-        # rejection recorded meanwhile queues a new operation.
-        batch, self._rejections = self._rejections, []
+        # Runs in the writer thread, while the event loop may record more. The flag goes down
+        # before the swap: a rejection recorded after it queues a new operation, one recorded
+        # before it is in this batch. (Lowered after the swap, a rejection recorded in between
+        # would queue nothing and wait for the next one.) The swap is atomic under the GIL.
         self._rejections_queued = False
+        batch, self._rejections = self._rejections, []
         if batch:
             _forensics.insert(db, batch, self.rejections_per_source)
 
