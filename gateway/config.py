@@ -58,6 +58,9 @@ class SourceConfig:
     require_timestamp: bool = True  # metacopier only
     allow_ips: tuple[IPNetwork, ...] = ()
     dedup_fields: tuple[str, ...] | None = None
+    # Paths left out when a repeat's content is compared with the stored version (None: the
+    # scheme's default), for fields a sender changes on every retry.
+    dedup_ignore_fields: tuple[str, ...] | None = None
     # Authenticated requests per second (token bucket); 0 is no limit. `rate_burst` requests may
     # arrive at once after a quiet spell.
     rate_limit: float = 0.0
@@ -256,7 +259,7 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
         return None
     allowed = {
         "name", "scheme", "secret", "secrets", "tolerance_seconds", "auth",
-        "require_timestamp", "allow_ips", "dedup_fields", "rate_limit", "rate_burst",
+        "require_timestamp", "allow_ips", "dedup_fields", "dedup_ignore_fields", "rate_limit", "rate_burst",
     }
     c.unknown(raw, key, allowed)
     before = len(c.errors)
@@ -318,6 +321,10 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
     if fields is not None and not (fields and all(isinstance(f, str) and f.strip(".") for f in fields)):
         c.error(f"{key}.dedup_fields", 'must be a non-empty list of paths like "position.id"')
         fields = None
+    ignore = c.get(raw, f"{key}.dedup_ignore_fields", "dedup_ignore_fields", list, None)
+    if ignore is not None and not all(isinstance(f, str) and f.strip(".") for f in ignore):
+        c.error(f"{key}.dedup_ignore_fields", 'must be a list of paths like "timestamp" (may be empty)')
+        ignore = None
 
     rate = _number(c, raw, key, "rate_limit", 0.0, 0, 1_000_000)
     burst = c.get(raw, f"{key}.rate_burst", "rate_burst", int, max(1, math.ceil(rate * 10)))
@@ -337,6 +344,7 @@ def _source(c: _Checker, raw: Any, index: int) -> SourceConfig | None:
         require_timestamp=require_ts,
         allow_ips=tuple(nets),
         dedup_fields=tuple(fields) if fields is not None else None,
+        dedup_ignore_fields=tuple(ignore) if ignore is not None else None,
         rate_limit=rate,
         rate_burst=burst if rate else 0,
     )

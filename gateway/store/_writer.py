@@ -243,7 +243,7 @@ def _transaction(conn: sqlite3.Connection, group: list[Item]) -> Committed:
 
 
 def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Committed) -> list[list[Outcome]]:
-    keys = [[dedup_key(i.receipt.source, e.event_type, e.entity_id) for e in i.events] for i in items]
+    keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
     flat = [k for ks in keys for k in ks]
     known: dict[str, int] = dict(conn.execute(_EXISTING, (orjson.dumps(flat),)).fetchall())
     receipt_id, event_id = conn.execute(_NEXT_IDS).fetchone()
