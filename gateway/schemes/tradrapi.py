@@ -130,7 +130,10 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
         events = tuple(_member(m, source, _canonical(m)) for m in batch)
         return Verified(events=events, attempt=attempt)
     if "eventType" in obj:
-        return Verified(events=(_member(obj, source, None),), attempt=attempt)
+        # A root event carries the batch's delivery counter itself: left out of what names and
+        # compares the event, else a retry would be a conflict (or, unnamed, a second event).
+        root = {k: v for k, v in obj.items() if k != "attempts"}
+        return Verified(events=(_member(root, source, None),), attempt=attempt)
     reason = "no payload array and no eventType at the root"
     return Verified(events=(quarantined(body, reason),), attempt=attempt)
 
