@@ -14,7 +14,7 @@ import orjson
 
 from gateway._secret import Secret
 from gateway.errors import Rejected
-from gateway.model import JSON_MAX_DEPTH, QUARANTINE_TYPE, ParsedEvent, too_deep
+from gateway.model import JSON_MAX_DEPTH, QUARANTINE_TYPE, Identity, ParsedEvent, too_deep
 
 Headers = Mapping[str, str]
 """Request headers with lower-case names; values decoded as Latin-1, as HTTP carries them."""
@@ -244,12 +244,21 @@ def event(event_type: str, obj: Any, raw: bytes, *, identity: tuple[str, ...] | 
           ignore: Sequence[str], account: str | None, symbol: str | None,
           payload: bytes | None = None) -> ParsedEvent:
     """A readable event: named by `identity`, or by its content digest when that is None;
-    ordered per `entity` (the position, account or order), or per its own identity."""
+    ordered per `entity` (the position, account or order), or per its own identity.
+
+    The content digest that names an event covers the ignored fields too: with no id, a field
+    such as MetaCopier's root `timestamp` may be all that tells two occurrences apart (two
+    `history.updated` of one account), and merging them would drop the second for ever.
+    """
     digest = fingerprint(obj, ignore, raw, canonical=payload)
-    if entity is None:
-        entity = identity[0] if identity else "sha256-" + digest.hex()
+    if identity:
+        named: Identity = identity
+        entity = entity or identity[0]
+    else:
+        content = fingerprint(obj, (), raw, canonical=payload) if ignore else digest
+        named, entity = content, entity or "sha256-" + content.hex()
     return ParsedEvent(event_type=event_type, entity_id=entity, account=account, symbol=symbol,
-                       payload=payload, identity=identity or digest, fingerprint=digest)
+                       payload=payload, identity=named, fingerprint=digest)
 
 
 def first_part(obj: Any, paths: Iterable[str]) -> str | None:

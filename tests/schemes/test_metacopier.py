@@ -61,9 +61,10 @@ def sha256_id(data: bytes) -> str:
     return "sha256-" + hashlib.sha256(data).hexdigest()
 
 
-def content_digest(obj: dict[str, Any]) -> bytes:
-    """What names an event without an id: its canonical JSON, less the root `timestamp`."""
-    kept = {k: v for k, v in obj.items() if k != "timestamp"}
+def content_digest(obj: dict[str, Any], ignore: str | None = None) -> bytes:
+    """SHA-256 of the canonical JSON, less the field `ignore`: the fingerprint leaves out the
+    root `timestamp`; what names an event without an id does not."""
+    kept = {k: v for k, v in obj.items() if k != ignore}
     return hashlib.sha256(orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)).digest()
 
 
@@ -440,13 +441,26 @@ def test_payload_fields(obj: dict[str, Any], event_type: str, position: str, acc
      ({"type": "position.opened", "position": {"id": "   "}, "accountId": 7}, "account:7")],
 )
 def test_identity_falls_back_to_content_digest(obj: dict[str, Any], entity: str | None) -> None:
-    """No usable position id: the event is named by its canonical content (less the ignored
-    `timestamp`), and ordered per account, or on its own."""
+    """No usable position id: the event is named by its whole canonical content and ordered per
+    account, or on its own; its fingerprint still leaves the root `timestamp` out."""
     body = orjson.dumps(obj)
     (event,) = _verify_signed(body).events
-    assert event.identity == event.fingerprint == content_digest(obj)
+    assert event.identity == content_digest(obj)
+    assert event.fingerprint == content_digest(obj, "timestamp")
     assert event.entity_id == (entity or "sha256-" + content_digest(obj).hex())
     assert event.status == "stored"
+
+
+def test_history_updates_told_apart_only_by_their_timestamp_are_two_events() -> None:
+    """Found while writing these tests: the ignored `timestamp` was left out of the digest that
+    names an event without an id, so every later `history.updated` of an account was answered
+    `duplicate` of the first, for ever. The timestamp is all that tells them apart."""
+    first = _verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T10:00:00Z","accountId":"a"}')
+    later = _verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T11:00:00Z","accountId":"a"}')
+    retry = _verify_signed(b'{"accountId":"a","type":"history.updated","timestamp":"2026-11-20T10:00:00Z"}')
+    assert first.events[0].identity != later.events[0].identity
+    assert first.events[0].identity == retry.events[0].identity
+    assert first.events[0].entity_id == later.events[0].entity_id == "account:a"
 
 
 def test_content_identity_is_canonical() -> None:
@@ -533,6 +547,7 @@ def test_sample_bodies_parse() -> None:
         assert event.event_type == event_type
         if event_type == "history.updated":
             assert event.identity == content_digest(obj)
+            assert event.fingerprint == content_digest(obj, "timestamp")
             assert event.entity_id == f"account:{obj['accountId']}"
         else:
             position = obj["position"]
