@@ -180,11 +180,6 @@ def first_str(obj: Mapping[str, Any], names: Iterable[str]) -> str | None:
     return None
 
 
-def content_id(data: bytes) -> str:
-    """Entity id of last resort: the SHA-256 of the bytes that make up the event."""
-    return "sha256-" + hashlib.sha256(data).hexdigest()
-
-
 def quarantined(data: bytes, reason: str, payload: bytes | None = None) -> ParsedEvent:
     """An authentic event we cannot read: named, and compared, by its exact bytes."""
     digest = hashlib.sha256(data).digest()

@@ -16,7 +16,6 @@ from gateway.model import QUARANTINE_TYPE, ParsedEvent, decode_key, dedup_key
 from gateway.schemes._base import (
     at_path,
     check_window,
-    content_id,
     first_at,
     first_str,
     hmac_sha256_hex,
@@ -166,11 +165,14 @@ def test_first_str() -> None:
 
 # --- content ids, quarantine, events ---------------------------------------------------
 
-def test_content_id_and_quarantined() -> None:
-    assert content_id(b"") == "sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+def test_quarantined_is_named_and_compared_by_its_bytes() -> None:
+    empty = quarantined(b"", "empty body")
+    assert empty.entity_id == "sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert empty.identity == empty.fingerprint == bytes.fromhex(empty.entity_id[7:])
     event = quarantined(b"abc", "not valid JSON")
     assert event.event_type == QUARANTINE_TYPE == ""
     assert event.entity_id == "sha256-" + hashlib.sha256(b"abc").hexdigest()
+    assert event.identity == event.fingerprint == hashlib.sha256(b"abc").digest()
     assert event.status == "quarantined"
     assert event.payload is None
     assert quarantined(b"abc", "r", b"{}").payload == b"{}"
