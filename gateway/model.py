@@ -99,6 +99,8 @@ def dedup_key(source: str, event_type: str, identity: Identity) -> str:
         kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
     else:
         kind = _escape(event_type, _TYPE_ESCAPES)
+    if isinstance(identity, str):  # a plain string would split into one part per character
+        raise TypeError("an identity is a tuple of parts or a digest, not a str")
     if isinstance(identity, bytes):
         named = "#sha256-" + identity.hex()
     elif identity:
