@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class Secret:
     """A configured credential. `reveal()` is the only way to read it."""
 
-    __slots__ = ("_bytes", "_sha1_hex", "_value")
+    __slots__ = ("_bytes", "_derived", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
         self._bytes = value.encode("utf-8")
-        # TradrAPI sends the SHA-1 of the key; computed once at load, not per request.
-        self._sha1_hex = hashlib.sha1(self._bytes, usedforsecurity=False).hexdigest()
+        self._derived: dict[Callable[[bytes], str], str] = {}
 
     def reveal(self) -> str:
         return self._value
@@ -26,9 +24,13 @@ class Secret:
         """UTF-8 bytes of the secret, as HMAC keys take them."""
         return self._bytes
 
-    @property
-    def sha1_hex(self) -> str:
-        return self._sha1_hex
+    def derive(self, form: Callable[[bytes], str]) -> str:
+        """`form(key)`, computed once and kept: e.g. the SHA-1 hex TradrAPI sends instead of
+        the key, which the config computes at load so that requests only look it up."""
+        value = self._derived.get(form)
+        if value is None:
+            value = self._derived[form] = form(self._bytes)
+        return value
 
     def __repr__(self) -> str:
         return "Secret('**********')"
@@ -48,14 +50,20 @@ class Secret:
 class SecretScanner:
     """Finds configured secrets in text that a request brought (a URL path, header names and
     values), so that a secret a sender put in the wrong place is neither echoed, logged nor
-    stored. Looks for each secret and its SHA-1 hex (TradrAPI's credential), in any case."""
+    stored. Looks for each secret and each of its `forms`, in any case: by default the forms
+    that any registered scheme's senders send instead of a secret (TradrAPI's SHA-1 hex)."""
 
     __slots__ = ("_forms", "_pattern")
 
-    def __init__(self, secrets: Iterable[Secret]) -> None:
-        forms = {form for s in secrets for form in (s.reveal().lower(), s.sha1_hex)}
-        self._forms = tuple(sorted(forms, key=len, reverse=True))  # longest first, for redact()
-        self._pattern = re.compile("|".join(map(re.escape, self._forms)), re.IGNORECASE) if forms else None
+    def __init__(self, secrets: Iterable[Secret], forms: Iterable[Callable[[bytes], str]] | None = None) -> None:
+        if forms is None:
+            from gateway.schemes import secret_forms  # the registry is above this module
+
+            forms = secret_forms()
+        derivations = tuple(forms)
+        found = {form.lower() for s in secrets for form in (s.reveal(), *map(s.derive, derivations))}
+        self._forms = tuple(sorted(found, key=len, reverse=True))  # longest first, for redact()
+        self._pattern = re.compile("|".join(map(re.escape, self._forms)), re.IGNORECASE) if found else None
 
     def found_in(self, text: str) -> bool:
         if not self._forms:

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth import Principal, Tokens
 from gateway.config import SCOPES
 from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.schemes import scheme_names
 from gateway.store import EventQuery, Store, iso_utc
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -175,7 +176,7 @@ class Api:
         event id to resume after, not a time)."""
         order = _choice(request, "order", ("newest", "oldest")) or "newest"
         status = _choice(request, "status", ("stored", "quarantined"))
-        scheme = _choice(request, "scheme", ("metacopier", "pipsync", "tradrapi"))
+        scheme = _choice(request, "scheme", scheme_names())
         p = request.query_params
         return EventQuery(
             source=p.get("source"), scheme=scheme, event_type=p.get("type"), account=p.get("account"),

@@ -141,7 +141,7 @@ def send(
     if src is None:
         raise click.BadParameter(f"no source {source!r}; configured: {', '.join(config.sources)}")
     scheme = get_scheme(src.scheme)
-    body = body_file.read() if body_file else scheme.sample(event_type or scheme.EVENT_TYPES[0])
+    body = body_file.read() if body_file else scheme.sample(event_type or scheme.event_types[0])
     if save:
         save.write_bytes(body)
     headers = scheme.sign(body, src, time.time())

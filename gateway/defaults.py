@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import secrets
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import Config, parse_config
+from gateway.schemes import BUILTIN, get_scheme
 
 SECRETS_FILE = Path("var/secrets.toml")
 
 
 def _generate() -> dict[str, str]:
-    return {
-        "metacopier": secrets.token_urlsafe(36),  # 48 characters; MetaCopier wants >= 32
-        "pipsync": "whsec_" + secrets.token_urlsafe(24),
-        "tradrapi": secrets.token_urlsafe(30),  # 40 characters; TradrAPI takes 20-140
-    }
+    """One fresh secret per built-in scheme, each fit for its scheme."""
+    return {name: get_scheme(name).new_secret() for name in BUILTIN}
 
 
 def load_or_create_secrets(base_dir: Path, announce: Callable[[str], None]) -> dict[str, str]:

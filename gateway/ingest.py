@@ -25,14 +25,14 @@ from gateway.limits import TokenBucket, client_address
 from gateway.metrics import UNKNOWN_SOURCE, Metrics
 from gateway.model import Outcome, Verified
 from gateway.routing import Router
-from gateway.schemes import get_scheme
+from gateway.schemes import all_schemes, get_scheme
 from gateway.store import Receipt, Rejection, Store
 
 log = logging.getLogger("gateway.ingest")
 
 PREFIX = "/hooks/"
-# Credentials are never stored: TradrAPI's static key hash and any bearer token.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-webhook-secret", "cookie"})
+# Credentials are never stored: HTTP's own, and each scheme's (TradrAPI's static key hash).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 # Bodies between parsing and commit (see gateway/budget.py): 2 MiB is about 27 TradrAPI batches
 # of 500 events (75 KB each) in flight, several full groups, or 2,000 single events. Measured
 # under 128 concurrent batches: peak RSS 107 MB with it, 331 MB without.
@@ -97,7 +97,9 @@ class IngestApp:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
                  metrics: Metrics | None = None) -> None:
         self.sources = config.sources
-        self.schemes = {name: get_scheme(s.scheme) for name, s in config.sources.items()}
+        # Resolved once: the hot path calls the verifier, never the registry.
+        self.verifiers = {name: get_scheme(s.scheme).verify for name, s in config.sources.items()}
+        self.credential_headers = CREDENTIAL_HEADERS.union(*(s.credential_headers for s in all_schemes()))
         self.max_body = config.server.max_body_bytes
         self.store = store
         self.clock = clock
@@ -205,7 +207,7 @@ class IngestApp:
                      request_id: str) -> bytes:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         received_at = self.clock()
-        verified = self.schemes[name].verify(body, headers, received_at, source)
+        verified = self.verifiers[name](body, headers, received_at, source)
         bucket = self.buckets.get(name)
         if bucket is not None and (wait := bucket.take(received_at)):  # charged only once authentic
             raise GatewayError("rate_limited", f"source {name!r} is limited to {source.rate_limit:g} requests/s "
@@ -220,7 +222,7 @@ class IngestApp:
             remote_addr=remote,
             attempt=verified.attempt,
             headers=[(k, v) for k, v in headers.items()
-                     if k not in CREDENTIAL_HEADERS and not self.secrets.found_in(v)],  # e.g. a proxy's copy
+                     if k not in self.credential_headers and not self.secrets.found_in(v)],  # e.g. a proxy's copy
             body=body,
         )
         routes = self.router.routes(name, verified.events)

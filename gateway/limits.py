@@ -16,10 +16,9 @@ Where each limit applies, and why there:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
-from gateway.config import IPNetwork, ip_allowed
+from gateway.ipnet import IPAddress, IPNetwork, in_networks, ip_allowed, parse_ip
 
 
 class TokenBucket:
@@ -50,7 +49,7 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
-def _parse_hop(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _parse_hop(text: str) -> IPAddress | None:
     """One X-Forwarded-For element: `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]`, with an optional
     `:port` after an IPv4 address or a bracketed IPv6 one (some proxies add it). None if garbage."""
     text = text.strip()
@@ -58,13 +57,7 @@ def _parse_hop(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:
         text = text.partition(":")[0]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    return parse_ip(text)
 
 
 def client_address(peer: str | None, forwarded_for: Iterable[bytes], trusted: tuple[IPNetwork, ...]) -> str | None:
@@ -89,6 +82,6 @@ def client_address(peer: str | None, forwarded_for: Iterable[bytes], trusted: tu
         if ip is None:
             return None
         address = str(ip)
-        if not any(ip in net for net in trusted):
+        if not in_networks(ip, trusted):
             return address
     return address

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.schemes import scheme_names
 
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": "string", "format": "date-time"}
@@ -32,39 +33,48 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
             "schema": schema or {"type": "string"}}
 
 
-EVENT_FILTERS = [
-    _query("source", "Only this source."),
-    _query("scheme", "Only this scheme.", {"type": "string", "enum": ["metacopier", "pipsync", "tradrapi"]}),
-    _query("type", "Event types matching this glob, e.g. position.*"),
-    _query("account", "Only this account id."),
-    _query("symbol", "Only this symbol."),
-    _query("status", "Only this status.", {"type": "string", "enum": ["stored", "quarantined"]}),
-    _query("since", "Received at or after (ISO 8601).", TIME),
-    _query("until", "Received before (ISO 8601).", TIME),
-]
+def _scheme() -> dict[str, Any]:
+    """Every registered scheme (registered before the document is asked for)."""
+    return {"type": "string", "enum": list(scheme_names())}
 
-EVENT = {
-    "type": "object",
-    "required": ["id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "received_at",
-                 "payload"],
-    "properties": {
-        "id": {"type": "integer"},
-        "source": {"type": "string"},
-        "scheme": {"type": "string", "enum": ["metacopier", "pipsync", "tradrapi"]},
-        "event_type": NULLABLE_STRING,
-        "entity_id": {"type": "string"},
-        "dedup_key": {"type": "string"},
-        "status": {"type": "string", "enum": ["stored", "quarantined"]},
-        "account": NULLABLE_STRING,
-        "symbol": NULLABLE_STRING,
-        "received_at": TIME,
-        "request_id": {"type": "string"},
-        "attempt": {"type": ["integer", "null"]},
-        "remote_addr": NULLABLE_STRING,
-        "quarantine_reason": NULLABLE_STRING,
-        "payload": {"description": "The parsed event; null when it could not be parsed"},
-    },
-}
+
+def _event_filters() -> list[dict[str, Any]]:
+    return [
+        _query("source", "Only this source."),
+        _query("scheme", "Only this scheme.", _scheme()),
+        _query("type", "Event types matching this glob, e.g. position.*"),
+        _query("account", "Only this account id."),
+        _query("symbol", "Only this symbol."),
+        _query("status", "Only this status.", {"type": "string", "enum": ["stored", "quarantined"]}),
+        _query("since", "Received at or after (ISO 8601).", TIME),
+        _query("until", "Received before (ISO 8601).", TIME),
+    ]
+
+
+def _event() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "received_at",
+                     "payload"],
+        "properties": {
+            "id": {"type": "integer"},
+            "source": {"type": "string"},
+            "scheme": _scheme(),
+            "event_type": NULLABLE_STRING,
+            "entity_id": {"type": "string"},
+            "dedup_key": {"type": "string"},
+            "status": {"type": "string", "enum": ["stored", "quarantined"]},
+            "account": NULLABLE_STRING,
+            "symbol": NULLABLE_STRING,
+            "received_at": TIME,
+            "request_id": {"type": "string"},
+            "attempt": {"type": ["integer", "null"]},
+            "remote_addr": NULLABLE_STRING,
+            "quarantine_reason": NULLABLE_STRING,
+            "payload": {"description": "The parsed event; null when it could not be parsed"},
+        },
+    }
+
 
 DELIVERY = {
     "type": "object",
@@ -145,7 +155,7 @@ def document() -> dict[str, Any]:
             "/api/v1/events": {"get": {
                 "operationId": "listEvents", "summary": "Stored events, filtered and paginated",
                 "security": SECURED,
-                "parameters": [*EVENT_FILTERS, LIMIT,
+                "parameters": [*_event_filters(), LIMIT,
                                _query("order", "newest (default) or oldest first",
                                       {"type": "string", "enum": ["newest", "oldest"]}),
                                _query("cursor", "next_cursor of the previous page")],
@@ -216,7 +226,7 @@ def document() -> dict[str, Any]:
                 "operationId": "stream",
                 "summary": "Live events as Server-Sent Events; resume with Last-Event-ID (also /api/v1/ws)",
                 "security": SECURED,
-                "parameters": [*EVENT_FILTERS,
+                "parameters": [*_event_filters(),
                                _query("access_token", "The token, for clients that cannot set headers")],
                 "responses": {"200": {"description": "text/event-stream of `event` messages with `id:` lines",
                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
@@ -224,7 +234,7 @@ def document() -> dict[str, Any]:
             }},
         },
         "components": {
-            "schemas": {"Event": EVENT, "Delivery": DELIVERY, "Rejection": REJECTION, "Problem": PROBLEM_SCHEMA},
+            "schemas": {"Event": _event(), "Delivery": DELIVERY, "Rejection": REJECTION, "Problem": PROBLEM_SCHEMA},
             "securitySchemes": {
                 "oauth2": {"type": "oauth2", "flows": {"clientCredentials": {
                     "tokenUrl": "/oauth/token",

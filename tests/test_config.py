@@ -8,6 +8,7 @@ import os
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -20,6 +21,7 @@ from gateway.config import (
     StoreConfig,
     load_config,
 )
+from gateway.schemes import tradrapi
 from tests.conftest import MC_SECRET, MC_SECRET_NEW, PS_SECRET, TR_KEY
 
 MC_NEXT = "mc-next-secret-from-the-environment-0123"
@@ -123,13 +125,13 @@ def test_full_config_loads_into_frozen_typed_objects(write: Callable[[str], Path
                 scheme="metacopier",
                 secrets=(Secret(MC_SECRET), Secret(MC_NEXT)),
                 tolerance_seconds=60,
-                auth="hmac",
-                require_timestamp=False,
+                options={"auth": "hmac", "require_timestamp": False},
                 allow_ips=(net("10.0.0.0/8"), net("2001:db8::/32"), net("192.168.1.7/32"), net("::1/128")),
             ),
             "mc-bearer": SourceConfig(name="mc-bearer", scheme="metacopier", secrets=(Secret(BEARER),),
-                                      auth="bearer"),
-            "mc.open": SourceConfig(name="mc.open", scheme="metacopier", auth="none",
+                                      options={"auth": "bearer", "require_timestamp": True}),
+            "mc.open": SourceConfig(name="mc.open", scheme="metacopier",
+                                    options={"auth": "none", "require_timestamp": True},
                                     allow_ips=(net("127.0.0.1/32"),)),
             "ps_1": SourceConfig(name="ps_1", scheme="pipsync", secrets=(Secret(PS_SECRET),),
                                  tolerance_seconds=604800, dedup_fields=("data.position_id", "id")),
@@ -162,7 +164,7 @@ def test_omitted_options_take_their_defaults(write: Callable[[str], Path]) -> No
                                        synchronous="FULL", busy_timeout_ms=5000)
     assert config.sources["mc"] == SourceConfig(
         name="mc", scheme="metacopier", secrets=(Secret(MC_SECRET),), tolerance_seconds=300,
-        auth="hmac", require_timestamp=True, allow_ips=(), dedup_fields=None,
+        allow_ips=(), dedup_fields=None, options={"auth": "hmac", "require_timestamp": True},
     )
 
 
@@ -469,9 +471,15 @@ def test_secret_never_shows_its_value(write: Callable[[str], Path]) -> None:
     assert "Secret('**********')" in repr(config)
 
 
-def test_secret_hashes_the_key_once_for_tradrapi() -> None:
+def test_secret_hashes_the_key_once_for_tradrapi(write: Callable[[str], Path]) -> None:
     # The test vector from docs/senders.md.
-    assert Secret(TR_KEY).sha1_hex == "e2eb5eaa018f8a000f08232be248ecf04825fe54"
+    sha1 = "e2eb5eaa018f8a000f08232be248ecf04825fe54"
+    assert Secret(TR_KEY).derive(tradrapi.sha1_hex) == sha1
+    # ... computed when the config loads, not when a request comes
+    path = write(f'[[sources]]\nname = "tr"\nscheme = "tradrapi"\nsecret = "{TR_KEY}"\n')
+    (secret,) = load_config(path, environ={}).sources["tr"].secrets
+    with patch.object(tradrapi.hashlib, "sha1", side_effect=AssertionError("hashed per request")):
+        assert secret.derive(tradrapi.sha1_hex) == sha1
 
 
 def test_secret_cannot_be_pickled(write: Callable[[str], Path]) -> None:

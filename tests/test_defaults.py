@@ -46,7 +46,7 @@ def test_default_sources_and_store(tmp_path: Path) -> None:
     }
     for source in config.sources.values():
         assert len(source.secrets) == 1
-        assert source.auth == "hmac"
+        assert source.options.get("auth", "hmac") == "hmac"
         assert source.allow_ips == ()
     assert config.store == StoreConfig(path=tmp_path / "var" / "gateway.db")
 

@@ -15,9 +15,7 @@ import orjson
 from gateway._secret import Secret
 from gateway.errors import Rejected
 from gateway.model import JSON_MAX_DEPTH, QUARANTINE_TYPE, Identity, ParsedEvent, too_deep
-
-Headers = Mapping[str, str]
-"""Request headers with lower-case names; values decoded as Latin-1, as HTTP carries them."""
+from gateway.schemes.spec import Headers
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _DIGITS = re.compile(r"[0-9]{1,19}")

@@ -6,7 +6,9 @@ See shared/docs/senders.md. The timestamp header is in milliseconds.
 from __future__ import annotations
 
 import secrets as _random
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -14,7 +16,6 @@ from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
 from gateway.schemes._base import (
-    Headers,
     at_path,
     check_window,
     event,
@@ -30,6 +31,7 @@ from gateway.schemes._base import (
     require_header,
     scalar,
 )
+from gateway.schemes.spec import Headers, Option, Problems, Scheme, SchemeSpec, SecretRule
 
 EVENT_TYPES = ("position.opened", "position.closed", "history.updated")
 SIGNATURE_HEADERS = ("X-MetaCopier-Signature", "X-Webhook-Signature")
@@ -44,6 +46,32 @@ OCCURRENCE_TIME = {
 }
 # The root timestamp may be stamped per delivery; the identity already holds the position's times.
 DEFAULT_IGNORE = ("timestamp",)
+OPTIONS = {
+    "auth": Option(str, "hmac", ("hmac", "bearer", "none")),
+    "require_timestamp": Option(bool, True),
+}
+# The minimum MetaCopier itself enforces for HMAC secrets; None: `auth = "none"` takes no secret.
+SECRET_RULES = {
+    "hmac": SecretRule(32, why="MetaCopier requires HMAC secrets of at least 32 characters"),
+    "bearer": SecretRule(16, why="use a bearer token of at least 16 characters"),
+    "none": None,
+}
+
+
+def _option(source: SourceConfig, name: str) -> Any:
+    return source.options.get(name, OPTIONS[name].default)
+
+
+def secret_rule(options: Mapping[str, Any]) -> SecretRule | None:
+    return SECRET_RULES.get(options.get("auth", "hmac"))
+
+
+def check(source: SourceConfig) -> Problems:
+    if _option(source, "auth") == "none":
+        if source.secrets:
+            yield "secrets", 'auth = "none" takes no secrets'
+        if not source.allow_ips:
+            yield "auth", 'auth = "none" is refused unless allow_ips limits who may send'
 
 
 def _check_hmac(body: bytes, headers: Headers, now: float, source: SourceConfig) -> float | None:
@@ -53,7 +81,7 @@ def _check_hmac(body: bytes, headers: Headers, now: float, source: SourceConfig)
     given = parse_hex(given, 64, "X-MetaCopier-Signature")
     raw_ts = headers.get(TIMESTAMP_HEADER)
     if raw_ts is None:
-        if source.require_timestamp:
+        if _option(source, "require_timestamp"):
             raise Rejected(
                 "missing_signature",
                 "the X-MetaCopier-Timestamp header is missing; enable 'Include timestamp in "
@@ -101,9 +129,10 @@ def _attempt(headers: Headers) -> int | None:
 def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:
     """Authenticate a MetaCopier request, then read its one event."""
     sent_at = None
-    if source.auth == "hmac":
+    auth = _option(source, "auth")
+    if auth == "hmac":
         sent_at = _check_hmac(body, headers, now, source)
-    elif source.auth == "bearer":
+    elif auth == "bearer":
         _check_bearer(headers, source)
     return Verified(events=(parse(body, source),), attempt=_attempt(headers), sent_at=sent_at)
 
@@ -129,11 +158,12 @@ def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "X-MetaCopier-Delivery-Attempt": "1"}
-    if source.auth == "hmac":
+    auth = _option(source, "auth")
+    if auth == "hmac":
         ts = str(int(now * 1000))
         sig = hmac_sha256_hex(source.secrets[0].key, ts.encode(), b".", body)
         headers |= {"X-MetaCopier-Timestamp": ts, "X-MetaCopier-Signature": sig}
-    elif source.auth == "bearer":
+    elif auth == "bearer":
         headers["Authorization"] = f"Bearer {source.secrets[0].reveal()}"
     return headers
 
@@ -163,3 +193,22 @@ def sample(event_type: str) -> bytes:
                          "netProfit": 96.5, "swap": -0.5, "commission": -2.0}
         body["position"] = position
     return orjson.dumps(body)
+
+
+def new_secret() -> str:
+    return _random.token_urlsafe(36)  # 48 characters
+
+
+scheme: Scheme = SchemeSpec(
+    name="metacopier",
+    event_types=EVENT_TYPES,
+    verify=verify,
+    sign=sign,
+    sample=sample,
+    new_secret=new_secret,
+    secrets=secret_rule,
+    dedup_fields=DEFAULT_ID_PATHS,
+    credential_headers=frozenset({"authorization"}),  # the bearer token
+    options=OPTIONS,
+    check=check,
+)

@@ -16,7 +16,6 @@ from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
 from gateway.schemes._base import (
-    Headers,
     at_path,
     check_window,
     event,
@@ -31,6 +30,7 @@ from gateway.schemes._base import (
     require_header,
     scalar,
 )
+from gateway.schemes.spec import Headers, Scheme, SchemeSpec, SecretRule
 
 EVENT_TYPES = ("trade.opened", "trade.closed", "trade.tp_hit", "trade.sl_hit", "signal.received")
 SIGNATURE_HEADER = "X-PipSync-Signature"
@@ -135,3 +135,19 @@ def sample(event_type: str) -> bytes:
         {"id": f"evt_{_random.token_hex(8)}", "type": event_type, "created": int(time.time()),
          "data": data}
     )
+
+
+def new_secret() -> str:
+    return "whsec_" + _random.token_urlsafe(24)
+
+
+scheme: Scheme = SchemeSpec(
+    name="pipsync",
+    event_types=EVENT_TYPES,
+    verify=verify,
+    sign=sign,
+    sample=sample,
+    new_secret=new_secret,
+    secrets=SecretRule(8, why="use the webhook secret PipSync shows"),
+    dedup_fields=DEFAULT_ID_PATHS,
+)

@@ -7,6 +7,7 @@ batch is stored atomically, each member deduplicated on its own.
 
 from __future__ import annotations
 
+import hashlib
 import secrets as _random
 import time
 from typing import Any
@@ -17,7 +18,6 @@ from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
 from gateway.schemes._base import (
-    Headers,
     at_path,
     event,
     first_at,
@@ -30,6 +30,7 @@ from gateway.schemes._base import (
     require_header,
     scalar,
 )
+from gateway.schemes.spec import Headers, Scheme, SchemeSpec, SecretRule
 
 EVENT_TYPES = (
     "open_position", "close_position", "open_order", "cancel_order", "balance_operation",
@@ -57,6 +58,11 @@ POSITION_EVENTS = ("open_position", "close_position")
 ORDER_EVENTS = ("open_order", "cancel_order")
 
 
+def sha1_hex(key: bytes) -> str:
+    """What TradrAPI sends for a key: computed once per secret at load (`Secret.derive`)."""
+    return hashlib.sha1(key, usedforsecurity=False).hexdigest()
+
+
 def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:
     """Authenticate a TradrAPI request, then split its batch into events."""
     given = require_header(headers, (SECRET_HEADER,)).strip()
@@ -67,7 +73,7 @@ def verify(body: bytes, headers: Headers, now: float, source: SourceConfig) -> V
             f"(got {len(given)} characters); TradrAPI never sends the key itself",
         )
     given = parse_hex(given, 40, "x-webhook-secret")
-    if not matches_any((s.sha1_hex for s in source.secrets), given):
+    if not matches_any((s.derive(sha1_hex) for s in source.secrets), given):
         raise Rejected("bad_signature", "x-webhook-secret is the SHA-1 of no configured key")
     return parse(body, source)
 
@@ -139,7 +145,7 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
 
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
-    return {"Content-Type": "application/json", "x-webhook-secret": source.secrets[0].sha1_hex}
+    return {"Content-Type": "application/json", "x-webhook-secret": source.secrets[0].derive(sha1_hex)}
 
 
 def sample(event_type: str, count: int = 1) -> bytes:
@@ -167,3 +173,21 @@ def sample(event_type: str, count: int = 1) -> bytes:
                 "platform": "MT5", "payload": payload}
 
     return orjson.dumps({"payload": [event() for _ in range(count)], "count": count, "attempts": 1})
+
+
+def new_secret() -> str:
+    return _random.token_urlsafe(30)  # 40 characters
+
+
+scheme: Scheme = SchemeSpec(
+    name="tradrapi",
+    event_types=EVENT_TYPES,
+    verify=verify,
+    sign=sign,
+    sample=sample,
+    new_secret=new_secret,
+    secrets=SecretRule(20, 140, "TradrAPI keys are 20 to 140 characters"),
+    dedup_fields=DEFAULT_ID_PATHS,
+    credential_headers=frozenset({SECRET_HEADER}),  # the key's hash: a static credential
+    secret_form=sha1_hex,
+)

@@ -39,9 +39,10 @@ from tests.hostile import BODIES, any_body, deep
 NOW = 1763633702.331
 TOKEN = "bearer-token-0123456789"
 MC = SourceConfig(name="mc", scheme="metacopier", secrets=(Secret(MC_SECRET), Secret(MC_SECRET_NEW)))
-MC_NO_TS = SourceConfig(name="mc-nots", scheme="metacopier", secrets=(Secret(MC_SECRET),), require_timestamp=False)
-MC_BEARER = SourceConfig(name="mcb", scheme="metacopier", auth="bearer", secrets=(Secret(TOKEN),))
-MC_NONE = SourceConfig(name="mcn", scheme="metacopier", auth="none", secrets=())
+MC_NO_TS = SourceConfig(name="mc-nots", scheme="metacopier", secrets=(Secret(MC_SECRET),),
+                        options={"require_timestamp": False})
+MC_BEARER = SourceConfig(name="mcb", scheme="metacopier", options={"auth": "bearer"}, secrets=(Secret(TOKEN),))
+MC_NONE = SourceConfig(name="mcn", scheme="metacopier", options={"auth": "none"}, secrets=())
 PS = SourceConfig(name="ps", scheme="pipsync", secrets=(Secret(PS_SECRET), Secret(PS_SECRET_NEW)))
 PS_TIGHT = SourceConfig(name="ps60", scheme="pipsync", secrets=(Secret(PS_SECRET),), tolerance_seconds=60)
 TR = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY), Secret(TR_KEY_NEW)))

@@ -30,12 +30,12 @@ UNCONFIGURED = "mc-some-other-secret-nobody-configured-xx"
 HMAC = SourceConfig(name="mc", scheme="metacopier", secrets=(Secret(MC_SECRET), Secret(MC_SECRET_NEW)))
 HMAC_ONE = SourceConfig(name="mc1", scheme="metacopier", secrets=(Secret(MC_SECRET),))
 NO_TS = SourceConfig(name="mc-nots", scheme="metacopier", secrets=(Secret(MC_SECRET),),
-                     require_timestamp=False)
+                     options={"require_timestamp": False})
 TOKEN = "bearer-token-0123456789"
 TOKEN_NEW = "bearer-token-rotated-abcdef"
-BEARER = SourceConfig(name="mcb", scheme="metacopier", auth="bearer",
+BEARER = SourceConfig(name="mcb", scheme="metacopier", options={"auth": "bearer"},
                       secrets=(Secret(TOKEN), Secret(TOKEN_NEW)))
-NONE = SourceConfig(name="mcn", scheme="metacopier", auth="none", secrets=())
+NONE = SourceConfig(name="mcn", scheme="metacopier", options={"auth": "none"}, secrets=())
 
 FULLWIDTH = {ord(d): ord(d) + 0xFEE0 for d in "0123456789"}  # "1" -> "\uff11", looks like a digit
 REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
@@ -100,9 +100,11 @@ def test_sign_bearer_and_none() -> None:
     assert "Authorization" not in headers and "X-MetaCopier-Signature" not in headers
 
 
-def test_registry_resolves_module() -> None:
-    scheme: object = get_scheme("metacopier")
-    assert scheme is metacopier
+def test_registry_resolves_the_scheme_object() -> None:
+    scheme = get_scheme("metacopier")
+    assert scheme is metacopier.scheme and scheme.name == "metacopier"
+    assert scheme.event_types[0] == "position.opened"
+    assert scheme.credential_headers == {"authorization"}
     assert metacopier.EVENT_TYPES[0] == "position.opened"
 
 
@@ -195,7 +197,7 @@ def test_rotation(secret: str, source: SourceConfig, ok: bool) -> None:
 
 
 def test_rotation_body_only() -> None:
-    source = SourceConfig(name="x", scheme="metacopier", require_timestamp=False,
+    source = SourceConfig(name="x", scheme="metacopier", options={"require_timestamp": False},
                           secrets=(Secret(MC_SECRET), Secret(MC_SECRET_NEW)))
     sig = hmac_sha256_hex(MC_SECRET_NEW.encode(), MC_BODY)
     assert metacopier.verify(MC_BODY, {"x-metacopier-signature": sig}, MC_NOW, source).sent_at is None
@@ -361,7 +363,7 @@ def test_bearer_missing() -> None:
 
 def test_bearer_non_ascii_token_compared_as_sent_bytes() -> None:
     token = "tökén-0123456789abcdef"
-    source = SourceConfig(name="b", scheme="metacopier", auth="bearer", secrets=(Secret(token),))
+    source = SourceConfig(name="b", scheme="metacopier", options={"auth": "bearer"}, secrets=(Secret(token),))
     header = "Bearer " + token.encode("utf-8").decode("latin-1")  # how the ASGI layer decodes it
     assert metacopier.verify(MC_BODY, {"authorization": header}, MC_NOW, source).events
 

@@ -76,9 +76,10 @@ def test_sign_reproduces_vector_and_verifies(now: float) -> None:
     assert verified.sent_at == float(T)
 
 
-def test_registry_resolves_module() -> None:
-    scheme: object = get_scheme("pipsync")
-    assert scheme is pipsync
+def test_registry_resolves_the_scheme_object() -> None:
+    scheme = get_scheme("pipsync")
+    assert scheme is pipsync.scheme and scheme.name == "pipsync"
+    assert scheme.credential_headers == frozenset()
     assert set(pipsync.EVENT_TYPES) == {"signal.received", "trade.opened", "trade.closed", "trade.tp_hit",
                                         "trade.sl_hit"}
 

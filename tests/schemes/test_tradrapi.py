@@ -69,7 +69,7 @@ def verify(obj: Any, source: SourceConfig = TR) -> Verified:
 
 def test_vector() -> None:
     assert hashlib.sha1(TR_KEY.encode()).hexdigest() == TR_HDR
-    assert Secret(TR_KEY).sha1_hex == TR_HDR
+    assert Secret(TR_KEY).derive(tradrapi.sha1_hex) == TR_HDR
     assert tr_sign() == {"x-webhook-secret": TR_HDR}
 
 
@@ -79,9 +79,10 @@ def test_sign_reproduces_vector() -> None:
     assert tradrapi.verify(TR_BODY, headers, NOW, TR).events[0].identity == TR_IDENTITY
 
 
-def test_registry_resolves_module() -> None:
-    scheme: object = get_scheme("tradrapi")
-    assert scheme is tradrapi
+def test_registry_resolves_the_scheme_object() -> None:
+    scheme = get_scheme("tradrapi")
+    assert scheme is tradrapi.scheme and scheme.name == "tradrapi"
+    assert scheme.credential_headers == {"x-webhook-secret"} and scheme.secret_form is tradrapi.sha1_hex
     assert "open_position" in tradrapi.EVENT_TYPES
 
 
