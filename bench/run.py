@@ -258,7 +258,8 @@ def fanout_lag(folder: Path, rate: int, seconds: float) -> dict[str, Any]:
 
 def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
     """Time GET /api/v1/events?limit=100 against a store of `events` events."""
-    from gateway.store import StoreConfig, open_store
+    from gateway.config import StoreConfig
+    from gateway.store import open_store
 
     target_folder = folder / "listing"
     target_folder.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,8 @@ def floors(folder: Path, groups: int) -> dict[str, Any]:
     from gateway.model import ParsedEvent
     from gateway.schemes import tradrapi
     from gateway.store import Receipt
-    from gateway.store._writer import Ingest, _transaction, connect
+    from gateway.store.committer import Ingest
+    from gateway.store.sqlite._writer import connect, transaction
 
     config = parse_config({"sources": [{"name": "tradrapi", "scheme": "tradrapi", "secret": TR_KEY}]},
                           origin="bench", base_dir=folder)
@@ -340,7 +342,7 @@ def floors(folder: Path, groups: int) -> dict[str, Any]:
             receipt = Receipt(request_id=f"floor-{g}", source="tradrapi", scheme="tradrapi", received_at=time.time(),
                               remote_addr="127.0.0.1", attempt=1, headers=[], body=body)
             started = time.perf_counter()
-            _transaction(conn, [Ingest(receipt, events, None, loop.create_future())])
+            transaction(conn, [Ingest(receipt, events, None, loop.create_future())])
             store_s += time.perf_counter() - started
     finally:
         conn.close()

@@ -37,15 +37,6 @@ RETENTION_INTERVAL = 3600.0
 log = logging.getLogger("gateway")
 
 
-async def prune_all(store: Store, before: float, pause: float = 0.0) -> int:
-    """Prune in batches until nothing is left; returns how many events went."""
-    total = 0
-    while pruned := await store.prune(before):
-        total += pruned
-        await asyncio.sleep(pause)
-    return total
-
-
 async def dashboard(request: Request) -> Response:
     """The dashboard page holds no data: it signs in with client credentials and then uses
     the same API and stream as any other client."""
@@ -85,11 +76,8 @@ class GatewayApp:
         self.fanout = Fanout(config.plugins, self.plugins, self.store, self.metrics, clock)
         self.shutdown_grace = shutdown_grace
         self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics)
-        if hasattr(self.store, "on_commit"):
-            self.store.on_commit = self.metrics.commit_batch.observe
-        path = config.store.path
-        self.metrics.watch_store_size(
-            lambda: sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()))
+        self.store.observe(self.metrics)
+        self.metrics.watch_store_size(self.store.size_bytes)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
         self.api = Api(self.store, self.tokens, config.api.public, clock=clock)
         self.streams = Streams(self.api, self.store)
@@ -144,7 +132,7 @@ class GatewayApp:
         days = self.config.store.retention_days
         while True:
             try:
-                pruned = await prune_all(self.store, time.time() - days * 86400, pause=0.05)
+                pruned = await self.store.prune_all(time.time() - days * 86400, pause=0.05)
                 if pruned:
                     log.info("retention: pruned %d event(s) older than %d day(s)", pruned, days)
             except Exception as exc:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,8 +17,9 @@ import orjson
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
 from gateway.defaults import default_config
+from gateway.model import STORED_STATUSES
 from gateway.plugins import Plugin
-from gateway.store import DeliveryRecord, Store, StoredEvent, open_store
+from gateway.store import DeliveryRecord, Store, StoredEvent, open_store, url_scheme
 
 T = TypeVar("T")
 
@@ -161,21 +163,32 @@ def send(
     sys.exit(0 if response.is_success else 1)
 
 
-def read_store(config: Config, query: Callable[[Store], Awaitable[T]]) -> T:
-    """Run one read against the store, opened read-only; exit 1 if there is no store yet."""
+@contextlib.asynccontextmanager
+async def opened_store(config: Config, *, readonly: bool = True) -> AsyncIterator[Store]:
+    """The config's store, open; FileNotFoundError if there is none yet (the CLI never
+    creates one: a writable open first checks through a read-only one)."""
+    if not readonly:
+        async with opened_store(config):
+            pass
+    store = open_store(config.store, readonly=readonly)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
-    async def run_query() -> T:
-        store = open_store(config.store, readonly=True)
-        await store.open()
-        try:
-            return await query(store)
-        finally:
-            await store.close()
+
+def on_store(config: Config, command: Callable[[Store], Awaitable[T]], *, readonly: bool = True) -> T:
+    """Run `command` on the opened store; exit 1 if there is no store yet."""
+
+    async def run() -> T:
+        async with opened_store(config, readonly=readonly) as store:
+            return await command(store)
 
     try:
-        return asyncio.run(run_query())
+        return asyncio.run(run())
     except FileNotFoundError:
-        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
+        click.echo(f"no event store at {config.store.location} yet: start the gateway first", err=True)
         sys.exit(1)
 
 
@@ -189,7 +202,7 @@ def _line(event: StoredEvent) -> str:
 @config_option
 @click.option("--source", help="Only this source.")
 @click.option("--type", "event_type", help="Only event types matching this glob, e.g. 'position.*'.")
-@click.option("--status", type=click.Choice(["stored", "quarantined"]), help="Only this status.")
+@click.option("--status", type=click.Choice(STORED_STATUSES), help="Only this status.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(
@@ -199,7 +212,7 @@ def events(
     """List stored events, newest first."""
     config = resolve_config(config_path)
 
-    found: list[StoredEvent] = read_store(
+    found: list[StoredEvent] = on_store(
         config, lambda store: store.list_events(source=source, event_type=event_type, status=status, limit=limit)
     )
     out = sys.stdout.buffer
@@ -234,7 +247,7 @@ def deliveries(
     """List deliveries to plugins, newest first."""
     config = resolve_config(config_path)
 
-    found: list[DeliveryRecord] = read_store(
+    found: list[DeliveryRecord] = on_store(
         config, lambda store: store.list_deliveries(plugin=plugin, status=status, event_id=event_id, limit=limit)
     )
     if not as_json:
@@ -257,19 +270,7 @@ def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bo
     if plugin not in {p.name for p in config.plugins}:
         names = ", ".join(p.name for p in config.plugins) or "none"
         raise click.BadParameter(f"no plugin {plugin!r}; configured: {names}", param_hint="--plugin")
-    if not config.store.path.exists():
-        click.echo(f"no event store at {config.store.path} yet: start the gateway first", err=True)
-        sys.exit(1)
-
-    async def requeue() -> int:
-        store = open_store(config.store)
-        await store.open()
-        try:
-            return await store.replay(plugin, event_id=event_id, dead=dead)
-        finally:
-            await store.close()
-
-    changed = asyncio.run(requeue())
+    changed = on_store(config, lambda store: store.replay(plugin, event_id=event_id, dead=dead), readonly=False)
     if event_id is not None and not changed:
         click.echo(f"no event {event_id} in the store", err=True)
         sys.exit(1)
@@ -315,25 +316,12 @@ def tail(
 def prune(config_path: Path | None, days: int | None) -> None:
     """Delete events older than the retention period (and their finished deliveries, orphaned
     receipts and old rejections) in small batches. Events a plugin still waits for are kept."""
-    from gateway.app import prune_all
-
     config = resolve_config(config_path)
     days = config.store.retention_days if days is None else days
     if not days:
         raise click.UsageError("no retention: give --days N or set [store] retention_days")
-    if not config.store.path.exists():
-        click.echo(f"no event store at {config.store.path} yet", err=True)
-        sys.exit(1)
-
-    async def run() -> int:
-        store = open_store(config.store)
-        await store.open()
-        try:
-            return await prune_all(store, time.time() - days * 86400)
-        finally:
-            await store.close()
-
-    click.echo(f"pruned {asyncio.run(run())} event(s) older than {days} day(s)")
+    pruned = on_store(config, lambda store: store.prune_all(time.time() - days * 86400), readonly=False)
+    click.echo(f"pruned {pruned} event(s) older than {days} day(s)")
 
 
 @main.command()
@@ -344,11 +332,14 @@ def backup(config_path: Path | None, target: Path) -> None:
     config = resolve_config(config_path)
 
     async def copy(store: Store) -> None:
+        if not store.file_backup:
+            raise NotImplementedError(f"the {url_scheme(config.store.url)} store cannot back up to a file: "
+                                      "use its own backup tools")
         await store.backup(target)
 
     try:
-        read_store(config, copy)
-    except FileExistsError as exc:
+        on_store(config, copy)
+    except (FileExistsError, NotImplementedError) as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
-    click.echo(f"backed up {config.store.path} to {target} ({target.stat().st_size} bytes)")
+    click.echo(f"backed up {config.store.location} to {target} ({target.stat().st_size} bytes)")

@@ -2,10 +2,12 @@
 per (plugin, source, entity id), with retries, timeouts and dead letters.
 
 Each plugin has its own `PluginRunner`, so a slow, failing or hanging plugin only ever
-delays itself. A runner reads due deliveries from the store in batches (never one query per
-event), runs up to `concurrency` of them at once (different positions in parallel; the
-store hands out only the head of each position's line), and records outcomes in batches
-through the store's single writer.
+delays itself. A runner claims due deliveries from the store in batches (never one query per
+event), each under a lease that it renews while they wait and run; it runs up to
+`concurrency` of them at once (different positions in parallel; the store hands out only the
+head of each position's line), and records outcomes in batches, under their claim ids,
+through the store's single writer. What a runner holds is in the store, not in the runner:
+a claimed delivery is handed to nobody else until its outcome is recorded or its lease ends.
 """
 
 from __future__ import annotations
@@ -19,30 +21,21 @@ from collections.abc import Callable, Mapping
 
 from gateway.config import PluginConfig
 from gateway.metrics import Metrics
-from gateway.model import load_payload
-from gateway.plugins import Event, PermanentFailure, Plugin
-from gateway.store import DeliveryResult, DueDelivery, Store
+from gateway.plugins import PermanentFailure, Plugin
+from gateway.store import Claim, DeliveryResult, Store
 
 log = logging.getLogger("gateway.fanout")
 
 POLL_SECONDS = 1.0  # also picks up `gateway replay` from another process
 STATS_SECONDS = 1.0
+LEASE_SECONDS = 10.0  # a claim's lease: how long a crashed runner's deliveries wait for another
+RENEW_SECONDS = LEASE_SECONDS / 3  # held claims are renewed this often, long before they end
 
 
 def backoff(config: PluginConfig, attempts: int, rng: random.Random) -> float:
     """Delay before attempt `attempts + 1`: exponential from the base, capped, with jitter."""
     ceiling = min(config.retry_backoff_max_seconds, config.retry_backoff_seconds * 2 ** (attempts - 1))
     return rng.uniform(ceiling / 2, ceiling)
-
-
-def to_event(due: DueDelivery) -> Event:
-    payload = load_payload(due.data)  # None when unparseable, or too deep for plugins to serialise
-    return Event(
-        id=due.event_id, source=due.source, scheme=due.scheme, event_type=due.event_type,
-        entity_id=due.entity_id, dedup_key=due.dedup_key, status=due.status, account=due.account,
-        symbol=due.symbol, received_at=due.received_at, payload=payload, body=due.data,
-        attempt=due.attempts + 1,
-    )
 
 
 class PluginRunner:
@@ -57,12 +50,9 @@ class PluginRunner:
         self.batch = max(64, config.concurrency * 16)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._wake = asyncio.Event()
-        self._in_flight: set[int] = set()
-        # A due-query that started before an outcome was committed may still list that
-        # delivery as pending: remember when each outcome landed (flush generation) and
-        # ignore it in queries that started earlier. Otherwise it would be delivered twice.
-        self._generation = 0
-        self._finished: dict[int, int] = {}
+        self._held: dict[int, Claim] = {}  # by delivery id: claimed, outcome not recorded yet
+        self._renewing: asyncio.Task[None] | None = None
+        self._claiming: asyncio.Task[list[Claim]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[DeliveryResult] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -85,6 +75,7 @@ class PluginRunner:
             await start()
         self.metrics.add_plugin(self.name)
         self._loop_task = asyncio.create_task(self._loop(), name=f"plugin-{self.name}")
+        self._renewing = asyncio.create_task(self._renew_loop(), name=f"plugin-{self.name}-leases")
 
     async def stop(self, grace: float) -> None:
         """Stop taking deliveries, let those in flight finish for `grace` s, then cancel them."""
@@ -94,12 +85,23 @@ class PluginRunner:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        if self._claiming is not None:
+            await self._claiming
         if self._tasks:
             _, late = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self._flush_now()
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+        try:  # cancelled or never started: due again at once, for the next run
+            await self.store.release(list(self._held.values()))
+        except Exception as exc:  # their leases end by themselves
+            log.warning("plugin %s: cannot release %d claim(s): %s", self.name, len(self._held), exc)
+        self._held.clear()
         stop = getattr(self.plugin, "stop", None)
         if stop is not None:
             try:
@@ -113,26 +115,19 @@ class PluginRunner:
             now = self.clock()
             if now - self._stats_at >= STATS_SECONDS:
                 await self._refresh_stats(now)
-            generation = self._generation
-            try:
-                due = await self.store.due_deliveries(self.name, now, self.batch)
-            except Exception as exc:  # store fault: keep going, the rows are still there
-                log.warning("plugin %s cannot read its deliveries: %s", self.name, exc)
-                due = []
-            finished = self._finished
-            fresh = [d for d in due if d.id not in self._in_flight and finished.get(d.id, -1) <= generation]
-            if finished:  # what landed before this query started is reflected from now on
-                self._finished = {k: g for k, g in finished.items() if g > generation}
-            for delivery in fresh:
+            # Shielded: if stop() cancels the loop meanwhile, the claims still reach `_held`,
+            # and stop() releases them.
+            self._claiming = asyncio.create_task(self._claim(now))
+            claims = await asyncio.shield(self._claiming)
+            for claim in claims:
                 await self._slots.acquire()
                 if self._stopping:
                     self._slots.release()
                     return
-                self._in_flight.add(delivery.id)
-                task = asyncio.create_task(self._deliver(delivery))
+                task = asyncio.create_task(self._deliver(claim))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            if len(due) == self.batch and fresh:
+            if len(claims) == self.batch:
                 continue  # more may be due right now
             timeout = min(POLL_SECONDS, max(0.0, self._next_retry - self.clock()))
             with contextlib.suppress(TimeoutError):
@@ -140,33 +135,52 @@ class PluginRunner:
             if self.clock() >= self._next_retry:
                 self._next_retry = float("inf")
 
-    async def _deliver(self, due: DueDelivery) -> None:
-        event = to_event(due)
+    async def _claim(self, now: float) -> list[Claim]:
+        try:
+            claims = await self.store.claim_due(self.name, now, self.batch, LEASE_SECONDS)
+        except Exception as exc:  # store fault: keep going, the rows are still there
+            log.warning("plugin %s cannot claim its deliveries: %s", self.name, exc)
+            return []
+        for claim in claims:
+            self._held[claim.delivery_id] = claim
+        return claims
+
+    async def _renew_loop(self) -> None:
+        """Keep the leases of held claims (waiting for a slot or running) from ending."""
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            if self._held:
+                try:
+                    await self.store.renew(list(self._held.values()), LEASE_SECONDS)
+                except Exception as exc:  # a lease that ends is taken over: at least once
+                    log.warning("plugin %s: cannot renew %d claim(s): %s", self.name, len(self._held), exc)
+
+    async def _deliver(self, claim: Claim) -> None:
+        event = claim.event
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
                 await self.plugin.deliver(event)
         except asyncio.CancelledError:
-            self._in_flight.discard(due.id)  # shutdown: still pending, delivered after restart
-            raise
+            raise  # shutdown: still held, released by stop(), delivered after restart
         except PermanentFailure as exc:
-            result = self._dead(due, f"permanent failure: {_describe(exc)}")
+            result = self._dead(claim, f"permanent failure: {_describe(exc)}")
         except Exception as exc:
             error = (f"timed out after {self.config.timeout_seconds:g} s" if isinstance(exc, TimeoutError)
                      else _describe(exc))
             if event.attempt >= self.config.max_attempts:
-                result = self._dead(due, f"{error} (attempt {event.attempt} of {self.config.max_attempts})")
+                result = self._dead(claim, f"{error} (attempt {event.attempt} of {self.config.max_attempts})")
             else:
                 retry_at = self.clock() + backoff(self.config, event.attempt, self._rng)
                 self._next_retry = min(self._next_retry, retry_at)
                 self.metrics.deliveries.labels(self.name, "retried").inc()
                 log.info("plugin %s: event %d attempt %d failed, retrying: %s",
-                         self.name, due.event_id, event.attempt, error)
-                result = DeliveryResult(due.id, "pending", retry_at, error)
+                         self.name, event.id, event.attempt, error)
+                result = DeliveryResult(claim.delivery_id, claim.claim_id, "pending", retry_at, error)
         else:
             self.metrics.deliveries.labels(self.name, "delivered").inc()
-            self.metrics.delivery_latency.labels(self.name).observe(max(0.0, self.clock() - due.received_at))
-            result = DeliveryResult(due.id, "delivered")
+            self.metrics.delivery_latency.labels(self.name).observe(max(0.0, self.clock() - event.received_at))
+            result = DeliveryResult(claim.delivery_id, claim.claim_id, "delivered")
         finally:
             self.metrics.delivery_attempt_duration.labels(self.name).observe(time.monotonic() - started)
             self._slots.release()
@@ -174,10 +188,10 @@ class PluginRunner:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_loop())
 
-    def _dead(self, due: DueDelivery, error: str) -> DeliveryResult:
+    def _dead(self, claim: Claim, error: str) -> DeliveryResult:
         self.metrics.deliveries.labels(self.name, "dead").inc()
-        log.warning("plugin %s: event %d dead-lettered: %s", self.name, due.event_id, error)
-        return DeliveryResult(due.id, "dead", 0.0, error)
+        log.warning("plugin %s: event %d dead-lettered: %s", self.name, claim.event.id, error)
+        return DeliveryResult(claim.delivery_id, claim.claim_id, "dead", 0.0, error)
 
     async def _flush_loop(self) -> None:
         while self._results:
@@ -188,14 +202,15 @@ class PluginRunner:
         if not batch:
             return
         try:
-            await self.store.finish_deliveries(batch)
+            refused = await self.store.finish_deliveries(batch)
+            if refused:  # a lease ended while the delivery ran, and another holder took over
+                log.warning("plugin %s: outcome(s) of delivery(ies) %s refused: claimed again meanwhile",
+                            self.name, ", ".join(map(str, refused)))
         except Exception as exc:  # the rows stay pending and are delivered again: at least once
             log.warning("plugin %s: cannot record %d outcome(s): %s", self.name, len(batch), exc)
         finally:
-            self._generation += 1
-            for result in batch:
-                self._in_flight.discard(result.id)
-                self._finished[result.id] = self._generation
+            for result in batch:  # recorded, or claimed again once their lease ends
+                self._held.pop(result.id, None)
             self._wake.set()
 
     async def _refresh_stats(self, now: float) -> None:

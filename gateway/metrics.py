@@ -53,7 +53,10 @@ class Metrics:
         self.requests = Counter("gateway_requests", "Webhook requests by source ('?' for unknown names).",
                                 ["source"], registry=r)
         self.events = Counter("gateway_events", "Events by source, event type and outcome (stored, duplicate, "
-                              "quarantined).", ["source", "event_type", "status"], registry=r)
+                              "quarantined, conflict).", ["source", "event_type", "status"], registry=r)
+        self.dedup_conflicts = Counter(
+            "gateway_dedup_conflicts", "Events whose identity was stored already with other content, kept as "
+            "`conflict` (a sender re-sent an event with changed content).", ["source", "event_type"], registry=r)
         self.rejections = Counter("gateway_rejections", "Refused requests by source and code.", ["source", "code"],
                                   registry=r)
         self.ingest_latency = Histogram("gateway_ingest_latency_seconds", "From receipt of a request to the commit "
@@ -64,6 +67,9 @@ class Metrics:
                                         "received.", ["source"], buckets=ATTEMPT_BUCKETS, registry=r)
         self.sender_clock_skew = Histogram("gateway_sender_clock_skew_seconds", "Sender timestamp minus receipt "
                                            "time.", ["source"], buckets=SKEW_BUCKETS, registry=r)
+        self.rejections_dropped = Counter(
+            "gateway_rejections_dropped", "Rejections whose forensics were not kept: more arrived than the "
+            "store's writer took (they are still counted in gateway_rejections_total).", registry=r)
         self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
                                 registry=r)
         self._types: dict[str, set[str]] = {}
@@ -80,6 +86,13 @@ class Metrics:
 
     def watch_store_size(self, measure: Callable[[], float]) -> None:
         self.store_size.set_function(measure)
+
+    # gateway.store.StoreObserver: the store reports through these.
+    def group_committed(self, events: int) -> None:
+        self.commit_batch.observe(events)
+
+    def rejection_dropped(self) -> None:
+        self.rejections_dropped.inc()
 
     def add_plugin(self, plugin: str) -> None:
         """Create a plugin's series at zero, so dashboards and alerts see them from the start."""

@@ -1,13 +1,17 @@
-"""What a verifier hands the store: authenticated requests split into events."""
+"""The records every layer shares: what a verifier hands the store (authenticated requests
+split into events), and the one event record the store hands back to plugins and readers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
 EventStatus = Literal["stored", "duplicate", "quarantined", "conflict"]
+STORED_STATUSES = ("stored", "quarantined", "conflict")
+"""What a stored event's status can be (`duplicate` is only an answer: nothing is stored)."""
 
 Identity = tuple[str, ...] | bytes
 """What names one occurrence: its id parts, or (nothing naming it) its content digest."""
@@ -168,3 +172,84 @@ def load_payload(data: bytes | None) -> Any:
     except orjson.JSONDecodeError:
         return None
     return None if too_deep(data, obj) else obj
+
+
+def iso_utc(timestamp: float) -> str:
+    """Unix seconds as ISO 8601 UTC with milliseconds and a `Z`, as every JSON view shows times."""
+    stamp = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """The fields of a stored event that every view shares (plugins, the API, the stream).
+
+    Attributes:
+        id: the gateway's event id, unique and increasing; use it for idempotency.
+        source: the source name (`POST /hooks/{source}`).
+        scheme: `metacopier`, `pipsync` or `tradrapi`.
+        event_type: the sender's type, e.g. `position.opened`; `""` when quarantined.
+        entity_id: the business entity the event is about, which orders delivery:
+            `position:<id>`, `account:<id>`, `order:<id>` (`trade:<id>` for a PipSync trade
+            without a position id), else the event's own identity.
+        dedup_key: the identity of this one occurrence, `source:event_type:part@part...`
+            (docs/architecture.md has each scheme's rule).
+        status: `stored`, `quarantined`, or `conflict` (the identity was stored already with
+            other content: this is a second version, kept beside the first).
+        conflicts_with: for a `conflict`, the id of the first stored version; else None.
+        account: the sender's account id, when present.
+        symbol: the instrument, when present.
+        received_at: Unix time (seconds) the gateway received the request.
+        payload: the parsed event (for a TradrAPI batch, this member); None if unparseable.
+    """
+
+    id: int
+    source: str
+    scheme: str
+    event_type: str
+    entity_id: str
+    dedup_key: str
+    status: str
+    conflicts_with: int | None
+    account: str | None
+    symbol: str | None
+    received_at: float
+    payload: Any
+
+
+def event_json(event: EventRecord, **extra: Any) -> dict[str, Any]:
+    """The fields every JSON view of an event shares (stored events and plugin events)."""
+    return {
+        "id": event.id,
+        "source": event.source,
+        "scheme": event.scheme,
+        "event_type": event.event_type or None,
+        "entity_id": event.entity_id,
+        "dedup_key": event.dedup_key,
+        "status": event.status,
+        "conflicts_with": event.conflicts_with,
+        "account": event.account,
+        "symbol": event.symbol,
+        "received_at": iso_utc(event.received_at),
+        **extra,
+        "payload": event.payload,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Event(EventRecord):
+    """One stored event, as every plugin receives it (`gateway.plugins.Event`): the fields of
+    `EventRecord`, plus:
+
+    Attributes:
+        body: the event's own bytes: the raw request body, byte for byte, for a
+            single-event request; the member's JSON (keys sorted) for a TradrAPI batch member.
+        attempt: this plugin's delivery attempt for this event, starting at 1.
+    """
+
+    body: bytes
+    attempt: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON-ready data (without the raw body), as the built-ins send it."""
+        return event_json(self)

@@ -1,16 +1,24 @@
-"""Shared factories: configs, signed requests, and the real app served over a socket."""
+"""Shared factories: configs, signed requests, the real app served over a socket or run as a
+process, and waiting on a condition instead of sleeping."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 import pytest
 
 from gateway.app import GatewayApp
@@ -23,6 +31,10 @@ PS_SECRET = "whsec_pipsync_demo_7Hq2"
 PS_SECRET_NEW = "whsec_pipsync_rotated_9Xy"
 TR_KEY = "tradrapi-demo-key-0123456789"
 TR_KEY_NEW = "tradrapi-rotated-key-abcdefghij"
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = str(Path(sys.executable).parent / "gateway")
+T = TypeVar("T")
 
 # Reference bodies from shared/docs/senders.md, byte for byte.
 MC_BODY = (
@@ -51,11 +63,49 @@ def source_table(name: str, scheme: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio only (the gateway is built on it)."""
+    return "asyncio"
+
+
+# --- waiting on a condition -------------------------------------------------------------------
+
+
+def _timed_out(timeout: float, what: str, seen: object) -> AssertionError:
+    return AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen: {seen!r}")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition", *,
+             seen: Callable[[], object] | None = None, interval: float = 0.02) -> T:
+    """Poll `check` until it returns something truthy, and return that. On timeout, fail naming
+    `what` was awaited and what was seen: `seen()` if given, else the check's last result."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise _timed_out(timeout, what, seen() if seen else result)
+        time.sleep(interval)
+    return result
+
+
+async def wait_for_async(check: Callable[[], T], timeout: float = 10.0, what: str = "condition", *,
+                         seen: Callable[[], object] | None = None, interval: float = 0.02) -> T:
+    """`wait_for` inside an event loop: polls without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise _timed_out(timeout, what, seen() if seen else result)
+        await asyncio.sleep(interval)
+    return result
+
+
+@pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
-    """Build a Config with one source per scheme (named after it) plus any extra sources."""
+    """Build a Config with one source per scheme (named after it) plus any extra sources, or
+    `only` the sources given; other sections (`clients`, `api`, ...) as keywords."""
 
     def make(*extra_sources: dict[str, Any], server: dict[str, Any] | None = None,
-             only: list[dict[str, Any]] | None = None, plugins: list[dict[str, Any]] | None = None) -> Config:
+             only: list[dict[str, Any]] | None = None, plugins: list[dict[str, Any]] | None = None,
+             **sections: Any) -> Config:
         sources = only if only is not None else [
             source_table("metacopier", "metacopier"),
             source_table("pipsync", "pipsync"),
@@ -63,7 +113,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
             *extra_sources,
         ]
         data = {"sources": sources, "store": {"path": str(tmp_path / "gateway.db")},
-                "server": server or {}, "plugins": plugins or []}
+                "server": server or {}, "plugins": plugins or [], **sections}
         return parse_config(data, origin="test.toml", base_dir=tmp_path)
 
     return make
@@ -98,11 +148,9 @@ class RunningGateway:
 
     def __enter__(self) -> RunningGateway:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.01)
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), 10, "the gateway to start", interval=0.01)
+        if not self.server.started:
+            raise RuntimeError("gateway did not start")
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.client = httpx.Client(base_url=self.url, timeout=10)
@@ -115,6 +163,23 @@ class RunningGateway:
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         return self.client.post(path, content=body, headers=headers or {})
+
+    def flush(self) -> None:
+        """Return once every write queued so far is committed (rejections are written after
+        their answer): /readyz commits a write through the store's one writer, which commits
+        in queue order."""
+        r = self.client.get("/readyz")
+        assert r.json()["checks"]["store"] == "ok", r.text
+
+
+def send(gw: RunningGateway, body: bytes | Mapping[str, Any], source: str = "metacopier") -> int:
+    """POST `body` (JSON-encoded if not bytes) to a MetaCopier-scheme source, signed; assert it
+    is accepted and return the id of its (first) event."""
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    r = gw.post(f"/hooks/{source}", data, mc_sign(data))
+    assert r.status_code == 200, f"/hooks/{source} answered {r.status_code}: {r.text}"
+    event_id: int = r.json()["events"][0]["id"]
+    return event_id
 
 
 @pytest.fixture
@@ -137,3 +202,77 @@ def serve() -> Iterator[Callable[..., RunningGateway]]:
 def gateway(make_config: Callable[..., Config], serve: Callable[[Config], RunningGateway]) -> RunningGateway:
     """The gateway with one source per scheme, named after the scheme."""
     return serve(make_config())
+
+
+# --- `gateway run` as a child process ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serving(port: int) -> bool:
+    """Whether a gateway on 127.0.0.1:`port` answers /healthz."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def run_gateway(args: Sequence[str], *, cwd: Path, port: int, log: Path, env: Mapping[str, str] | None = None,
+                timeout: float = 30) -> subprocess.Popen[bytes]:
+    """Start `gateway <args>` (tests/ importable, so its plugins load), its output appended to
+    `log`; return once it answers /healthz on `port`. If it exits or the deadline passes first,
+    kill it and fail with its log."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([GATEWAY, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env=env if env is not None else {**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def output() -> str:
+        return log.read_text(errors="replace")[-3000:]
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {proc.returncode}:\n{output()}")
+        return serving(port)
+
+    try:
+        wait_for(up, timeout, f"gateway {' '.join(args)} to answer /healthz", seen=output)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def start_gateway(folder: Path, extra: str = "", **server: float) -> tuple[subprocess.Popen[bytes], int]:
+    """`gateway run` on a free port with `folder`/gateway.toml: `server` as [server] settings, the
+    store in gateway.db, one MetaCopier source and `extra` TOML; its output in run.log."""
+    port = free_port()
+    settings = "".join(f"{key} = {value}\n" for key, value in server.items())
+    (folder / "gateway.toml").write_text(f"""
+[server]
+port = {port}
+{settings}[store]
+path = "gateway.db"
+[[sources]]
+name = "metacopier"
+scheme = "metacopier"
+secret = "{MC_SECRET}"
+{extra}
+""")
+    proc = run_gateway(["run", "--config", str(folder / "gateway.toml")], cwd=folder, port=port, log=folder / "run.log")
+    return proc, port
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` holds open (Linux /proc): listeners and connections."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes

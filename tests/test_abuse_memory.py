@@ -4,10 +4,7 @@ from /proc, while hundreds of idle connections, slow bodies and multi-megabyte h
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import MC_SECRET, mc_sign
-from tests.test_cli import free_port
+from tests.conftest import mc_sign, socket_inodes, start_gateway, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-GATEWAY = str(Path(sys.executable).parent / "gateway")
 MiB = 1024 * 1024
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
@@ -30,30 +24,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 @pytest.fixture
 def gateway_process(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """(pid, port) of a `gateway run` with a 2 s client timeout and the default limits."""
-    port = free_port()
-    (tmp_path / "gateway.toml").write_text(f"""
-[server]
-port = {port}
-client_timeout_seconds = 2
-[store]
-path = "gateway.db"
-[[sources]]
-name = "metacopier"
-scheme = "metacopier"
-secret = "{MC_SECRET}"
-""")
-    with (tmp_path / "run.log").open("wb") as log:
-        proc = subprocess.Popen([GATEWAY, "run", "--config", str(tmp_path / "gateway.toml")], cwd=tmp_path,
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc, port = start_gateway(tmp_path, client_timeout_seconds=2)
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError((tmp_path / "run.log").read_text())
         yield proc.pid, port
     finally:
         proc.terminate()
@@ -104,7 +76,7 @@ def test_rss_stays_bounded_under_idle_connections_slow_bodies_and_huge_heads(
     pid, port = gateway_process
     for i in range(20):  # warm up: imports, caches, the store's first commits
         store_one(port, f"warm-{i}")
-    baseline = rss(pid)
+    baseline, sockets = rss(pid), len(socket_inodes(pid))
     peaks = []
     for round_ in range(2):
         stop = threading.Event()
@@ -119,7 +91,8 @@ def test_rss_stays_bounded_under_idle_connections_slow_bodies_and_huge_heads(
         stop.set()
         attacker.join(10)
         peaks.append(peak - baseline)
-    time.sleep(1.5)
+    wait_for(lambda: len(socket_inodes(pid)) <= sockets, what="the server to let go of the abusive connections",
+             seen=lambda: len(socket_inodes(pid)))
     after = rss(pid) - baseline
     # Without the head cap, each 4 MiB head was buffered whole (80 MiB and more per round).
     assert max(peaks) < 40 * MiB, [p // MiB for p in peaks]

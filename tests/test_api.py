@@ -25,7 +25,7 @@ from gateway.app import GatewayApp
 from gateway.auth import KEY_FILE, Tokens
 from gateway.cli import main as cli
 from gateway.config import Config, parse_config
-from tests.conftest import MC_SECRET, TR_KEY, RunningGateway, mc_sign, ps_sign, source_table, tr_sign
+from tests.conftest import MC_SECRET, TR_KEY, RunningGateway, mc_sign, ps_sign, source_table, tr_sign, wait_for
 
 Serve = Callable[..., RunningGateway]
 MakeConfig = Callable[..., Config]
@@ -85,14 +85,6 @@ def iso(timestamp: float) -> str:
 def iso_ms(timestamp: float) -> str:
     """The API's own spelling of a time (milliseconds, Z)."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def ok(r: httpx.Response, status: int = 200) -> Any:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 
 from gateway.config import Config
-from tests.conftest import MC_BODY, RunningGateway, mc_sign
+from tests.conftest import MC_BODY, RunningGateway, mc_sign, wait_for
 
 Serve = Callable[..., RunningGateway]
 
@@ -59,9 +58,7 @@ def test_readyz_names_a_plugin_that_stopped(make_config: Callable[..., Config], 
     loop_task = runner._loop_task
     assert loop_task is not None
     loop_task.get_loop().call_soon_threadsafe(loop_task.cancel)  # as if the runner had died
-    deadline = time.monotonic() + 5
-    while runner.running and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: not runner.running, 5, "the runner to stop")
     r = gw.client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["checks"] == {"store": "ok", "plugin:sink": "not running"}
@@ -71,8 +68,7 @@ def test_metrics_on_a_separate_listener(tmp_path, make_config, serve) -> None:  
     import httpx
 
     from gateway.config import parse_config
-    from tests.conftest import source_table
-    from tests.test_cli import free_port
+    from tests.conftest import free_port, source_table
 
     port = free_port()
     config = parse_config({"sources": [source_table("metacopier", "metacopier")],

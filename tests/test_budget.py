@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from gateway.budget import ByteBudget
+from tests.conftest import wait_for_async
 
 pytestmark = pytest.mark.anyio
 
@@ -37,7 +38,7 @@ async def test_a_request_beyond_the_budget_waits_until_bytes_come_back() -> None
     await asyncio.sleep(0)
     second = asyncio.create_task(waiter("second", 50))
     third = asyncio.create_task(waiter("third", 10))  # would fit, but waits its turn (FIFO)
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(budget._waiters) == 2, what="both requests to queue")
     assert order == ["big in"]
     release.set()
     await asyncio.gather(first, second, third)
@@ -63,7 +64,7 @@ async def test_a_cancelled_waiter_gives_up_its_place() -> None:
     async with budget.hold(90):
         blocked = asyncio.create_task(take(50))
         behind = asyncio.create_task(take(5))
-        await asyncio.sleep(0.01)
+        await wait_for_async(lambda: len(budget._waiters) == 2, what="both requests to queue")
         blocked.cancel()
         with pytest.raises(asyncio.CancelledError):
             await blocked

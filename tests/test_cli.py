@@ -257,3 +257,33 @@ secret = "ops-secret-0123456789"
     ids = [int(line.split()[0]) for line in lines]
     assert ids == sorted(ids) and len(set(ids)) == 4 and 2 not in ids  # event 2 is the filtered one
     assert "reconnecting" in err
+
+
+def test_backup_is_a_capability_of_the_backend(tmp_path: Path) -> None:
+    """A backend without file backup (testsqlite://, registered from tests/) gets a clear error."""
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from gateway.config import StoreConfig
+    from gateway.store import open_store
+    from tests.store import testsqlite
+
+    url = f"{testsqlite.SCHEME}:///{tmp_path}/t.db"
+
+    async def create() -> None:
+        store = open_store(StoreConfig(url=url))
+        await store.open()
+        await store.close()
+
+    asyncio.run(create())
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[store]\nurl = "{url}"\n[[sources]]\nname = "m"\nscheme = "metacopier"\n'
+                      f'secret = "{"x" * 40}"\n')
+    result = CliRunner().invoke(main, ["backup", "--config", str(config), str(tmp_path / "copy.db")])
+    assert result.exit_code == 1
+    assert "the testsqlite store cannot back up to a file: use its own backup tools" in result.output
+    assert not (tmp_path / "copy.db").exists()
+    listed = CliRunner().invoke(main, ["events", "--config", str(config), "--json"])
+    assert listed.exit_code == 0 and listed.output == ""  # the same store serves every other command

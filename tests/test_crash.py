@@ -27,11 +27,9 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +38,7 @@ import orjson
 import pytest
 
 from gateway.model import dedup_key
-from tests.conftest import MC_SECRET, PS_SECRET, TR_KEY, mc_sign, ps_sign, tr_sign
-from tests.test_cli import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-GATEWAY = str(Path(sys.executable).parent / "gateway")
+from tests.conftest import MC_SECRET, PS_SECRET, TR_KEY, free_port, mc_sign, ps_sign, run_gateway, tr_sign, wait_for
 
 # Which events each plugin wants; the checks below model routing independently of gateway/routing.py.
 SLOW_TYPES = frozenset({"position.opened", "position.closed", "trade.opened", "trade.closed",
@@ -317,21 +311,9 @@ class Gateway:
         self.starts = 0
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the recorder plugin lives in tests/
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [GATEWAY, "run", "--config", str(self.config), "--port", str(self.port), "--log-format", "text"],
-                cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.starts += 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError(f"gateway did not start (start {self.starts}):\n{self.log_tail()}")
+        self.proc = run_gateway(["run", "--config", str(self.config), "--port", str(self.port), "--log-format", "text"],
+                                cwd=self.folder, port=self.port, log=self.log_path)
 
     def kill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "the gateway died by itself:\n" + self.log_tail()
@@ -367,14 +349,6 @@ def pending_deliveries(db: Path) -> int:
     return count
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
-
-
 @dataclass(frozen=True)
 class Kill:
     """The state of things when one SIGKILL landed."""
@@ -405,9 +379,9 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
     try:
         for _ in range(kills):
             before, restarted = ledger.answers, time.monotonic()
-            wait_until(lambda: ledger.answers >= before + 3, 30, "traffic to resume after the restart")  # noqa: B023
+            wait_for(lambda: ledger.answers >= before + 3, 30, "traffic to resume after the restart")  # noqa: B023
             time.sleep(rng.uniform(*uptime))
-            wait_until(lambda: ledger.in_flight > 0, 5, "a request in flight")
+            wait_for(lambda: ledger.in_flight > 0, 5, "a request in flight", interval=0.01)
             in_flight, answers = ledger.in_flight, ledger.answers - before
             gateway.kill()
             record.append(Kill(time.monotonic() - restarted, in_flight, answers, pending_deliveries(db)))
@@ -415,7 +389,7 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
                 assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",), f"after kill {len(record)}"
             gateway.start()
         before = ledger.answers
-        wait_until(lambda: ledger.answers >= before + 3, 30, "traffic after the last restart")
+        wait_for(lambda: ledger.answers >= before + 3, 30, "traffic after the last restart")
     except BaseException:
         ledger.aborted = True
         gateway.ensure_stopped()
@@ -427,7 +401,7 @@ def crash_run(folder: Path, *, seed: int, kills: int, senders: int, uptime: tupl
     try:
         assert not any(t.is_alive() for t in threads), "a sender is stuck"
         assert not ledger.errors, f"seed {seed}: " + "\n".join(ledger.errors[:20])
-        wait_until(lambda: pending_deliveries(db) == 0, drain, "fan-out to drain")
+        wait_for(lambda: pending_deliveries(db) == 0, drain, "fan-out to drain")
         code = gateway.terminate()
     finally:
         gateway.ensure_stopped()

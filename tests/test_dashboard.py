@@ -5,16 +5,15 @@ retries a dead delivery."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import orjson
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from gateway.config import parse_config
-from tests.conftest import RunningGateway, mc_sign, source_table
+from gateway.config import Config
+from tests.conftest import RunningGateway, send, source_table, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SECRET = "dashboard-client-secret-01"
@@ -25,14 +24,12 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is
 
 
 @pytest.fixture
-def gw(tmp_path: Path, serve: Callable[..., RunningGateway]) -> RunningGateway:
-    config = parse_config({
-        "sources": [source_table("metacopier", "metacopier")],
-        "store": {"path": str(tmp_path / "gateway.db")},
-        "plugins": [{"name": "crm", "use": "tests.fanout_plugins:recorder", "options": {"permanent": True}}],
-        "clients": [{"id": "desk", "secret": SECRET, "scopes": ["events:read", "deliveries:write"]}],
-    }, origin="test.toml", base_dir=tmp_path)
-    return serve(config)
+def gw(make_config: Callable[..., Config], serve: Callable[..., RunningGateway]) -> RunningGateway:
+    return serve(make_config(
+        only=[source_table("metacopier", "metacopier")],
+        plugins=[{"name": "crm", "use": "tests.fanout_plugins:recorder", "options": {"permanent": True}}],
+        clients=[{"id": "desk", "secret": SECRET, "scopes": ["events:read", "deliveries:write"]}],
+    ))
 
 
 @pytest.fixture
@@ -45,13 +42,8 @@ def page(tmp_path: Path) -> Iterator[Page]:
         browser.close()
 
 
-def send(gw: RunningGateway, position: str, symbol: str = "XAUUSD") -> int:
-    position_data = {"id": position, "symbol": symbol}
-    body = orjson.dumps({"type": "position.opened", "accountId": "acc-7", "position": position_data})
-    r = gw.post("/hooks/metacopier", body, mc_sign(body))
-    assert r.status_code == 200
-    event_id: int = r.json()["events"][0]["id"]
-    return event_id
+def opened(position: str, symbol: str = "XAUUSD") -> dict[str, Any]:
+    return {"type": "position.opened", "accountId": "acc-7", "position": {"id": position, "symbol": symbol}}
 
 
 def test_dashboard_live_feed_detail_rejections_and_retry(gw: RunningGateway, page: Page, tmp_path: Path) -> None:
@@ -59,7 +51,7 @@ def test_dashboard_live_feed_detail_rejections_and_retry(gw: RunningGateway, pag
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     external: list[str] = []
     page.on("request", lambda req: None if req.url.startswith(gw.url) else external.append(req.url))
-    first = send(gw, "before-login")
+    first = send(gw, opened("before-login"))
     page.goto(gw.url + "/")
     page.fill("input[name=client_id]", "desk")
     page.fill("input[name=client_secret]", "wrong-secret-000000")
@@ -70,7 +62,7 @@ def test_dashboard_live_feed_detail_rejections_and_retry(gw: RunningGateway, pag
     expect(page.locator(f"tr[data-event-id='{first}']")).to_be_visible()
     expect(page.locator("#live-state")).to_have_text("● live")
 
-    live = send(gw, "arrives-live", "BTCUSD")  # pushed through the SSE stream, no reload
+    live = send(gw, opened("arrives-live", "BTCUSD"))  # pushed through the SSE stream, no reload
     row = page.locator(f"tr[data-event-id='{live}']")
     expect(row).to_be_visible()
     expect(row).to_contain_text("arrives-live")
@@ -80,18 +72,21 @@ def test_dashboard_live_feed_detail_rejections_and_retry(gw: RunningGateway, pag
     page.screenshot(path=str(tmp_path / "events.png"))
 
     gw.post("/hooks/metacopier", b"{}", {"X-MetaCopier-Signature": "0" * 64})
-    time.sleep(0.3)  # rejections are written with the next commit
+    gw.flush()  # rejections are written after their answer
     page.click("nav button[data-tab=rejections]")
     expect(page.get_by_test_id("rejections")).to_contain_text("missing_signature")
     expect(page.get_by_test_id("rejections")).to_contain_text("X-MetaCopier-Timestamp header is missing")
 
-    deadline = time.monotonic() + 10
     page.click("nav button[data-tab=deliveries]")  # the crm plugin dead-lettered both events
     dead_row = page.locator(f"#delivery-rows tr:has(td:nth-child(2):text-is('{live}'))")
-    while not dead_row.count() and time.monotonic() < deadline:
-        page.select_option("#delivery-status", "pending")
-        page.select_option("#delivery-status", "dead")
-        time.sleep(0.2)
+
+    def dead_row_listed() -> int:  # the list is loaded once: reload it until the dead letter is in
+        if not dead_row.count():
+            page.select_option("#delivery-status", "pending")
+            page.select_option("#delivery-status", "dead")
+        return dead_row.count()
+
+    wait_for(dead_row_listed, 10, f"event {live}'s dead delivery in the list", interval=0.2)
     expect(dead_row).to_contain_text("dead")
     expect(page.get_by_test_id("plugin-summary")).to_contain_text("2 dead")
     gw.app.plugins["crm"].permanent = False  # type: ignore[attr-defined]  # the CRM is fixed

@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import orjson
 import pytest
 
 from gateway.config import Config
-from tests.conftest import RunningGateway, mc_sign
-from tests.test_cli import free_port
+from tests.conftest import RunningGateway, free_port, mc_sign, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMTOOL = shutil.which("promtool")
@@ -91,18 +89,17 @@ def test_a_real_prometheus_scrapes_the_gateway(tmp_path: Path, make_config: Call
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         query = 'gateway_events_total{source="metacopier",status="stored"}'
-        deadline = time.monotonic() + 60
-        result: list[dict[str, object]] = []
-        while time.monotonic() < deadline:
+
+        def scraped() -> list[dict[str, object]]:
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=2)
-                result = r.json()["data"]["result"] if r.status_code == 200 else []
             except httpx.TransportError:
-                result = []
-            if result:
-                break
-            time.sleep(0.5)
-        assert result, (tmp_path / "prometheus.log").read_text()[-2000:]
+                return []
+            result: list[dict[str, object]] = r.json()["data"]["result"] if r.status_code == 200 else []
+            return result
+
+        result = wait_for(scraped, 60, "Prometheus to scrape the gateway's events",
+                          seen=lambda: (tmp_path / "prometheus.log").read_text()[-2000:], interval=0.5)
         value = result[0]["value"]
         assert isinstance(value, list) and float(value[1]) == 3
         rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()

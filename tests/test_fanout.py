@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,8 +16,10 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Config
+from gateway.store import open_store
 from tests.conftest import PS_BODY, RunningGateway, mc_sign, ps_sign
 from tests.fanout_plugins import Recorder
+from tests.store_reads import deliveries, events
 
 Serve = Callable[..., RunningGateway]
 FAST_RETRY = {"retry_backoff_seconds": 0.01, "retry_backoff_max_seconds": 0.05}
@@ -49,9 +50,25 @@ def send(gw: RunningGateway, body: bytes) -> int:
     return event_id
 
 
-def rows(gw: RunningGateway, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(gw.app.config.store.path) as conn:
-        return conn.execute(sql, args).fetchall()
+def statuses(gw: RunningGateway, **filters: Any) -> list[str]:
+    """The status of each delivery row (filtered), oldest first."""
+    return [d.status for d in deliveries(gw.app.config, **filters)]
+
+
+def claimable(gw: RunningGateway, plugin: str) -> list[int]:
+    """What another runner on the same store could claim now (claimed at once, then released)."""
+
+    async def claim() -> list[int]:
+        store = open_store(gw.app.config.store)
+        await store.open()
+        try:
+            claims = await store.claim_due(plugin, time.time(), 100, 60)
+            await store.release(claims)
+            return [c.event.id for c in claims]
+        finally:
+            await store.close()
+
+    return asyncio.run(claim())
 
 
 def metric(gw: RunningGateway, name: str, **labels: str) -> float:
@@ -87,8 +104,8 @@ def test_order_per_position_under_concurrent_ingest(make_config: Callable[..., C
 
     asyncio.run(drive())
     rec = recorder(gw, "journal")
-    wait_for(lambda: len({e.id for e in rec.delivered}) == 80, 30, "80 deliveries")
-    time.sleep(0.2)
+    # once every outcome is recorded, nothing is left to deliver: no later call can come
+    wait_for(lambda: statuses(gw) == ["delivered"] * 80, 30, "80 deliveries recorded")
     assert len(rec.delivered) == 80  # without a crash, each event reaches the plugin exactly once
     by_position: dict[str, list[Any]] = defaultdict(list)
     for event in rec.delivered:
@@ -101,7 +118,6 @@ def test_order_per_position_under_concurrent_ingest(make_config: Callable[..., C
         assert types[0] == "position.opened" and types[-1] == "position.closed", (position, types)
     assert rec.max_in_flight > 1  # different positions were delivered in parallel
     assert any(attempt > 1 for _, attempt in rec.calls)  # the flaky failures were retried
-    assert rows(gw, "SELECT status, count(*) FROM deliveries GROUP BY status") == [("delivered", 80)]
 
 
 def test_failing_n_times_then_succeeding_is_delivered_once_with_n_retries(
@@ -112,7 +128,8 @@ def test_failing_n_times_then_succeeding_is_delivered_once_with_n_retries(
     rec = recorder(gw, "crm")
     wait_for(lambda: len(rec.delivered) == 1, what="delivery")
     assert rec.calls == [(event_id, 1), (event_id, 2), (event_id, 3), (event_id, 4)]
-    wait_for(lambda: rows(gw, "SELECT status, attempts FROM deliveries") == [("delivered", 4)], what="ack")
+    wait_for(lambda: [(d.status, d.attempts) for d in deliveries(gw.app.config)] == [("delivered", 4)],
+             what="ack")
     assert metric(gw, "gateway_deliveries_total", plugin="crm", outcome="retried") == 3
     assert metric(gw, "gateway_deliveries_total", plugin="crm", outcome="delivered") == 1
     assert metric(gw, "gateway_deliveries_total", plugin="crm", outcome="dead") == 0
@@ -123,8 +140,9 @@ def test_failing_n_times_then_succeeding_is_delivered_once_with_n_retries(
 def test_exhausted_attempts_dead_letter_with_the_last_error(make_config: Callable[..., Config], serve: Serve) -> None:
     gw = serve(make_config(plugins=[plugin("risk", max_attempts=3, options={"always_fail": True})]))
     send(gw, opened("dead-1"))
-    wait_for(lambda: rows(gw, "SELECT status FROM deliveries") == [("dead",)], what="dead letter")
-    (attempts, error), = rows(gw, "SELECT attempts, last_error FROM deliveries")
+    wait_for(lambda: statuses(gw) == ["dead"], what="dead letter")
+    [row] = deliveries(gw.app.config)
+    attempts, error = row.attempts, row.last_error or ""
     assert attempts == 3
     assert "simulated outage on attempt 3" in error and "attempt 3 of 3" in error
     assert metric(gw, "gateway_deliveries_total", plugin="risk", outcome="retried") == 2
@@ -152,8 +170,7 @@ def test_permanent_failure_dead_letters_at_once_and_replay_redelivers(
     gw = serve(config)
     first = send(gw, opened("perm-1"))
     second = send(gw, opened("perm-2"))
-    wait_for(lambda: rows(gw, "SELECT count(*) FROM deliveries WHERE plugin = 'desk' AND status = 'dead'")
-             == [(2,)], what="dead letters")
+    wait_for(lambda: statuses(gw, plugin="desk") == ["dead", "dead"], what="dead letters")
     desk = recorder(gw, "desk")
     assert sorted(desk.calls) == [(first, 1), (second, 1)]  # no retries for a permanent failure
     wait_for(lambda: metric(gw, "gateway_delivery_dead_letters", plugin="desk") == 2, what="dead gauge")
@@ -173,8 +190,8 @@ def test_permanent_failure_dead_letters_at_once_and_replay_redelivers(
     replayed = gateway_cli("replay", "--config", str(cli_config), "--plugin", "desk", "--dead")
     assert replayed.returncode == 0 and "1 delivery(ies)" in replayed.stdout, replayed
     wait_for(lambda: sorted(e.id for e in desk.delivered) == [first, second], what="replayed dead letters")
-    assert rows(gw, "SELECT count(*) FROM events") == [(2,)]  # replay never copies an event
-    assert rows(gw, "SELECT count(*) FROM deliveries") == [(4,)]
+    assert len(events(gw.app.config)) == 2  # replay never copies an event
+    assert len(deliveries(gw.app.config)) == 4
     wait_for(lambda: metric(gw, "gateway_delivery_dead_letters", plugin="desk") == 0, what="gauge back to 0")
 
     usage = gateway_cli("replay", "--config", str(cli_config), "--plugin", "desk")
@@ -196,7 +213,7 @@ def test_hanging_plugin_does_not_delay_another(make_config: Callable[..., Config
     assert time.monotonic() - started < 5
     stuck = recorder(gw, "stuck")
     assert stuck.in_flight == 4  # its concurrency, all hanging
-    assert rows(gw, "SELECT count(*) FROM deliveries WHERE plugin = 'stuck' AND status = 'pending'") == [(20,)]
+    assert statuses(gw, plugin="stuck") == ["pending"] * 20
     stopping = time.monotonic()
     gw.__exit__()  # shutdown cancels the hanging deliveries after the grace period
     assert not gw.thread.is_alive()
@@ -209,7 +226,8 @@ def test_slow_plugin_is_timed_out_and_retried(make_config: Callable[..., Config]
                shutdown_grace=0.2)
     send(gw, opened("slow-1"))
     wait_for(lambda: len(recorder(gw, "slow").calls) >= 2, what="a retry after the timeout")
-    wait_for(lambda: "timed out after 0.1 s" in str(rows(gw, "SELECT last_error FROM deliveries")), what="error")
+    wait_for(lambda: "timed out after 0.1 s" in str([d.last_error for d in deliveries(gw.app.config)]),
+             what="error")
     assert recorder(gw, "slow").in_flight <= 1  # the timed-out attempt was cancelled
 
 
@@ -223,11 +241,12 @@ def test_one_stuck_position_does_not_hold_up_others(make_config: Callable[..., C
     rec.always_fail = False
     stuck_close = send(gw, opened("stuck", "position.closed"))
     others = [send(gw, opened(f"free-{i}")) for i in range(5)]
-    wait_for(lambda: sorted(e.id for e in rec.delivered) == others, what="other positions, each exactly once")
-    time.sleep(0.3)
+    wait_for(lambda: statuses(gw) == ["pending", "pending", *["delivered"] * 5],
+             what="other positions recorded, each exactly once")
+    assert sorted(e.id for e in rec.delivered) == others
     assert stuck_close not in [e.id for e in rec.delivered]  # waits behind its open, in retry
-    assert rows(gw, "SELECT status FROM deliveries WHERE event_id IN (?, ?) ORDER BY event_id",
-                stuck_open, stuck_close) == [("pending",), ("pending",)]
+    assert [d.event_id for d in deliveries(gw.app.config, status="pending")] == [stuck_open, stuck_close]
+    assert claimable(gw, "ledger") == []  # nothing of "stuck" is due: its open waits for its retry
 
 
 def test_routing_by_source_event_type_and_quarantine(make_config: Callable[..., Config], serve: Serve) -> None:
@@ -242,16 +261,17 @@ def test_routing_by_source_event_type_and_quarantine(make_config: Callable[..., 
     junk = b"not json at all"
     quarantined = gw.post("/hooks/metacopier", junk, mc_sign(junk)).json()["events"][0]
     assert quarantined["status"] == "quarantined"
-    wait_for(lambda: rows(gw, "SELECT count(*) FROM deliveries WHERE status = 'delivered'") == [(3,)], what="acks")
+    wait_for(lambda: statuses(gw, status="delivered") == ["delivered"] * 3, what="acks")
     assert [e.id for e in recorder(gw, "positions").delivered] == [position]
     assert [e.event_type for e in recorder(gw, "trades").delivered] == ["trade.opened"]
     odd = recorder(gw, "odd").delivered
     assert [e.id for e in odd] == [quarantined["id"]] and odd[0].status == "quarantined"
     assert odd[0].body == junk and odd[0].payload is None
-    assert history not in {d[0] for d in rows(gw, "SELECT event_id FROM deliveries")}
-    # a duplicate is not delivered again
-    send(gw, opened("route-1"))
-    time.sleep(0.2)
+    assert history not in {d.event_id for d in deliveries(gw.app.config)}
+    # a duplicate is not routed again: no delivery row, so nothing can ever deliver it
+    r = gw.post("/hooks/metacopier", opened("route-1"), mc_sign(opened("route-1")))
+    assert r.json()["events"][0]["status"] == "duplicate"
+    assert [d.event_id for d in deliveries(gw.app.config, plugin="positions")] == [position]
     assert len(recorder(gw, "positions").delivered) == 1
 
 
@@ -277,10 +297,9 @@ def test_pending_deliveries_resume_after_a_restart(make_config: Callable[..., Co
     ids = [send(gw, opened(f"resume-{i}")) for i in range(3)]
     wait_for(lambda: len(recorder(gw, "sink").calls) == 3, what="failed first attempts")
     gw.__exit__()
-    # a later start: the rows are still pending (retry due in a minute); make them due now
-    with sqlite3.connect(config.store.path) as conn:
-        conn.execute("UPDATE deliveries SET next_attempt_at = 0")
-    gw2 = serve(config)
+    # a later start, two minutes on: the rows are still pending, and their retry is due
+    assert statuses(gw) == ["pending"] * 3
+    gw2 = serve(config, clock=lambda: time.time() + 120)
     wait_for(lambda: sorted(e.id for e in recorder(gw2, "sink").delivered) == ids, what="resumed deliveries")
     assert [e.attempt for e in recorder(gw2, "sink").delivered] == [2, 2, 2]
 

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from gateway.config import Config, parse_config
-from tests.conftest import RunningGateway, mc_sign, source_table
+from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
 
 Serve = Callable[..., RunningGateway]
 
@@ -133,13 +133,6 @@ def assert_serves(gw: RunningGateway, position: str, within: float = 3.0) -> Non
 def db_count(gw: RunningGateway, table: str) -> int:
     with sqlite3.connect(gw.app.config.store.path) as conn:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @contextmanager

@@ -49,12 +49,12 @@ async def test_prune_keeps_recent_and_undelivered_events(tmp_path: Path) -> None
         await store.ingest(receipt("old-batch", old), [ParsedEvent("t", "a"), ParsedEvent("t", "b")], [["p"], ["p"]])
         await store.ingest(receipt("old-waiting", old), [ParsedEvent("t", "c")], [["p"]])
         await store.ingest(receipt("new", now), [ParsedEvent("t", "d")], [["p"]])
-        due = await store.due_deliveries("p", now, 10)
-        finished = [d for d in due if d.entity_id in ("a", "b", "d")]  # "c" stays pending
-        await store.finish_deliveries([DeliveryResult(d.id, "delivered") for d in finished])
+        claims = await store.claim_due("p", now, 10, 60)
+        finished = [c for c in claims if c.event.entity_id in ("a", "b", "d")]  # "c" stays pending
+        await store.finish_deliveries([DeliveryResult(c.delivery_id, c.claim_id, "delivered") for c in finished])
         store.record_rejection(Rejection(old, "rej-old", "src", "bad_signature", "x", None, (), 1, None))
         store.record_rejection(Rejection(now, "rej-new", "src", "bad_signature", "x", None, (), 1, None))
-        await asyncio.sleep(0.05)
+        await store.flush()
         assert counts(tmp_path / "s.db") == {"events": 4, "receipts": 3, "deliveries": 4, "rejections": 2}
 
         assert await store.prune(now - 30 * DAY, batch=1) == 1  # batches as small as asked
@@ -63,8 +63,9 @@ async def test_prune_keeps_recent_and_undelivered_events(tmp_path: Path) -> None
         assert [e.entity_id for e in await store.list_events()] == ["d", "c"]
         assert counts(tmp_path / "s.db") == {"events": 2, "receipts": 2, "deliveries": 2, "rejections": 1}
         # once "c" is delivered, it goes too, with its receipt
-        (waiting,) = await store.due_deliveries("p", now, 10)
-        await store.finish_deliveries([DeliveryResult(waiting.id, "dead", 0, "gave up")])
+        await store.release([c for c in claims if c not in finished])
+        (waiting,) = await store.claim_due("p", now, 10, 60)
+        await store.finish_deliveries([DeliveryResult(waiting.delivery_id, waiting.claim_id, "dead", 0, "gave up")])
         assert await store.prune(now - 30 * DAY) == 1
         assert counts(tmp_path / "s.db") == {"events": 1, "receipts": 1, "deliveries": 1, "rejections": 1}
     finally:

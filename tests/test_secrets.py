@@ -29,7 +29,6 @@ import socket
 import sqlite3
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -42,10 +41,8 @@ import orjson
 import pytest
 
 from gateway.config import ConfigError, load_config
-from tests.test_cli import free_port
+from tests.conftest import GATEWAY, ROOT, free_port, run_gateway, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-GATEWAY = str(Path(sys.executable).parent / "gateway")
 DASHBOARD = ROOT / "gateway" / "dashboard"
 WINDOW = 16  # a leaked excerpt of 19+ characters contains an aligned window this long
 
@@ -293,20 +290,9 @@ def cli(outputs: dict[str, bytes], label: str, args: list[str], cwd: Path, env: 
     return proc.stdout.decode() + proc.stderr.decode()
 
 
-def start_gateway(config: Path, port: int, log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen([GATEWAY, "run", "--config", str(config), "--port", str(port), "--log-format",
-                                 "json"], cwd=config.parent, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"gateway did not start:\n{log.read_text()}")
+def start_logging_json(config: Path, port: int, log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    return run_gateway(["run", "--config", str(config), "--port", str(port), "--log-format", "json"],
+                       cwd=config.parent, port=port, log=log, env=env)
 
 
 def dump(response: httpx.Response) -> bytes:
@@ -378,14 +364,16 @@ def receiver() -> Iterator[Receiver]:
 
 def wait_until_settled(client: httpx.Client, token: str) -> None:
     """Until no delivery is pending (each plugin has delivered or dead-lettered everything)."""
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        r = client.get("/api/v1/deliveries", params={"status": "pending", "limit": 1},
-                       headers={"Authorization": f"Bearer {token}"})
-        if r.status_code == 200 and not r.json()["deliveries"]:
-            return
-        time.sleep(0.1)
-    raise AssertionError("deliveries still pending after 40 s")
+
+    def pending() -> httpx.Response:
+        return client.get("/api/v1/deliveries", params={"status": "pending", "limit": 1},
+                          headers={"Authorization": f"Bearer {token}"})
+
+    def settled() -> bool:
+        r = pending()
+        return r.status_code == 200 and not r.json()["deliveries"]
+
+    wait_for(settled, 40, "every delivery to be delivered or dead-lettered", seen=lambda: pending().text, interval=0.1)
 
 
 # --- the end-to-end test -----------------------------------------------------------------------
@@ -413,7 +401,7 @@ def test_no_secret_leaks_through_any_output(tmp_path: Path, receiver: Receiver) 
 
     check = cli(outputs, "check-config", ["check-config", "--config", str(config)], tmp_path, env)
     assert ": OK:" in check and "warning" not in check  # mode 0600: no permission warning
-    proc = start_gateway(config, port, log, env)
+    proc = start_logging_json(config, port, log, env)
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
             def post(label: str, path: str, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
@@ -829,7 +817,7 @@ secret = "env:GWT_CLIENT"
     path = tmp_path / "world.toml"
     log = tmp_path / "run.log"
     port = free_port()
-    proc = start_gateway(path, port, log, env)
+    proc = start_logging_json(path, port, log, env)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     warnings = [orjson.loads(line) for line in log.read_text().splitlines()

@@ -3,50 +3,30 @@ answered and stored (or refused), none lost; a second signal ends the process at
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import orjson
 
-from tests.conftest import MC_SECRET, mc_sign
-from tests.test_cli import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-GATEWAY = str(Path(sys.executable).parent / "gateway")
+from tests.conftest import mc_sign, socket_inodes, start_gateway, wait_for
 
 
 def start(tmp_path: Path, extra: str = "", deadline: float = 20) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    (tmp_path / "gateway.toml").write_text(f"""
-[server]
-port = {port}
-shutdown_timeout_seconds = {deadline}
-[store]
-path = "gateway.db"
-[[sources]]
-name = "metacopier"
-scheme = "metacopier"
-secret = "{MC_SECRET}"
-{extra}
-""")
-    with (tmp_path / "run.log").open("wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([GATEWAY, "run", "--config", str(tmp_path / "gateway.toml")], cwd=tmp_path,
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    for _ in range(200):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError((tmp_path / "run.log").read_text())
+    return start_gateway(tmp_path, extra, shutdown_timeout_seconds=deadline)
+
+
+def accepted(pid: int, clients: list[socket.socket]) -> bool:
+    """Whether process `pid` has accepted each of the `clients`' connections (Linux /proc): the
+    server's end of each is one of its open sockets, not a connection waiting in the backlog."""
+    ports = {f"{client.getsockname()[1]:04X}" for client in clients}
+    held = socket_inodes(pid)
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(row[2].rsplit(":", 1)[1] in ports and row[9] in held for row in rows) == len(clients)
 
 
 def read_reply(sock: socket.socket) -> bytes:
@@ -83,14 +63,17 @@ def test_sigterm_finishes_requests_in_flight_and_loses_none(tmp_path: Path) -> N
         sock.sendall(f"POST /hooks/metacopier HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n"
                      .encode() + body[: len(body) // 2])
         socks.append(sock)
-    time.sleep(0.3)
+    wait_for(lambda: accepted(proc.pid, socks), 10, "the server to accept the 20 connections")
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    refused = False
-    try:  # new connections are no longer accepted
-        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-    except httpx.TransportError:
-        refused = True
+
+    def refusing() -> bool:
+        try:  # new connections are no longer accepted
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.TransportError:
+            return True
+        return False
+
+    refused = wait_for(refusing, 10, "new connections to be refused after SIGTERM")
     answered: list[int] = []
     for sock, body in zip(socks, bodies, strict=True):
         try:
@@ -122,7 +105,9 @@ def test_a_second_signal_forces_exit(tmp_path: Path) -> None:
         r = httpx.post(f"http://127.0.0.1:{port}/hooks/metacopier", content=body, headers=mc_sign(body))
         acked.append(r.json()["events"][0]["id"])
     proc.send_signal(signal.SIGTERM)  # graceful: would wait up to 60 s for the hanging plugin
-    time.sleep(1.5)
+    log = tmp_path / "run.log"  # the plugins are stopping: the first signal is being handled
+    wait_for(lambda: "Waiting for application shutdown." in log.read_text(), what="the app's shutdown to begin",
+             seen=lambda: log.read_text()[-2000:])
     assert proc.poll() is None
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)

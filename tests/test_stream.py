@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,21 +15,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from gateway import stream
-from gateway.config import Config, parse_config
-from tests.conftest import RunningGateway, mc_sign, source_table
+from gateway.config import Config
+from tests.conftest import RunningGateway, send, source_table, wait_for
 
 SECRET = "dashboard-secret-0123456789"
 
 
 @pytest.fixture
-def gw(tmp_path: Path, serve: Callable[..., RunningGateway]) -> RunningGateway:
-    data = {
-        "sources": [source_table("metacopier", "metacopier")],
-        "store": {"path": str(tmp_path / "gateway.db")},
-        "clients": [{"id": "dash", "secret": SECRET, "scopes": ["events:read"]}],
-    }
-    config: Config = parse_config(data, origin="test.toml", base_dir=tmp_path)
-    return serve(config)
+def gw(make_config: Callable[..., Config], serve: Callable[..., RunningGateway]) -> RunningGateway:
+    return serve(make_config(only=[source_table("metacopier", "metacopier")],
+                             clients=[{"id": "dash", "secret": SECRET, "scopes": ["events:read"]}]))
 
 
 def token(gw: RunningGateway) -> str:
@@ -41,12 +35,8 @@ def token(gw: RunningGateway) -> str:
     return value
 
 
-def send(gw: RunningGateway, position: str, event: str = "position.opened", pad: int = 0) -> int:
-    body = orjson.dumps({"type": event, "position": {"id": position}, "pad": "x" * pad})
-    r = gw.post("/hooks/metacopier", body, mc_sign(body))
-    assert r.status_code == 200
-    event_id: int = r.json()["events"][0]["id"]
-    return event_id
+def body(position: str, event: str = "position.opened", pad: int = 0) -> dict[str, Any]:
+    return {"type": event, "position": {"id": position}, "pad": "x" * pad}
 
 
 class SSEReader:
@@ -97,30 +87,24 @@ class SSEReader:
         self.ended.wait(1)
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 10, message: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out {message()}"
-        time.sleep(0.02)
-
-
 def test_sse_live_events_filters_and_resume(gw: RunningGateway) -> None:
     bearer = {"Authorization": f"Bearer {token(gw)}"}
-    before = send(gw, "old-1")  # sent before connecting: not part of a stream "from now on"
+    before = send(gw, body("old-1"))  # sent before connecting: not part of a stream "from now on"
     reader = SSEReader(gw, "?type=position.closed", bearer)
     assert reader.status == 200
-    closes = [send(gw, f"p{i}", "position.closed") for i in range(3)]
-    send(gw, "p9", "position.opened")  # filtered out
-    wait_for(lambda: reader.ids() == closes)
+    closes = [send(gw, body(f"p{i}", "position.closed")) for i in range(3)]
+    send(gw, body("p9", "position.opened"))  # filtered out
+    wait_for(lambda: reader.ids() == closes, what=f"the closes {closes}", seen=reader.ids)
     assert all(event["event_type"] == "position.closed" for _, event in reader.events)
     assert before not in reader.ids()
     reader.close()
 
-    missed = [send(gw, f"m{i}", "position.closed") for i in range(4)]  # while disconnected
+    missed = [send(gw, body(f"m{i}", "position.closed")) for i in range(4)]  # while disconnected
     resumed = SSEReader(gw, "?type=position.closed", {**bearer, "Last-Event-ID": str(closes[-1])})
-    wait_for(lambda: resumed.ids() == missed, message=lambda: f"{resumed.ids()} != {missed}; status {resumed.status}")
-    live = send(gw, "live", "position.closed")
-    wait_for(lambda: resumed.ids() == [*missed, live])  # no gap, no repeat
+    wait_for(lambda: resumed.ids() == missed, what=f"the missed events {missed}",
+             seen=lambda: f"{resumed.ids()}; status {resumed.status}")
+    live = send(gw, body("live", "position.closed"))
+    wait_for(lambda: resumed.ids() == [*missed, live], seen=resumed.ids)  # no gap, no repeat
     resumed.close()
 
 
@@ -129,22 +113,22 @@ def test_sse_token_in_the_query_and_auth_failures(gw: RunningGateway) -> None:
     r = gw.client.get("/api/v1/stream?access_token=forged")
     assert r.status_code == 401 and r.json()["code"] == "invalid_token"
     reader = SSEReader(gw, f"?access_token={token(gw)}&since=0", {})
-    first = send(gw, "q1")
-    wait_for(lambda: reader.ids() == [first])
+    first = send(gw, body("q1"))
+    wait_for(lambda: reader.ids() == [first], seen=reader.ids)
     reader.close()
 
 
 def test_websocket_live_and_resume_with_since(gw: RunningGateway) -> None:
     url = gw.url.replace("http://", "ws://") + f"/api/v1/ws?access_token={token(gw)}&type=position.*"
     with connect(url) as ws:
-        sent = [send(gw, f"w{i}") for i in range(3)]
+        sent = [send(gw, body(f"w{i}")) for i in range(3)]
         got = [orjson.loads(ws.recv(timeout=5)) for _ in sent]
     assert [m["id"] for m in got] == sent and all(m["type"] == "event" for m in got)
     assert got[0]["event"]["entity_id"] == "w0"
-    missed = [send(gw, f"x{i}") for i in range(2)]
+    missed = [send(gw, body(f"x{i}")) for i in range(2)]
     with connect(f"{url}&since={sent[-1]}") as ws:
         replayed = [orjson.loads(ws.recv(timeout=5))["id"] for _ in missed]
-        live = send(gw, "x-live")
+        live = send(gw, body("x-live"))
         assert replayed == missed
         assert orjson.loads(ws.recv(timeout=5))["id"] == live
 
@@ -170,7 +154,7 @@ def test_slow_client_is_cut_off_with_a_reason_and_ingest_is_not_slowed(
                  .encode())
     started = time.monotonic()
     for i in range(150):  # 150 events of 50 KB while the client reads nothing
-        send(gw, f"slow-{i}", pad=50_000)
+        send(gw, body(f"slow-{i}", pad=50_000))
     assert time.monotonic() - started < 20  # ingest went on regardless
     received = b""
     sock.settimeout(10)
@@ -188,7 +172,7 @@ def test_slow_client_is_cut_off_with_a_reason_and_ingest_is_not_slowed(
 def test_websocket_slow_client_is_closed_with_a_reason(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream, "MAX_LAG", 10)
     for i in range(30):
-        send(gw, f"lag-{i}")
+        send(gw, body(f"lag-{i}"))
     url = gw.url.replace("http://", "ws://") + f"/api/v1/ws?access_token={token(gw)}&since=0"
     with connect(url) as ws, pytest.raises(ConnectionClosed) as info:
         while True:

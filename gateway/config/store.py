@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,58 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """`[store]`. `url` names the backend by its scheme (`sqlite:///var/gateway.db`); `path` is
+    the shorthand for a SQLite file. Either fills in the other: for a SQLite store they name the
+    same file; for another backend, `path` is only where local files (the API key) live."""
+
     path: Path = Path("var/gateway.db")
     synchronous: Synchronous = "FULL"
     busy_timeout_ms: int = 5000
     rejections_per_source: int = 1000
     retention_days: int = 0  # 0: keep forever (dedup is only as long as events are kept)
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            object.__setattr__(self, "url", f"sqlite:///{self.path}")
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages: a SQLite store's file, else the URL without credentials."""
+        return str(self.path) if self.url.startswith("sqlite:") else re.sub(r"//[^@/]*@", "//", self.url)
+
+
+def _store_location(c: Checker, st: Mapping[str, Any], base_dir: Path) -> tuple[Path, str]:
+    """`[store] url` or its shorthand `path`, as (path, url); a relative SQLite path is relative
+    to the config file's folder, and the URL carries the resolved path."""
+    from gateway.store import BACKENDS, url_scheme  # the registry, loaded when a config is parsed
+
+    default = Path("var/gateway.db")
+    url = c.get(st, "store.url", "url", str, "")
+    if "url" in st and "path" in st:
+        c.error("store.url", "give either url or path (the shorthand for sqlite:///path), not both")
+        return base_dir / default, ""
+    if not url:
+        path = Path(c.get(st, "store.path", "path", str, str(default)))
+    elif url_scheme(url) not in BACKENDS:
+        c.error("store.url", f"unknown store {url_scheme(url) or url!r}: the url must start with one of "
+                             f"{', '.join(s + '://' for s in sorted(BACKENDS))}")
+        return base_dir / default, ""
+    elif url_scheme(url) != "sqlite":
+        return base_dir / default, url
+    elif not url.startswith("sqlite:///") or url == "sqlite:///":
+        c.error("store.url", f"a SQLite url is sqlite:///relative/path or sqlite:////absolute/path, got {url!r}")
+        return base_dir / default, ""
+    else:
+        path = Path(url.removeprefix("sqlite:///"))
+    path = path if path.is_absolute() else base_dir / path
+    return path, f"sqlite:///{path}"
 
 
 def parse_store(c: Checker, data: Mapping[str, Any], base_dir: Path) -> StoreConfig:
-    st = c.table(data, "store", {"path", "synchronous", "busy_timeout_ms", "rejections_per_source",
+    st = c.table(data, "store", {"url", "path", "synchronous", "busy_timeout_ms", "rejections_per_source",
                                  "retention_days"})
-    store_path = Path(c.get(st, "store.path", "path", str, "var/gateway.db"))
+    store_path, store_url = _store_location(c, st, base_dir)
     sync = c.get(st, "store.synchronous", "synchronous", str, "FULL").upper()
     if sync not in get_args(Synchronous):
         c.error("store.synchronous", f"must be FULL or NORMAL, got {sync!r}")
@@ -36,7 +78,8 @@ def parse_store(c: Checker, data: Mapping[str, Any], base_dir: Path) -> StoreCon
     if not 0 <= kept <= 1_000_000:
         c.error("store.rejections_per_source", f"must be between 0 and 1000000, got {kept}")
     store = StoreConfig(
-        path=store_path if store_path.is_absolute() else base_dir / store_path,
+        path=store_path,
+        url=store_url,
         synchronous=sync,
         busy_timeout_ms=busy,
         rejections_per_source=kept,

@@ -30,53 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from gateway.store import event_json
+from gateway.model import Event as Event  # the plugin's event record, defined with the store's
 
 ENTRY_POINT_GROUP = "gateway.plugins"
 
 
 class PermanentFailure(Exception):
     """Raised by a plugin for an event it will never accept: dead-letter it, no retries."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One stored event, as every plugin receives it.
-
-    Attributes:
-        id: the gateway's event id, unique and increasing; use it for idempotency.
-        source: the source name (`POST /hooks/{source}`).
-        scheme: `metacopier`, `pipsync` or `tradrapi`.
-        event_type: the sender's type, e.g. `position.opened`; `""` when quarantined.
-        entity_id: the deduplication id (position id, trade id, ...).
-        dedup_key: `source:event_type:entity_id`.
-        status: `stored` or `quarantined`.
-        account: the sender's account id, when present.
-        symbol: the instrument, when present.
-        received_at: Unix time (seconds) the gateway received the request.
-        payload: the parsed event (for a TradrAPI batch, this member); None if unparseable.
-        body: the event's own bytes: the raw request body, byte for byte, for a
-            single-event request; the member's JSON (keys sorted) for a TradrAPI batch member.
-        attempt: this plugin's delivery attempt for this event, starting at 1.
-    """
-
-    id: int
-    source: str
-    scheme: str
-    event_type: str
-    entity_id: str
-    dedup_key: str
-    status: str
-    account: str | None
-    symbol: str | None
-    received_at: float
-    payload: Any
-    body: bytes
-    attempt: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as JSON-ready data (without the raw body), as the built-ins send it."""
-        return event_json(self)
 
 
 @runtime_checkable

@@ -4,10 +4,7 @@ point, configured like any plugin, idempotent, and correct end to end through th
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -19,12 +16,8 @@ from gateway_plugin_example import PositionLedger, factory
 from gateway.config import Config, ConfigError, parse_config
 from gateway.plugins import ENTRY_POINT_GROUP, Event, PermanentFailure, PluginContext
 from gateway.plugins.loader import load_plugins, resolve_factory
-from tests.conftest import RunningGateway, mc_sign, source_table
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+from tests import store_reads
+from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
 
 
 def make_event(event_id: int, event_type: str = "position.opened", entity_id: str = "88412231",
@@ -224,14 +217,6 @@ async def test_the_ledger_survives_a_restart(tmp_path: Path) -> None:
 # --- end to end through the real gateway -------------------------------------------------------
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting until {what}")
-        time.sleep(0.02)
-
-
 def mc_body(event_type: str, position: str, symbol: str) -> bytes:
     return orjson.dumps({"type": event_type, "timestamp": "2026-11-20T10:15:02.331Z", "accountId": "acc-1",
                          "position": {"id": position, "symbol": symbol, "orderType": "Buy", "volume": 0.5}})
@@ -255,11 +240,10 @@ def test_end_to_end_through_the_gateway(tmp_path: Path, serve: Callable[..., Run
         ids.append(outcome["id"])
 
     def deliveries() -> list[tuple[Any, ...]]:
-        # The app runs in another thread with its own event loop: read the store file directly.
-        with closing(sqlite3.connect(config.store.path)) as conn:
-            return conn.execute("SELECT event_id, plugin, status, attempts FROM deliveries ORDER BY id").fetchall()
+        return [(d.event_id, d.plugin, d.status, d.attempts) for d in store_reads.deliveries(config)]
 
-    wait_for(lambda: all(row[2] == "delivered" for row in deliveries()), "every delivery is recorded")
+    wait_for(lambda: all(row[2] == "delivered" for row in deliveries()), what="every delivery recorded",
+             seen=deliveries)
     assert deliveries() == [(event_id, "ledger", "delivered", 1) for event_id in ids]
     assert read_ledger(ledger_file) == {
         "open": {"metacopier:B": {"symbol": "GBPUSD", "account": "acc-1", "opened_event_id": ids[1],
@@ -272,6 +256,5 @@ def test_end_to_end_through_the_gateway(tmp_path: Path, serve: Callable[..., Run
     response = gw.post("/hooks/metacopier", body, mc_sign(body))
     assert response.json()["events"][0] == {"id": ids[0], "status": "duplicate",
                                             "dedup_key": "metacopier:position.opened:A"}
-    time.sleep(0.2)
-    assert len(deliveries()) == 3
+    assert len(deliveries()) == 3  # answered after the commit that would have queued a delivery
     assert list(read_ledger(ledger_file)["open"]) == ["metacopier:B"]

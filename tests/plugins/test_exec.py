@@ -18,6 +18,7 @@ import pytest
 
 from gateway.plugins import Event, PermanentFailure, PluginContext
 from gateway.plugins.exec import CommandFailed, ExecPlugin, factory
+from tests.conftest import wait_for_async
 
 pytestmark = pytest.mark.anyio
 
@@ -26,11 +27,6 @@ RECORD = (
     "import json, os, sys; data = sys.stdin.buffer.read();"
     "json.dump({'stdin': data.decode(), 'env': dict(os.environ), 'cwd': os.getcwd()}, open(sys.argv[1], 'w'))"
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def make_event(event_id: int = 9, **changes: Any) -> Event:
@@ -66,10 +62,7 @@ def pid_alive(pid: int) -> bool:
 
 
 async def wait_for_file(path: Path) -> str:
-    deadline = time.monotonic() + 10
-    while not (path.exists() and path.read_text().endswith("\n")):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        await asyncio.sleep(0.02)
+    await wait_for_async(lambda: path.exists() and path.read_text().endswith("\n"), what=f"{path} to be written")
     return path.read_text()
 
 
@@ -163,10 +156,7 @@ async def test_a_timeout_also_kills_the_commands_children(make_plugin: Callable[
         assert done, "the cancelled delivery did not return"
         with pytest.raises(asyncio.CancelledError):
             delivery.result()
-        deadline = time.monotonic() + 5
-        while pid_alive(grandchild):
-            assert time.monotonic() < deadline, "the command's child survived"
-            await asyncio.sleep(0.02)
+        await wait_for_async(lambda: not pid_alive(grandchild), 5, "the command's child to be killed")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(grandchild, signal.SIGKILL)

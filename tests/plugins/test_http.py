@@ -26,11 +26,6 @@ KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def make_event(event_id: int = 41, **changes: Any) -> Event:
     fields: dict[str, Any] = {
         "id": event_id, "source": "pipsync", "scheme": "pipsync", "event_type": "trade.opened",

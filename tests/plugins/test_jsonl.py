@@ -18,11 +18,6 @@ from gateway.plugins.jsonl import JsonlPlugin, factory
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def make_event(event_id: int = 1, **changes: Any) -> Event:
     fields: dict[str, Any] = {
         "id": event_id, "source": "metacopier", "scheme": "metacopier", "event_type": "position.opened",

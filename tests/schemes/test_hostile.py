@@ -35,6 +35,7 @@ from tests.conftest import (
     ps_sign,
 )
 from tests.hostile import BODIES, any_body, deep
+from tests.schemes.conftest import REJECT_CODES, lower
 
 NOW = 1763633702.331
 TOKEN = "bearer-token-0123456789"
@@ -49,8 +50,6 @@ TR = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY), Secret(
 SOURCES = [MC, MC_NO_TS, MC_BEARER, MC_NONE, PS, PS_TIGHT, TR]
 SIGNED_SOURCES = [MC, MC_NO_TS, PS, PS_TIGHT, TR]  # those whose credential is checked
 
-REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
-                "future_timestamp"}
 KNOWN_HEADERS = ["X-MetaCopier-Signature", "X-Webhook-Signature", "X-MetaCopier-Timestamp",
                  "X-MetaCopier-Delivery-Attempt", "Authorization", "X-PipSync-Signature", "X-Webhook-Secret",
                  "Content-Type"]
@@ -59,7 +58,7 @@ HEX = "0123456789abcdef"
 
 def sign(source: SourceConfig, body: bytes, now: float = NOW) -> dict[str, str]:
     """The headers the sender would send, with lower-case names as the ASGI server hands them."""
-    return {k.lower(): v for k, v in get_scheme(source.scheme).sign(body, source, now).items()}
+    return lower(get_scheme(source.scheme).sign(body, source, now))
 
 
 def outcome(source: SourceConfig, body: bytes, headers: dict[str, str], now: float = NOW) -> Verified | None:
@@ -420,7 +419,7 @@ def test_signed_timestamps_outside_the_window_are_stale_or_future(source: Source
         sent_at = ts / 1000 if len(str(ts)) == 13 else float(ts)
     skew = now - sent_at
     try:
-        verified = get_scheme(source.scheme).verify(body, {k.lower(): v for k, v in headers.items()}, now, source)
+        verified = get_scheme(source.scheme).verify(body, lower(headers), now, source)
     except Rejected as exc:
         assert abs(skew) > source.tolerance_seconds
         assert exc.code == ("stale_timestamp" if skew > 0 else "future_timestamp")

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from gateway._secret import Secret
 from gateway.config import SourceConfig, parse_config
-from gateway.errors import Rejected
 from gateway.model import Verified, dedup_key
 from gateway.schemes import get_scheme, metacopier
 from gateway.schemes._base import hmac_sha256_hex
 from tests.conftest import MC_BODY, MC_SECRET, MC_SECRET_NEW, mc_sign, source_table
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, lower, sha256_id
 
 # senders.md test vector
 MC_TS = 1763633702331
@@ -38,27 +38,10 @@ BEARER = SourceConfig(name="mcb", scheme="metacopier", options={"auth": "bearer"
 NONE = SourceConfig(name="mcn", scheme="metacopier", options={"auth": "none"}, secrets=())
 
 FULLWIDTH = {ord(d): ord(d) + 0xFEE0 for d in "0123456789"}  # "1" -> "\uff11", looks like a digit
-REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
-                "future_timestamp"}
 
 
-def lower(headers: dict[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-def signed(body: bytes = MC_BODY, secret: str = MC_SECRET, ts_ms: int = MC_TS) -> dict[str, str]:
-    return lower(mc_sign(body, secret, ts_ms))
-
-
-def rejected(body: bytes, headers: dict[str, str], now: float = MC_NOW,
-             source: SourceConfig = HMAC) -> Rejected:
-    with pytest.raises(Rejected) as info:
-        metacopier.verify(body, headers, now, source)
-    return info.value
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256-" + hashlib.sha256(data).hexdigest()
+MC = Reference(metacopier.verify, MC_BODY, MC_NOW, HMAC, mc_sign, MC_SECRET, MC_TS, one_event=True)
+signed, rejected, verify_signed, outcome = MC.signed, MC.rejected, MC.verify_signed, MC.outcome
 
 
 def content_digest(obj: dict[str, Any], ignore: str | None = None) -> bytes:
@@ -398,10 +381,6 @@ def test_delivery_attempt(value: str | None, attempt: int | None) -> None:
 
 # --- payload parsing -------------------------------------------------------------------
 
-def _verify_signed(body: bytes, source: SourceConfig = HMAC) -> Verified:
-    return metacopier.verify(body, signed(body), MC_NOW, source)
-
-
 @pytest.mark.parametrize(
     ("obj", "event_type", "position", "account", "symbol"),
     [
@@ -429,7 +408,7 @@ def _verify_signed(body: bytes, source: SourceConfig = HMAC) -> Verified:
 def test_payload_fields(obj: dict[str, Any], event_type: str, position: str, account: str | None,
                         symbol: str | None) -> None:
     """Without its own time an event is named by the position id alone, ordered per position."""
-    (event,) = _verify_signed(orjson.dumps(obj)).events
+    (event,) = verify_signed(orjson.dumps(obj)).events
     assert (event.event_type, event.identity, event.entity_id, event.account, event.symbol) == (
         event_type, (position,), f"position:{position}", account, symbol)
     assert event.status == "stored"
@@ -446,7 +425,7 @@ def test_identity_falls_back_to_content_digest(obj: dict[str, Any], entity: str 
     """No usable position id: the event is named by its whole canonical content and ordered per
     account, or on its own; its fingerprint still leaves the root `timestamp` out."""
     body = orjson.dumps(obj)
-    (event,) = _verify_signed(body).events
+    (event,) = verify_signed(body).events
     assert event.identity == content_digest(obj)
     assert event.fingerprint == content_digest(obj, "timestamp")
     assert event.entity_id == (entity or "sha256-" + content_digest(obj).hex())
@@ -457,9 +436,9 @@ def test_history_updates_told_apart_only_by_their_timestamp_are_two_events() -> 
     """Found while writing these tests: the ignored `timestamp` was left out of the digest that
     names an event without an id, so every later `history.updated` of an account was answered
     `duplicate` of the first, for ever. The timestamp is all that tells them apart."""
-    first = _verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T10:00:00Z","accountId":"a"}')
-    later = _verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T11:00:00Z","accountId":"a"}')
-    retry = _verify_signed(b'{"accountId":"a","type":"history.updated","timestamp":"2026-11-20T10:00:00Z"}')
+    first = verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T10:00:00Z","accountId":"a"}')
+    later = verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T11:00:00Z","accountId":"a"}')
+    retry = verify_signed(b'{"accountId":"a","type":"history.updated","timestamp":"2026-11-20T10:00:00Z"}')
     assert first.events[0].identity != later.events[0].identity
     assert first.events[0].identity == retry.events[0].identity
     assert first.events[0].entity_id == later.events[0].entity_id == "account:a"
@@ -468,17 +447,17 @@ def test_history_updates_told_apart_only_by_their_timestamp_are_two_events() -> 
 def test_content_identity_is_canonical() -> None:
     """Formerly the raw bytes were hashed, so key order and whitespace made two events of one
     body; now canonically identical bodies are one occurrence and any other content is another."""
-    a = _verify_signed(b'{"type":"history.updated","accountId":"a"}').events[0]
-    b = _verify_signed(b'{"accountId":"a", "type":"history.updated"}').events[0]
-    c = _verify_signed(b'{"type":"history.updated","accountId":"b"}').events[0]
+    a = verify_signed(b'{"type":"history.updated","accountId":"a"}').events[0]
+    b = verify_signed(b'{"accountId":"a", "type":"history.updated"}').events[0]
+    c = verify_signed(b'{"type":"history.updated","accountId":"b"}').events[0]
     assert a.identity == b.identity and a.fingerprint == b.fingerprint
     assert c.identity != a.identity
 
 
 def test_open_and_close_of_one_position_are_distinct_events() -> None:
     """One position, two occurrences: told apart by type (and each by its own time), one entity."""
-    opened = _verify_signed(b'{"type":"position.opened","position":{"id":"7","openTime":"T1"}}').events[0]
-    closed = _verify_signed(b'{"type":"position.closed","position":{"id":"7","openTime":"T1",'
+    opened = verify_signed(b'{"type":"position.opened","position":{"id":"7","openTime":"T1"}}').events[0]
+    closed = verify_signed(b'{"type":"position.closed","position":{"id":"7","openTime":"T1",'
                             b'"closeTime":"T2"}}').events[0]
     assert (opened.event_type, opened.identity) == ("position.opened", ("7", "T1"))
     assert (closed.event_type, closed.identity) == ("position.closed", ("7", "T2"))
@@ -507,13 +486,9 @@ def test_open_and_close_of_one_position_are_distinct_events() -> None:
     ],
 )
 def test_quarantine(body: bytes, reason: str) -> None:
-    verified = _verify_signed(body)
+    verified = verify_signed(body)
     (event,) = verified.events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    assert_quarantined(event, body, reason)
     assert verified.attempt == 1
 
 
@@ -526,7 +501,7 @@ def test_dedup_fields_override(fields: tuple[str, ...], identity: str | None) ->
     """`dedup_fields` names the occurrence by the first id found there, alone (no time); the
     order key stays the position."""
     source = SourceConfig(name="mc", scheme="metacopier", secrets=(Secret(MC_SECRET),), dedup_fields=fields)
-    (event,) = _verify_signed(MC_BODY, source).events
+    (event,) = verify_signed(MC_BODY, source).events
     assert event.identity == ((identity,) if identity else content_digest(orjson.loads(MC_BODY)))
     assert event.entity_id == MC_ENTITY
 
@@ -545,7 +520,7 @@ def test_sample_bodies_parse() -> None:
     for event_type in metacopier.EVENT_TYPES:
         body = metacopier.sample(event_type)
         obj = orjson.loads(body)
-        (event,) = _verify_signed(body).events
+        (event,) = verify_signed(body).events
         assert event.event_type == event_type
         if event_type == "history.updated":
             assert event.identity == content_digest(obj)
@@ -565,13 +540,6 @@ HEADER_NAMES = ["x-metacopier-signature", "x-webhook-signature", "x-metacopier-t
 headers_strategy = st.dictionaries(
     st.sampled_from(HEADER_NAMES) | st.text(max_size=20), st.text(max_size=80), max_size=6)
 latin1_text = st.text(st.characters(max_codepoint=0xFF), max_size=80)
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 mc_objects = st.fixed_dictionaries(
     {},
     optional={"type": json_values | st.sampled_from(metacopier.EVENT_TYPES), "event": json_values,
@@ -581,43 +549,32 @@ mc_objects = st.fixed_dictionaries(
 )
 
 
-def _outcome(body: bytes, headers: dict[str, str], now: float, source: SourceConfig) -> Verified | None:
-    try:
-        verified = metacopier.verify(body, headers, now, source)
-    except Rejected as exc:
-        assert exc.code in REJECT_CODES
-        return None
-    assert isinstance(verified, Verified)
-    assert len(verified.events) == 1
-    return verified
-
-
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy,
        now=st.floats(min_value=0, max_value=4e9), source=st.sampled_from([HMAC, HMAC_ONE, NO_TS]))
 def test_property_arbitrary_request_verifies_or_rejects(body: bytes, headers: dict[str, str], now: float,
                                                        source: SourceConfig) -> None:
-    _outcome(body, headers, now, source)
+    outcome(body, headers, now, source)
 
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300),
        headers=st.dictionaries(st.sampled_from(HEADER_NAMES), latin1_text, max_size=4))
 def test_property_bearer_latin1_headers_verify_or_reject(body: bytes, headers: dict[str, str]) -> None:
-    _outcome(body, headers, MC_NOW, BEARER)
+    outcome(body, headers, MC_NOW, BEARER)
 
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy)
 @example(body=MC_BODY, headers={"x-metacopier-delivery-attempt": "²"})
 def test_property_auth_none_any_headers(body: bytes, headers: dict[str, str]) -> None:
-    assert _outcome(body, headers, MC_NOW, NONE) is not None
+    assert outcome(body, headers, MC_NOW, NONE) is not None
 
 
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300) | mc_objects.map(orjson.dumps))
 def test_property_authentic_body_never_raises(body: bytes) -> None:
-    verified = _outcome(body, signed(body), MC_NOW, HMAC)
+    verified = outcome(body, signed(body), MC_NOW, HMAC)
     assert verified is not None
     (event,) = verified.events
     if event.status == "quarantined":

@@ -18,6 +18,7 @@ from gateway.model import Verified
 from gateway.schemes import get_scheme, pipsync
 from gateway.schemes._base import hmac_sha256_hex
 from tests.conftest import PS_BODY, PS_SECRET, PS_SECRET_NEW, ps_sign, source_table
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, lower, sha256_id
 
 # senders.md test vector
 T = 1763633702
@@ -30,26 +31,14 @@ PS = SourceConfig(name="ps", scheme="pipsync", secrets=(Secret(PS_SECRET), Secre
 PS_ONE = SourceConfig(name="ps1", scheme="pipsync", secrets=(Secret(PS_SECRET),))
 
 FULLWIDTH = {ord(d): ord(d) + 0xFEE0 for d in "0123456789"}  # "1" -> "\uff11", looks like a digit
-REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
-                "future_timestamp"}
 
 
 def hdr(value: str) -> dict[str, str]:
     return {"x-pipsync-signature": value}
 
 
-def signed(body: bytes = PS_BODY, secret: str = PS_SECRET, t: int = T) -> dict[str, str]:
-    return {k.lower(): v for k, v in ps_sign(body, secret, t).items()}
-
-
-def rejected(body: bytes, headers: dict[str, str], now: float = T, source: SourceConfig = PS) -> Rejected:
-    with pytest.raises(Rejected) as info:
-        pipsync.verify(body, headers, now, source)
-    return info.value
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256-" + hashlib.sha256(data).hexdigest()
+REF = Reference(pipsync.verify, PS_BODY, T, PS, ps_sign, PS_SECRET, T, one_event=True)
+signed, rejected, verify_signed, outcome = REF.signed, REF.rejected, REF.verify_signed, REF.outcome
 
 
 def content_digest(obj: Any) -> bytes:
@@ -72,7 +61,7 @@ def test_vector() -> None:
 def test_sign_reproduces_vector_and_verifies(now: float) -> None:
     headers = pipsync.sign(PS_BODY, PS, now)
     assert headers["X-PipSync-Signature"] == f"t={T},v1={SIG}"  # int(now): truncated, not rounded
-    verified = pipsync.verify(PS_BODY, {k.lower(): v for k, v in headers.items()}, now, PS)
+    verified = pipsync.verify(PS_BODY, lower(headers), now, PS)
     assert verified.sent_at == float(T)
 
 
@@ -278,10 +267,6 @@ def test_malformed_detail(value: str, words: str) -> None:
 
 # --- payload parsing -------------------------------------------------------------------
 
-def _verify_signed(body: bytes, source: SourceConfig = PS) -> Verified:
-    return pipsync.verify(body, signed(body), T, source)
-
-
 DATA = {"trade_id": "tr_1", "position_id": "pos_1", "signal_id": "sig_1"}
 
 
@@ -311,7 +296,7 @@ DATA = {"trade_id": "tr_1", "position_id": "pos_1", "signal_id": "sig_1"}
 def test_identity_and_entity_precedence(obj: dict[str, Any], identity: str, entity: str) -> None:
     """The root `id` names the occurrence, else the entity ids as before; delivery is ordered per
     position, else trade, else account, else each event on its own."""
-    (event,) = _verify_signed(orjson.dumps(obj)).events
+    (event,) = verify_signed(orjson.dumps(obj)).events
     assert event.identity == (identity,)
     assert event.entity_id == entity
     assert event.event_type == obj["type"]
@@ -325,7 +310,7 @@ def test_identity_and_entity_precedence(obj: dict[str, Any], identity: str, enti
 )
 def test_identity_falls_back_to_content_digest(obj: dict[str, Any]) -> None:
     body = orjson.dumps(obj)
-    (event,) = _verify_signed(body).events
+    (event,) = verify_signed(body).events
     assert event.identity == event.fingerprint == content_digest(obj)
     assert event.entity_id == "sha256-" + content_digest(obj).hex()
 
@@ -338,7 +323,7 @@ def test_identity_falls_back_to_content_digest(obj: dict[str, Any]) -> None:
      ("x", None, None)],
 )
 def test_account_and_symbol(data: Any, account: str | None, symbol: str | None) -> None:
-    (event,) = _verify_signed(orjson.dumps({"id": "e", "type": "trade.opened", "data": data})).events
+    (event,) = verify_signed(orjson.dumps({"id": "e", "type": "trade.opened", "data": data})).events
     assert (event.account, event.symbol) == (account, symbol)
 
 
@@ -361,12 +346,8 @@ def test_account_and_symbol(data: Any, account: str | None, symbol: str | None) 
     ],
 )
 def test_quarantine(body: bytes, reason: str) -> None:
-    (event,) = _verify_signed(body).events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    (event,) = verify_signed(body).events
+    assert_quarantined(event, body, reason)
 
 
 @pytest.mark.parametrize(
@@ -376,7 +357,7 @@ def test_quarantine(body: bytes, reason: str) -> None:
 )
 def test_dedup_fields_override(fields: tuple[str, ...], identity: str | None) -> None:
     source = SourceConfig(name="ps", scheme="pipsync", secrets=(Secret(PS_SECRET),), dedup_fields=fields)
-    event = _verify_signed(PS_BODY, source).events[0]
+    event = verify_signed(PS_BODY, source).events[0]
     assert event.identity == ((identity,) if identity else content_digest(orjson.loads(PS_BODY)))
     assert event.entity_id == PS_ENTITY  # the order key does not follow dedup_fields
 
@@ -393,7 +374,7 @@ def test_source_from_parse_config(tmp_path: Path) -> None:
 def test_sample_bodies_parse() -> None:
     for event_type in pipsync.EVENT_TYPES:
         body = pipsync.sample(event_type)
-        (event,) = _verify_signed(body).events
+        (event,) = verify_signed(body).events
         obj = orjson.loads(body)
         data = obj["data"]
         assert event.event_type == event_type
@@ -417,13 +398,6 @@ structured_header = st.lists(parts, max_size=6).map(",".join)
 headers_strategy = st.dictionaries(
     st.sampled_from(HEADER_NAMES) | st.text(max_size=20), st.text(max_size=100) | structured_header,
     max_size=4)
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 ps_objects = st.fixed_dictionaries(
     {},
     optional={"type": json_values | st.sampled_from(pipsync.EVENT_TYPES), "id": json_values,
@@ -432,22 +406,11 @@ ps_objects = st.fixed_dictionaries(
 )
 
 
-def _outcome(body: bytes, headers: dict[str, str], now: float) -> Verified | None:
-    try:
-        verified = pipsync.verify(body, headers, now, PS)
-    except Rejected as exc:
-        assert exc.code in REJECT_CODES
-        return None
-    assert isinstance(verified, Verified)
-    assert len(verified.events) == 1
-    return verified
-
-
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy, now=st.floats(min_value=0, max_value=4e9))
 def test_property_arbitrary_request_verifies_or_rejects(body: bytes, headers: dict[str, str],
                                                        now: float) -> None:
-    _outcome(body, headers, now)
+    outcome(body, headers, now)
 
 
 harmless_parts = st.one_of(
@@ -481,7 +444,7 @@ def test_property_valid_signature_among_other_parts(body: bytes, extra: list[str
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300) | ps_objects.map(orjson.dumps))
 def test_property_authentic_body_never_raises(body: bytes) -> None:
-    verified = _outcome(body, signed(body), T)
+    verified = outcome(body, signed(body), T)
     assert verified is not None
     (event,) = verified.events
     if event.status == "quarantined":

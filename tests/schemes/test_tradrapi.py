@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from gateway._secret import Secret
 from gateway.config import SourceConfig, parse_config
-from gateway.errors import Rejected
 from gateway.model import Verified
 from gateway.schemes import get_scheme, tradrapi
 from tests.conftest import TR_BODY, TR_KEY, TR_KEY_NEW, source_table, tr_sign
+from tests.schemes.conftest import Reference, assert_quarantined, json_values, sha256_id
 
 # senders.md test vector
 TR_HDR = "e2eb5eaa018f8a000f08232be248ecf04825fe54"
@@ -28,22 +28,14 @@ TR = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY), Secret(
 TR_ONE = SourceConfig(name="tr1", scheme="tradrapi", secrets=(Secret(TR_KEY),))
 AUTH = {"x-webhook-secret": TR_HDR}
 
-REJECT_CODES = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp",
-                "future_timestamp"}
 
 
-def rejected(headers: dict[str, str], body: bytes = TR_BODY, source: SourceConfig = TR) -> Rejected:
-    with pytest.raises(Rejected) as info:
-        tradrapi.verify(body, headers, NOW, source)
-    return info.value
+REF = Reference(tradrapi.verify, TR_BODY, NOW, TR)
+rejected, outcome = REF.rejected, REF.outcome
 
 
 def canonical(member: Any) -> bytes:
     return orjson.dumps(member, option=orjson.OPT_SORT_KEYS)
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256-" + hashlib.sha256(data).hexdigest()
 
 
 def digest(member: Any) -> bytes:
@@ -130,14 +122,14 @@ def test_header_accepted(value: str, source: SourceConfig) -> None:
     ids=["unconfigured", "not-rotated-in", "one-char", "zeros", "key-with-newline"],
 )
 def test_bad_signature(value: str, source: SourceConfig) -> None:
-    exc = rejected({"x-webhook-secret": value}, source=source)
+    exc = rejected(TR_BODY, {"x-webhook-secret": value}, source=source)
     assert exc.code == "bad_signature"
     assert "SHA-1" in exc.detail
 
 
 @pytest.mark.parametrize("key", [TR_KEY, TR_KEY_NEW])
 def test_plaintext_key_is_malformed_and_says_sha1(key: str) -> None:
-    exc = rejected({"x-webhook-secret": key})
+    exc = rejected(TR_BODY, {"x-webhook-secret": key})
     assert exc.code == "malformed_signature"
     assert "SHA-1" in exc.detail
     assert f"got {len(key)} characters" in exc.detail
@@ -150,7 +142,7 @@ def test_plaintext_key_is_malformed_and_says_sha1(key: str) -> None:
      hashlib.sha256(TR_KEY.encode()).hexdigest(), TR_HDR[:20] + " " + TR_HDR[21:] + "a", "0x" + TR_HDR[2:]],
 )
 def test_malformed(value: str) -> None:
-    exc = rejected({"x-webhook-secret": value})
+    exc = rejected(TR_BODY, {"x-webhook-secret": value})
     assert exc.code == "malformed_signature"
     assert "40-character hex SHA-1" in exc.detail
 
@@ -160,14 +152,14 @@ def test_malformed(value: str) -> None:
     ids=["none", "authorization", "other-name"],
 )
 def test_missing(headers: dict[str, str]) -> None:
-    exc = rejected(headers)
+    exc = rejected(TR_BODY, headers)
     assert exc.code == "missing_signature"
     assert "x-webhook-secret" in exc.detail
 
 
 def test_auth_checked_before_body() -> None:
-    assert rejected({}, body=b"not json").code == "missing_signature"
-    assert rejected({"x-webhook-secret": "0" * 40}, body=b"").code == "bad_signature"
+    assert rejected(b"not json", {}).code == "missing_signature"
+    assert rejected(b"", {"x-webhook-secret": "0" * 40}).code == "bad_signature"
 
 
 # --- batches ---------------------------------------------------------------------------
@@ -347,11 +339,7 @@ def test_unknown_event_type_is_stored() -> None:
 def test_root_quarantine(body: bytes, reason: str) -> None:
     verified = tradrapi.verify(body, AUTH, NOW, TR)
     (event,) = verified.events
-    assert event.status == "quarantined"
-    assert event.event_type == ""
-    assert event.entity_id == sha256_id(body)
-    assert event.payload is None
-    assert event.quarantine_reason is not None and reason in event.quarantine_reason
+    assert_quarantined(event, body, reason)
 
 
 def test_attempts_kept_when_root_quarantined() -> None:
@@ -397,7 +385,7 @@ def test_source_from_parse_config(tmp_path: Path) -> None:
     table = source_table("tr", "tradrapi", dedup_fields=["payload.platformTradeId"])
     source = parse_config({"sources": [table]}, origin="test.toml", base_dir=tmp_path).sources["tr"]
     assert tradrapi.verify(TR_BODY, tr_sign(TR_KEY_NEW), NOW, source).events[0].identity == ("t-1",)
-    exc = rejected(tr_sign(UNCONFIGURED), source=source)
+    exc = rejected(TR_BODY, tr_sign(UNCONFIGURED), source=source)
     assert exc.code == "bad_signature"
 
 
@@ -429,13 +417,6 @@ HEADER_NAMES = ["x-webhook-secret", "authorization"]
 headers_strategy = st.dictionaries(
     st.sampled_from(HEADER_NAMES) | st.text(max_size=20),
     st.text(max_size=60) | st.text("0123456789abcdefABCDEF", min_size=40, max_size=40), max_size=4)
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 members = json_values | st.fixed_dictionaries(
     {},
     optional={"eventType": json_values | st.sampled_from(tradrapi.EVENT_TYPES),
@@ -448,20 +429,10 @@ roots = st.fixed_dictionaries(
                   "count": json_values, "eventType": json_values})
 
 
-def _outcome(body: bytes, headers: dict[str, str]) -> Verified | None:
-    try:
-        verified = tradrapi.verify(body, headers, NOW, TR)
-    except Rejected as exc:
-        assert exc.code in REJECT_CODES
-        return None
-    assert isinstance(verified, Verified)
-    return verified
-
-
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300), headers=headers_strategy)
 def test_property_arbitrary_request_verifies_or_rejects(body: bytes, headers: dict[str, str]) -> None:
-    verified = _outcome(body, headers)
+    verified = outcome(body, headers)
     if verified is not None:
         assert headers.get("x-webhook-secret", "").strip().lower() in (TR_HDR, TR_HDR_NEW)
 
@@ -469,7 +440,7 @@ def test_property_arbitrary_request_verifies_or_rejects(body: bytes, headers: di
 @settings(max_examples=200, deadline=None)
 @given(body=st.binary(max_size=300) | roots.map(orjson.dumps))
 def test_property_authentic_body_never_raises(body: bytes) -> None:
-    verified = _outcome(body, AUTH)
+    verified = outcome(body, AUTH)
     assert verified is not None
     obj = _load(body)
     batch = obj.get("payload") if isinstance(obj, dict) else None

@@ -1,137 +1,23 @@
-"""The event store contract. Every backend runs these tests.
-
-A backend plugs in with a small helper class (see `SQLiteBackend`) that opens stores on one
-location and reaches into the database for what the contract cannot observe itself: the raw
-receipt row, and a fault injected into inserts. Adding PostgreSQL means one more such class
-in `BACKENDS`.
-"""
+"""The event store contract, events: ingest, dedup, batches, reads, lifecycle. Every backend
+runs these tests through the `backend` fixture (tests/store/conftest.py); the outbox,
+rejections and upkeep are in test_contract_outbox.py."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import closing
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.config import StoreConfig
 from gateway.errors import StoreUnavailable
-from gateway.model import Outcome, ParsedEvent, dedup_key
-from gateway.store import Receipt, Store, StoredEvent, open_store
+from gateway.model import Outcome, dedup_key
+from gateway.store import EventQuery, Store, StoredEvent
+from tests.store.conftest import RECEIVED_AT, event, one, receipt
 
 pytestmark = pytest.mark.anyio
-
-RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class SQLiteBackend:
-    name = "sqlite"
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.config = StoreConfig(path=tmp_path / "x.db")
-        self.stores: list[Store] = []
-
-    def new(self, *, readonly: bool = False) -> Store:
-        """A store on this backend's location, not opened yet; closed at teardown."""
-        store = open_store(self.config, readonly=readonly)
-        self.stores.append(store)
-        return store
-
-    async def open(self, *, readonly: bool = False) -> Store:
-        store = self.new(readonly=readonly)
-        await store.open()
-        return store
-
-    async def close_all(self) -> None:
-        for store in reversed(self.stores):
-            await store.close()
-
-    def _connect(self) -> closing[sqlite3.Connection]:
-        return closing(sqlite3.connect(self.config.path, isolation_level=None))
-
-    def create_without_schema(self) -> None:
-        """A database that exists but holds no event store."""
-        with self._connect() as conn:
-            conn.execute("CREATE TABLE unrelated (x)")
-
-    def fail_inserts_of(self, entity_id: str) -> None:
-        """From now on, inserting an event with this entity id aborts (a real database error)."""
-        with self._connect() as conn:
-            conn.execute(
-                "CREATE TRIGGER injected_fault BEFORE INSERT ON events"
-                f" WHEN NEW.entity_id = '{entity_id}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-            )
-
-    def heal(self) -> None:
-        with self._connect() as conn:
-            conn.execute("DROP TRIGGER injected_fault")
-
-    def raw_receipt(self, request_id: str) -> tuple[Any, bytes]:
-        """The stored headers (decoded JSON) and the body bytes of one request."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT headers, body FROM receipts WHERE request_id = ?", (request_id,)).fetchall()
-        assert len(rows) == 1, rows
-        headers, body = rows[0]
-        return orjson.loads(headers), body
-
-    def count_receipts(self) -> int:
-        with self._connect() as conn:
-            count: int = conn.execute("SELECT count(*) FROM receipts").fetchone()[0]
-        return count
-
-
-BACKENDS = [SQLiteBackend]
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda cls: cls.name)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str) -> AsyncIterator[Any]:
-    backend = request.param(tmp_path)
-    try:
-        yield backend
-    finally:
-        await backend.close_all()
-
-
-@pytest.fixture
-async def store(backend: Any) -> Store:
-    opened: Store = await backend.open()
-    return opened
-
-
-def receipt(
-    request_id: str = "req-1",
-    *,
-    source: str = "src",
-    scheme: str = "metacopier",
-    body: bytes = b'{"type":"position.opened","position":{"id":"88412231"}}',
-    received_at: float = RECEIVED_AT,
-    remote_addr: str | None = "203.0.113.7",
-    attempt: int | None = 2,
-    headers: Sequence[tuple[str, str]] = (("content-type", "application/json"),),
-) -> Receipt:
-    return Receipt(request_id=request_id, source=source, scheme=scheme, received_at=received_at,
-                   remote_addr=remote_addr, attempt=attempt, headers=headers, body=body)
-
-
-def event(entity_id: str = "88412231", event_type: str = "position.opened", **extra: Any) -> ParsedEvent:
-    return ParsedEvent(event_type=event_type, entity_id=entity_id, **extra)
-
-
-async def one(store: Store, rec: Receipt, ev: ParsedEvent) -> Outcome:
-    [outcome] = await store.ingest(rec, [ev])
-    return outcome
-
 
 # --- storing one event ------------------------------------------------------------------------
 
@@ -516,3 +402,79 @@ async def test_ingest_racing_close_does_not_hang(store: Store) -> None:
                 await store.ingest(receipt(), [event()])
     finally:
         await closing_task
+
+
+# --- every read of events ---------------------------------------------------------------------
+
+
+async def test_list_events_every_filter(store: Store) -> None:
+    ids: dict[str, int] = {}
+    for name, source, scheme, entity, account, symbol, at in [
+        ("mc-1", "a", "metacopier", "1", "acc-1", "EURUSD", RECEIVED_AT),
+        ("ps-2", "b", "pipsync", "2", "acc-2", "GBPUSD", RECEIVED_AT + 10),
+        ("mc-3", "a", "metacopier", "3", "acc-1", "GBPUSD", RECEIVED_AT + 20),
+        ("tr-4", "c", "tradrapi", "4", None, None, RECEIVED_AT + 30),
+    ]:
+        ids[name] = (await one(store, receipt(name, source=source, scheme=scheme, received_at=at),
+                               event(entity, account=account, symbol=symbol))).id
+    names = {v: k for k, v in ids.items()}
+
+    async def listed(**filters: Any) -> list[str]:
+        return [names[e.id] for e in await store.list_events(**filters)]
+
+    assert await listed(scheme="metacopier") == ["mc-3", "mc-1"]
+    assert await listed(account="acc-1") == ["mc-3", "mc-1"]
+    assert await listed(symbol="GBPUSD") == ["mc-3", "ps-2"]
+    assert await listed(since=RECEIVED_AT + 10) == ["tr-4", "mc-3", "ps-2"]
+    assert await listed(until=RECEIVED_AT + 20) == ["ps-2", "mc-1"]  # until is exclusive
+    assert await listed(since=RECEIVED_AT + 10, until=RECEIVED_AT + 30) == ["mc-3", "ps-2"]
+    assert await listed(newest_first=False) == ["mc-1", "ps-2", "mc-3", "tr-4"]
+    assert await listed(query=EventQuery(source="a", newest_first=False)) == ["mc-1", "mc-3"]
+
+
+async def test_keyset_pages_never_skip_or_repeat_while_events_arrive(store: Store) -> None:
+    for i in range(5):
+        await one(store, receipt(f"r{i}"), event(str(i)))
+    first = await store.list_events(limit=2)
+    await one(store, receipt("late"), event("late"))  # arrives between two pages
+    rest = await store.list_events(after=first[-1].id, limit=10)
+    assert [e.entity_id for e in first + rest] == ["4", "3", "2", "1", "0"]
+
+    forward = await store.list_events(newest_first=False, limit=3)
+    more = await store.list_events(newest_first=False, after=forward[-1].id, limit=10)
+    assert [e.entity_id for e in forward + more] == ["0", "1", "2", "3", "4", "late"]
+
+
+async def test_get_event_has_the_raw_request(store: Store) -> None:
+    headers = [("content-type", "application/json"), ("x-attempt", "2")]
+    body = b'{"type":"position.opened","position":{"id":"7"}}'
+    outcome = await one(store, receipt("req-get", body=body, headers=headers), event("7"))
+    detail = await store.get_event(outcome.id)
+    assert detail is not None
+    assert detail.body == body
+    assert detail.headers == headers
+    assert detail.event == (await store.list_events())[0]
+    assert await store.get_event(outcome.id + 1000) is None
+
+
+async def test_event_stats_count_by_source_type_and_status(store: Store) -> None:
+    await one(store, receipt("1", source="a"), event("1"))
+    await one(store, receipt("2", source="a"), event("2"))
+    await one(store, receipt("3", source="a"), event("3", "", quarantine_reason="no type"))
+    await one(store, receipt("4", source="b", received_at=RECEIVED_AT + 100), event("4", "position.closed"))
+    assert await store.event_stats(None, None) == [
+        ("a", "", "quarantined", 1), ("a", "position.opened", "stored", 2), ("b", "position.closed", "stored", 1)]
+    assert await store.event_stats(RECEIVED_AT + 50, None) == [("b", "position.closed", "stored", 1)]
+    assert await store.event_stats(None, RECEIVED_AT + 50) == [
+        ("a", "", "quarantined", 1), ("a", "position.opened", "stored", 2)]
+
+
+async def test_latest_event_id_and_event_listeners(store: Store) -> None:
+    assert await store.latest_event_id() == 0
+    heard: list[int] = []
+    store.add_event_listener(heard.append)
+    first = await one(store, receipt("1"), event("1"))
+    outcomes = await store.ingest(receipt("2"), [event("2"), event("3")])
+    await one(store, receipt("dup"), event("1"))  # a duplicate stores nothing: no call
+    assert heard == [first.id, outcomes[1].id]
+    assert await store.latest_event_id() == outcomes[1].id

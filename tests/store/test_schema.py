@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store._schema import MIGRATIONS, SchemaTooNew, migrate
 from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite._schema import MIGRATIONS, SchemaTooNew, migrate
 
 
 @pytest.fixture
@@ -102,3 +102,29 @@ async def test_open_refuses_a_newer_schema(tmp_path: Path) -> None:
             await store.open()
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_store_of_the_previous_schema_migrates_and_its_deliveries_are_claimed(tmp_path: Path) -> None:
+    """Version 6 adds the claim columns: pending deliveries written before it are due as they were."""
+    path = tmp_path / "gateway.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for version, statements in enumerate(MIGRATIONS[:5], start=1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        conn.execute("INSERT INTO receipts VALUES (1, 'r', 's', 1000000, NULL, NULL, '[]', X'7B7D')")
+        conn.execute("INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, status,"
+                     " received_at) VALUES (1, 1, 's', 'metacopier', 't', 'e', 's:t:e', 'stored', 1000000)")
+        conn.execute("INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at,"
+                     " created_at, updated_at) VALUES (1, 'p', 's', 'e', 'pending', 2, 0, 1000000, 1000000)")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        [claim] = await store.claim_due("p", 2.0, 10, 30)
+        assert (claim.event.id, claim.attempt) == (1, 3)
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert versions(conn) == list(range(1, len(MIGRATIONS) + 1))

@@ -1,7 +1,8 @@
 """SQL for the delivery outbox. Reads take the (async) reader connection, each in one
 `execute_fetchall` call: the reader is shared, and a cursor left open between two calls would
-hold its read snapshot open for whatever query runs in between (a stale read); writes are plain
-functions of the writer's connection, run inside its transaction in its thread."""
+hold its read snapshot open for whatever query runs in between (a stale read); writes, claims
+included, are plain functions of the writer's connection, run inside its transaction in its
+thread, so a claim always sees every outcome recorded before it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
+import orjson
 
-from gateway.store import DeliveryRecord, DeliveryResult, DeliveryStats, DueDelivery
+from gateway.model import Event, load_payload
+from gateway.store.records import Claim, DeliveryRecord, DeliveryResult, DeliveryStats
 
 US = 1_000_000
 
@@ -20,26 +23,30 @@ INSERT = (
     " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
 )
 
-# The head of line per (plugin, source, entity id): nothing earlier of the same entity pending.
+# The head of line per (plugin, source, entity id): nothing earlier of the same entity pending
+# (claimed or not), and not itself claimed under a lease that still holds.
 _DUE = """
-    SELECT d.id, d.plugin, d.attempts, e.id, e.source, e.scheme, e.event_type, e.entity_id,
-           e.dedup_key, e.status, e.account, e.symbol, e.received_at, coalesce(e.payload, r.body)
+    SELECT d.id, d.attempts, e.id, e.source, e.scheme, e.event_type, e.entity_id, e.dedup_key,
+           e.status, e.account, e.symbol, e.received_at, coalesce(e.payload, r.body), e.conflicts_with
     FROM deliveries d
     JOIN events e ON e.id = d.event_id
     JOIN receipts r ON r.id = e.receipt_id
-    WHERE d.plugin = ? AND d.status = 'pending' AND d.next_attempt_at <= ?
+    WHERE d.plugin = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2 AND d.lease_until <= ?2
       AND NOT EXISTS (
           SELECT 1 FROM deliveries p
           WHERE p.plugin = d.plugin AND p.status = 'pending'
             AND p.source = d.source AND p.entity_id = d.entity_id AND p.id < d.id)
     ORDER BY d.id
-    LIMIT ?
+    LIMIT ?3
 """
+_CLAIM = "UPDATE deliveries SET claim_id = ?, lease_until = ? WHERE id IN (SELECT value FROM json_each(?))"
 
 _FINISH = (
     "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
-    " updated_at = ? WHERE id = ? AND status = 'pending'"
+    " updated_at = ?, claim_id = NULL, lease_until = 0 WHERE id = ? AND claim_id = ? AND status = 'pending'"
 )
+_RENEW = "UPDATE deliveries SET lease_until = ? WHERE id = ? AND claim_id = ? AND status = 'pending'"
+_RELEASE = "UPDATE deliveries SET claim_id = NULL, lease_until = 0 WHERE id = ? AND claim_id = ?"
 
 _REPLAY_EVENT = """
     INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at,
@@ -62,24 +69,45 @@ _LIST = """
 """
 
 
-async def due(db: aiosqlite.Connection, plugin: str, now: float, limit: int) -> list[DueDelivery]:
-    rows = await db.execute_fetchall(_DUE, (plugin, round(now * US), limit))
+def claim(db: sqlite3.Connection, plugin: str, now: float, limit: int, lease_until: float,
+          claim_id: int) -> list[Claim]:
+    rows = db.execute(_DUE, (plugin, round(now * US), limit)).fetchall()
+    if rows:
+        db.execute(_CLAIM, (claim_id, round(lease_until * US), orjson.dumps([r[0] for r in rows])))
     return [
-        DueDelivery(
-            id=r[0], plugin=r[1], attempts=r[2], event_id=r[3], source=r[4], scheme=r[5], event_type=r[6],
-            entity_id=r[7], dedup_key=r[8], status=r[9], account=r[10], symbol=r[11],
-            received_at=r[12] / US, data=r[13],
+        Claim(
+            delivery_id=r[0], claim_id=claim_id, plugin=plugin, lease_until=lease_until,
+            event=Event(
+                id=r[2], source=r[3], scheme=r[4], event_type=r[5], entity_id=r[6], dedup_key=r[7],
+                status=r[8], conflicts_with=r[13], account=r[9], symbol=r[10], received_at=r[11] / US,
+                payload=load_payload(r[12]),  # None when unparseable, or too deep to serialise again
+                body=r[12], attempt=r[1] + 1,
+            ),
         )
         for r in rows
     ]
 
 
-def finish(db: sqlite3.Connection, results: Sequence[DeliveryResult], now: float) -> None:
+def finish(db: sqlite3.Connection, results: Sequence[DeliveryResult], now: float) -> list[int]:
+    """Record outcomes; returns the ids refused (no longer held under that claim id)."""
     now_us = round(now * US)
-    db.executemany(
-        _FINISH,
-        [(r.status, round(r.next_attempt_at * US), r.error, now_us, r.id) for r in results],
-    )
+    refused = []
+    for r in results:
+        cursor = db.execute(_FINISH, (r.status, round(r.next_attempt_at * US), r.error, now_us, r.id, r.claim_id))
+        if cursor.rowcount == 0:
+            refused.append(r.id)
+    return refused
+
+
+def renew(db: sqlite3.Connection, claims: Sequence[Claim], lease_until: float) -> list[int]:
+    """Extend the leases still held; returns their delivery ids."""
+    until_us = round(lease_until * US)
+    return [c.delivery_id for c in claims
+            if db.execute(_RENEW, (until_us, c.delivery_id, c.claim_id)).rowcount]
+
+
+def release(db: sqlite3.Connection, claims: Sequence[Claim]) -> None:
+    db.executemany(_RELEASE, [(c.delivery_id, c.claim_id) for c in claims])
 
 
 def replay(db: sqlite3.Connection, plugin: str, event_id: int | None, dead: bool, now: float) -> int:

@@ -1,40 +1,49 @@
 """SQLite event store: WAL, `synchronous=FULL`, one writer that group-commits
-(`_writer.GroupWriter`, in its own thread) and one read-only connection for queries.
+(`gateway.store.committer.GroupCommitter` driving `_writer.SQLiteTransactor` in its own
+thread) and one read-only connection for queries.
 
 Every write, ingest or otherwise, is handed to the writer as an item and runs inside its
-next group's transaction; requests are answered only after that COMMIT returned.
+next group's transaction; requests are answered only after that COMMIT returned. Claims are
+writes too: a claim always sees every outcome committed before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import orjson
 
 from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, ParsedEvent, load_payload
-from gateway.store import (
+from gateway.store import StoreObserver, prune_in_batches
+from gateway.store.committer import Committed, GroupCommitter, Ingest, Item, Op
+from gateway.store.records import (
+    Claim,
     CommitListener,
     DeliveryRecord,
     DeliveryResult,
     DeliveryStats,
-    DueDelivery,
     EventDetail,
+    EventListener,
     EventQuery,
     Receipt,
     Rejection,
     StoredEvent,
-    _forensics,
-    _outbox,
 )
-from gateway.store._writer import Committed, GroupWriter, Ingest, Item, Op
+from gateway.store.sqlite import _forensics, _outbox
+from gateway.store.sqlite._writer import SQLiteTransactor
+
+if TYPE_CHECKING:
+    from gateway.config import StoreConfig
 
 log = logging.getLogger("gateway.store")
 
@@ -45,9 +54,28 @@ MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyon
 _SELECT_EVENTS = """
     SELECT e.id, e.source, e.scheme, e.event_type, e.entity_id, e.dedup_key, e.status,
            e.account, e.symbol, e.received_at, r.request_id, r.attempt, r.remote_addr,
-           coalesce(e.payload, r.body), e.quarantine_reason
+           coalesce(e.payload, r.body), e.quarantine_reason, e.conflicts_with
     FROM events e JOIN receipts r ON r.id = e.receipt_id
 """
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///relative/path` or `sqlite:////absolute/path` URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "sqlite" or not rest.startswith("/") or rest == "/":
+        raise ValueError(f"not a SQLite URL (sqlite:///path): {url!r}")
+    return Path(rest[1:])
+
+
+def from_config(config: StoreConfig, *, readonly: bool = False) -> SQLiteStore:
+    """The `StoreFactory` of `sqlite:` URLs."""
+    return SQLiteStore(
+        sqlite_path(config.url),
+        synchronous=config.synchronous,
+        busy_timeout_ms=config.busy_timeout_ms,
+        readonly=readonly,
+        rejections_per_source=config.rejections_per_source,
+    )
 
 
 def _forget(future: asyncio.Future[Any]) -> None:
@@ -56,13 +84,14 @@ def _forget(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _loads(data: bytes | None) -> Any:
-    # None for a quarantined body that is not JSON, or one nested too deeply to serialise again
-    return load_payload(data)
+def _wakes_one(plugin: str) -> Callable[[Any], Collection[str]]:
+    return lambda changed: (plugin,) if changed else ()
 
 
 class SQLiteStore:
     """The SQLite backend of `gateway.store.Store`."""
+
+    file_backup = True
 
     def __init__(
         self,
@@ -77,15 +106,22 @@ class SQLiteStore:
         self.rejections_per_source = rejections_per_source
         self._rejections: list[Rejection] = []
         self._rejections_queued = False
-        self.rejections_dropped = 0
+        self._dropped = 0
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self.readonly = readonly
-        self._writer: GroupWriter | None = None
+        self._writer: GroupCommitter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._listeners: list[CommitListener] = []
-        self._event_listeners: list[Callable[[int], None]] = []
-        self.on_commit: Callable[[int], None] | None = None  # events written per group (metrics)
+        self._event_listeners: list[EventListener] = []
+        self._observer: StoreObserver | None = None
+
+    @property
+    def rejections_dropped(self) -> int:
+        return self._dropped
+
+    def observe(self, observer: StoreObserver) -> None:
+        self._observer = observer
 
     @property
     def commits(self) -> int:
@@ -94,7 +130,8 @@ class SQLiteStore:
 
     async def open(self) -> None:
         if not self.readonly:
-            self._writer = GroupWriter(self.path, self.synchronous, self.busy_timeout_ms, self._committed)
+            transactor = SQLiteTransactor(self.path, self.synchronous, self.busy_timeout_ms)
+            self._writer = GroupCommitter(transactor, self._committed)
             await self._writer.start()
         elif not self.path.exists():
             raise FileNotFoundError(f"no event store at {self.path}")
@@ -122,8 +159,8 @@ class SQLiteStore:
         if committed.plugins:
             for listener in self._listeners:
                 listener(frozenset(committed.plugins))
-        if self.on_commit is not None and committed.stored:
-            self.on_commit(committed.stored)
+        if self._observer is not None and committed.stored:
+            self._observer.group_committed(committed.stored)
         if committed.newest_event:
             for event_listener in self._event_listeners:
                 event_listener(committed.newest_event)
@@ -143,8 +180,9 @@ class SQLiteStore:
         outcomes: list[Outcome] = await self._submit(Ingest(receipt, events, routes, future))
         return outcomes
 
-    async def _write(self, run: Callable[[sqlite3.Connection], Any], size: int = 1) -> Any:
-        return await self._submit(Op(run, asyncio.get_running_loop().create_future(), size))
+    async def _write(self, run: Callable[[sqlite3.Connection], Any], size: int = 1,
+                     wakes: Callable[[Any], Collection[str]] | None = None) -> Any:
+        return await self._submit(Op(run, asyncio.get_running_loop().create_future(), size, wakes))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -175,7 +213,16 @@ class SQLiteStore:
         pruned: int = await self._write(run, size=batch)
         return pruned
 
+    async def prune_all(self, before: float, pause: float = 0.0) -> int:
+        return await prune_in_batches(self, before, pause)
+
+    def size_bytes(self) -> int:
+        files = (self.path, self.path.with_name(self.path.name + "-wal"))
+        return sum(p.stat().st_size for p in files if p.exists())
+
     async def backup(self, target: Path) -> None:
+        if not self.path.exists():
+            raise FileNotFoundError(f"no event store at {self.path}")
         target = Path(target)
         if target.exists():
             raise FileExistsError(f"{target} exists; give a new file name")
@@ -202,7 +249,10 @@ class SQLiteStore:
 
         await self._write(beat)
 
-    def add_event_listener(self, listener: Callable[[int], None]) -> None:
+    async def flush(self) -> None:
+        await self._write(lambda db: None)
+
+    def add_event_listener(self, listener: EventListener) -> None:
         self._event_listeners.append(listener)
 
     async def latest_event_id(self) -> int:
@@ -213,7 +263,9 @@ class SQLiteStore:
         if self.rejections_per_source == 0 or self._writer is None or not self._writer.running:
             return
         if len(self._rejections) >= MAX_PENDING_REJECTIONS:
-            self.rejections_dropped += 1
+            self._dropped += 1
+            if self._observer is not None:
+                self._observer.rejection_dropped()
             return
         self._rejections.append(rejection)
         if not self._rejections_queued:  # one writer operation drains whatever has piled up
@@ -242,18 +294,35 @@ class SQLiteStore:
             raise StoreUnavailable("the store is not open")
         return self._reader
 
-    async def due_deliveries(self, plugin: str, now: float, limit: int) -> list[DueDelivery]:
-        return await _outbox.due(self._read(), plugin, now, limit)
+    async def claim_due(self, plugin: str, now: float, limit: int, lease_seconds: float) -> list[Claim]:
+        claim_id = secrets.randbits(62)  # unique across runners and processes sharing the store
+        claims: list[Claim] = await self._write(
+            lambda db: _outbox.claim(db, plugin, now, limit, now + lease_seconds, claim_id))
+        return claims
 
-    async def finish_deliveries(self, results: Sequence[DeliveryResult]) -> None:
-        if results:
-            await self._write(lambda db: _outbox.finish(db, results, time.time()), size=len(results))
+    async def renew(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
+        if not claims:
+            return []
+        until = time.time() + lease_seconds
+        held = set(await self._write(lambda db: _outbox.renew(db, claims, until), size=len(claims)))
+        return [replace(c, lease_until=until) for c in claims if c.delivery_id in held]
+
+    async def release(self, claims: Sequence[Claim]) -> None:
+        if claims:
+            await self._write(lambda db: _outbox.release(db, claims), size=len(claims))
+
+    async def finish_deliveries(self, results: Sequence[DeliveryResult]) -> list[int]:
+        if not results:
+            return []
+        refused: list[int] = await self._write(lambda db: _outbox.finish(db, results, time.time()),
+                                                size=len(results))
+        return refused
 
     async def replay(self, plugin: str, *, event_id: int | None = None, dead: bool = False) -> int:
-        changed: int = await self._write(lambda db: _outbox.replay(db, plugin, event_id, dead, time.time()))
-        if changed:
-            for listener in self._listeners:
-                listener(frozenset({plugin}))
+        if event_id is None and not dead:
+            raise ValueError("replay needs an event id or dead=True")
+        changed: int = await self._write(lambda db: _outbox.replay(db, plugin, event_id, dead, time.time()),
+                                         wakes=_wakes_one(plugin))
         return changed
 
     async def delivery_stats(self, plugin: str) -> DeliveryStats:
@@ -299,7 +368,7 @@ class SQLiteStore:
         row = next(iter(await self._read().execute_fetchall(sql, (event_id,))), None)
         if row is None:
             return None
-        return EventDetail(event=_event(row), body=row[15], headers=[tuple(h) for h in orjson.loads(row[16])])
+        return EventDetail(event=_event(row), body=row[16], headers=[tuple(h) for h in orjson.loads(row[17])])
 
     async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
         sql = "SELECT source, event_type, status, count(*) FROM events WHERE received_at >= ? AND received_at < ?"
@@ -318,16 +387,13 @@ class SQLiteStore:
             cursor.close()
             return (1, row[0]) if row else (0, None)
 
-        changed, plugin = await self._write(run)
-        if plugin is not None:
-            for listener in self._listeners:
-                listener(frozenset({plugin}))
+        changed, _ = await self._write(run, wakes=lambda result: () if result[1] is None else (result[1],))
         return bool(changed)
 
 
 def _event(r: Any) -> StoredEvent:
     return StoredEvent(
         id=r[0], source=r[1], scheme=r[2], event_type=r[3], entity_id=r[4], dedup_key=r[5], status=r[6],
-        account=r[7], symbol=r[8], received_at=r[9] / 1_000_000, request_id=r[10], attempt=r[11],
-        remote_addr=r[12], payload=_loads(r[13]), quarantine_reason=r[14],
+        conflicts_with=r[15], account=r[7], symbol=r[8], received_at=r[9] / 1_000_000, request_id=r[10], attempt=r[11],
+        remote_addr=r[12], payload=load_payload(r[13]), quarantine_reason=r[14],
     )

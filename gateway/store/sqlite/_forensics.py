@@ -9,7 +9,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from gateway.store import Rejection
+from gateway.store.records import Rejection
 
 US = 1_000_000
 UNKNOWN_BUCKET = "?"

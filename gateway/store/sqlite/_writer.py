@@ -1,0 +1,184 @@
+"""The SQLite half of the group committer: one connection, one transaction per group.
+
+`SQLiteTransactor` is what `gateway.store.committer.GroupCommitter` drives in its thread:
+BEGIN IMMEDIATE, the dedup lookup and inserts of every queued request, the other queued
+writes, COMMIT. A lock held by another process fails the group after `busy_timeout` without
+a reset; any other SQLite error resets the connection, and the next group reopens it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.errors import StoreUnavailable
+from gateway.model import Outcome, dedup_key
+from gateway.store.committer import Committed, Ingest, Item
+from gateway.store.sqlite import _outbox
+from gateway.store.sqlite._schema import migrate
+
+log = logging.getLogger("gateway.store")
+
+_INSERT_RECEIPT = (
+    "INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers,"
+    " body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
+    " status, conflicts_with, account, symbol, received_at, payload, quarantine_reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Every stored version of the group's identities, first version first.
+_EXISTING = (
+    "SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key IN (SELECT value FROM json_each(?)) ORDER BY id"
+)
+# The highest ids ever handed out (AUTOINCREMENT keeps them across pruning): ids are never reused.
+_NEXT_IDS = (
+    "SELECT (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'receipts'),"
+    " (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events')"
+)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Another connection holds the lock: a wait, not a fault of this connection."""
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in (
+        sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def connect(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    """Open (creating and migrating if needed) the store for writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            raise sqlite3.OperationalError("the store could not switch to WAL mode")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class SQLiteTransactor:
+    """The writer's connection, opened lazily, used only from the committer's thread."""
+
+    def __init__(self, path: Path, synchronous: str, busy_timeout_ms: int) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, self.synchronous, self.busy_timeout_ms)
+        return self._conn
+
+    def open(self) -> None:
+        try:
+            self._connection()
+        except sqlite3.OperationalError as exc:  # read-only, locked, full: wait for it to clear
+            log.error("the event store is not writable yet (%s); ingest answers 503 until it is", exc)
+
+    def transaction(self, group: Sequence[Item]) -> Committed:
+        return transaction(self._connection(), group)
+
+    def reset(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error as exc:
+                log.error("closing the store connection failed: %s", exc)
+            self._conn = None
+
+    def isolatable(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.IntegrityError | ValueError | TypeError)
+
+    def is_fault(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.Error) and not is_busy(error)
+
+    def unavailable(self, error: BaseException) -> StoreUnavailable:
+        if isinstance(error, sqlite3.Error):
+            return StoreUnavailable()
+        return StoreUnavailable(f"the store refused the write: {error}")
+
+
+def transaction(conn: sqlite3.Connection, group: Sequence[Item]) -> Committed:
+    """One transaction for the whole group (runs in the writer thread)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        committed = Committed()
+        ingests = [item for item in group if isinstance(item, Ingest)]
+        outcomes = iter(_store_events(conn, ingests, committed) if ingests else ())
+        for item in group:
+            committed.results.append(next(outcomes) if isinstance(item, Ingest) else item.run(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # the connection itself may be broken; it is reopened
+                log.error("store rollback failed: %s", exc)
+        raise
+    return committed
+
+
+def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Committed) -> list[list[Outcome]]:
+    keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
+    flat = [k for ks in keys for k in ks]
+    # identity -> {fingerprint: id} of its stored versions, the first version first
+    known: dict[str, dict[bytes, int]] = {}
+    for key, fingerprint, stored_id in conn.execute(_EXISTING, (orjson.dumps(flat),)):
+        known.setdefault(key, {})[fingerprint] = stored_id
+    receipt_id, event_id = conn.execute(_NEXT_IDS).fetchone()
+    receipt_rows: list[tuple[Any, ...]] = []
+    event_rows: list[tuple[Any, ...]] = []
+    delivery_rows: list[tuple[Any, ...]] = []
+    results: list[list[Outcome]] = []
+    for item, event_keys in zip(items, keys, strict=True):
+        receipt = item.receipt
+        outcomes: list[Outcome] = []
+        this_receipt: int | None = None
+        received_us = round(receipt.received_at * 1_000_000)
+        for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
+            versions = known.get(key)
+            if versions is not None and event.fingerprint in versions:
+                outcomes.append(Outcome(versions[event.fingerprint], "duplicate", key))
+                continue
+            # The identity is stored with other content: no retry, a second version, kept.
+            first = next(iter(versions.values())) if versions else None
+            status = event.status if first is None else "conflict"
+            if this_receipt is None:
+                receipt_id += 1
+                this_receipt = receipt_id
+                receipt_rows.append((
+                    this_receipt, receipt.request_id, receipt.source, received_us,
+                    receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body,
+                ))
+            event_id += 1
+            known.setdefault(key, {})[event.fingerprint] = event_id
+            event_rows.append((
+                event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
+                event.entity_id, key, event.fingerprint, status, first, event.account, event.symbol,
+                received_us, event.payload, event.quarantine_reason,
+            ))
+            for plugin in item.routes[index] if item.routes else ():
+                delivery_rows.append((event_id, plugin, receipt.source, event.entity_id,
+                                      received_us, received_us, received_us))
+                committed.plugins.add(plugin)
+            outcomes.append(Outcome(event_id, status, key, first))
+        results.append(outcomes)
+    if receipt_rows:
+        conn.executemany(_INSERT_RECEIPT, receipt_rows)
+        conn.executemany(_INSERT_EVENT, event_rows)
+        committed.newest_event = event_id
+        committed.stored = len(event_rows)
+    if delivery_rows:
+        conn.executemany(_outbox.INSERT, delivery_rows)
+    return results

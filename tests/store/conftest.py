@@ -1,0 +1,140 @@
+"""The contract suite's backends: each test of test_contract*.py runs once per backend.
+
+A backend plugs in with a small helper class (see `SQLiteBackend`) that opens stores on one
+location and reaches into the database for what the contract cannot observe itself: the raw
+receipt row, and a fault injected into inserts. `RegisteredBackend` is a backend registered
+from tests/ (tests/store/testsqlite.py) without touching gateway/; PostgreSQL will be one
+more class in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.config import StoreConfig
+from gateway.model import Outcome, ParsedEvent
+from gateway.store import Receipt, Store, open_store
+from tests.store import testsqlite
+
+RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class SQLiteBackend:
+    name = "sqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.config = StoreConfig(path=tmp_path / "x.db")  # url: sqlite:///<that path>
+        self.stores: list[Store] = []
+
+    def new(self, *, readonly: bool = False) -> Store:
+        """A store on this backend's location, not opened yet; closed at teardown."""
+        store = open_store(self.config, readonly=readonly)
+        self.stores.append(store)
+        return store
+
+    async def open(self, *, readonly: bool = False) -> Store:
+        store = self.new(readonly=readonly)
+        await store.open()
+        return store
+
+    async def close_all(self) -> None:
+        for store in reversed(self.stores):
+            await store.close()
+
+    def _connect(self) -> closing[sqlite3.Connection]:
+        return closing(sqlite3.connect(self.config.path, isolation_level=None))
+
+    def create_without_schema(self) -> None:
+        """A database that exists but holds no event store."""
+        with self._connect() as conn:
+            conn.execute("CREATE TABLE unrelated (x)")
+
+    def fail_inserts_of(self, entity_id: str) -> None:
+        """From now on, inserting an event with this entity id aborts (a real database error)."""
+        with self._connect() as conn:
+            conn.execute(
+                "CREATE TRIGGER injected_fault BEFORE INSERT ON events"
+                f" WHEN NEW.entity_id = '{entity_id}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )
+
+    def heal(self) -> None:
+        with self._connect() as conn:
+            conn.execute("DROP TRIGGER injected_fault")
+
+    def raw_receipt(self, request_id: str) -> tuple[Any, bytes]:
+        """The stored headers (decoded JSON) and the body bytes of one request."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT headers, body FROM receipts WHERE request_id = ?", (request_id,)).fetchall()
+        assert len(rows) == 1, rows
+        headers, body = rows[0]
+        return orjson.loads(headers), body
+
+    def count_receipts(self) -> int:
+        with self._connect() as conn:
+            count: int = conn.execute("SELECT count(*) FROM receipts").fetchone()[0]
+        return count
+
+
+class RegisteredBackend(SQLiteBackend):
+    """The SQLite file under the `testsqlite://` scheme, which tests/store/testsqlite.py registers."""
+
+    name = "testsqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        path = tmp_path / "x.db"
+        self.config = StoreConfig(path=path, url=f"{testsqlite.SCHEME}:///{path}")
+
+
+BACKENDS = [SQLiteBackend, RegisteredBackend]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda cls: cls.name)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str) -> AsyncIterator[Any]:
+    backend = request.param(tmp_path)
+    try:
+        yield backend
+    finally:
+        await backend.close_all()
+
+
+@pytest.fixture
+async def store(backend: Any) -> Store:
+    opened: Store = await backend.open()
+    return opened
+
+
+def receipt(
+    request_id: str = "req-1",
+    *,
+    source: str = "src",
+    scheme: str = "metacopier",
+    body: bytes = b'{"type":"position.opened","position":{"id":"88412231"}}',
+    received_at: float = RECEIVED_AT,
+    remote_addr: str | None = "203.0.113.7",
+    attempt: int | None = 2,
+    headers: Sequence[tuple[str, str]] = (("content-type", "application/json"),),
+) -> Receipt:
+    return Receipt(request_id=request_id, source=source, scheme=scheme, received_at=received_at,
+                   remote_addr=remote_addr, attempt=attempt, headers=headers, body=body)
+
+
+def event(entity_id: str = "88412231", event_type: str = "position.opened", **extra: Any) -> ParsedEvent:
+    return ParsedEvent(event_type=event_type, entity_id=entity_id, **extra)
+
+
+async def one(store: Store, rec: Receipt, ev: ParsedEvent) -> Outcome:
+    [outcome] = await store.ingest(rec, [ev])
+    return outcome
