@@ -17,12 +17,15 @@ timed out: uvicorn's only timer is the keep-alive one, armed after a response. T
 Deadlines are not timers: a request only notes a `time.monotonic()` value (a timer per request
 costs ~8 µs, a tenth of a request), and `GatewayServer` sweeps the connections once a second, so
 a limit takes effect within a second of its deadline.
+
+This reaches into uvicorn's internals (`connections`, `cycle` and its `message_event`, the
+parser callbacks): pyproject.toml pins uvicorn to the versions tests/test_uvicorn_internals.py
+checks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import time
 from collections.abc import Iterable
@@ -30,7 +33,7 @@ from collections.abc import Iterable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway._asgi import new_request_id
-from gateway.errors import CODES, PROBLEM_CONTENT_TYPE, problem_body
+from gateway.errors import GatewayError, problem_bytes
 
 log = logging.getLogger("gateway.http")
 NEVER = float("inf")
@@ -111,24 +114,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, code: str, detail: str, retry_after: int | None = None) -> None:
         """Answer with a problem+json of our own and close; a request in progress is cut off."""
-        status = CODES[code][0]
-        request_id = new_request_id()
-        body = problem_body(code, detail, request_id)
-        head = [
-            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
-            f"content-type: {PROBLEM_CONTENT_TYPE}",
-            f"content-length: {len(body)}",
-            f"x-request-id: {request_id}",
-            "connection: close",
-        ]
-        if retry_after is not None:
-            head.append(f"retry-after: {retry_after}")
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # whatever the app sends now is dropped; its receive() ends
             cycle.message_event.set()
         log.info("connection refused: %s: %s", code, detail, extra={"remote": self.client[0] if self.client else None})
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self.transport.write(problem_bytes(GatewayError(code, detail, retry_after=retry_after), new_request_id()))
         self.transport.close()
 
 

@@ -1,7 +1,8 @@
 """The read API under /api/v1 and the token endpoint, for dashboards and integrations.
 
 Every call needs a bearer token from `POST /oauth/token` (client credentials), unless
-`[api] public = true` opens the read scope. Errors are problem+json with a `code`.
+`[api] public = true` opens the read scope. Handlers raise GatewayError; the app renders it
+as problem+json with a `code` (gateway/error_handlers.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
@@ -21,32 +22,16 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth import Principal, Tokens
 from gateway.config import SCOPES
-from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
-from gateway.model import STORED_STATUSES
+from gateway.errors import GatewayError
+from gateway.model import STORED_STATUSES, iso_utc
 from gateway.schemes import scheme_names
-from gateway.store import EventQuery, Store, iso_utc
+from gateway.store import EventQuery, Store
 
-Handler = Callable[[Request], Awaitable[Response]]
 MAX_LIMIT = 1000
 
 
 def json_response(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def problem(request: Request, exc: GatewayError) -> Response:
-    headers = {}
-    if exc.status == 401:
-        # RFC 6750: tell the client how to authenticate and what went wrong (RFC 6749 5.2:
-        # a failed HTTP Basic client authentication is challenged with Basic)
-        error = "" if exc.code == "unauthorized" else ' error="invalid_token"'
-        headers["WWW-Authenticate"] = "Basic" if exc.code == "invalid_client" else f"Bearer{error}"
-    elif exc.code == "insufficient_scope":
-        headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
-    body = orjson.loads(problem_body(exc.code, exc.detail, request.state.request_id, exc.status))
-    if exc.code in ("invalid_client", "invalid_request", "unsupported_grant_type", "invalid_scope"):
-        body["error"] = exc.code  # RFC 6749 section 5.2, for OAuth client libraries
-    return Response(orjson.dumps(body), status_code=exc.status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
 def _int(request: HTTPConnection, name: str, default: int, low: int, high: int) -> int:
@@ -87,13 +72,13 @@ class Api:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/oauth/token", self.guard(self.token), methods=["POST"]),
-            Route("/api/v1/events", self.guard(self.events)),
-            Route("/api/v1/events/{event_id:int}", self.guard(self.event)),
-            Route("/api/v1/deliveries", self.guard(self.deliveries)),
-            Route("/api/v1/deliveries/{delivery_id:int}/retry", self.guard(self.retry), methods=["POST"]),
-            Route("/api/v1/rejections", self.guard(self.rejections)),
-            Route("/api/v1/stats", self.guard(self.stats)),
+            Route("/oauth/token", self.token, methods=["POST"]),
+            Route("/api/v1/events", self.events),
+            Route("/api/v1/events/{event_id:int}", self.event),
+            Route("/api/v1/deliveries", self.deliveries),
+            Route("/api/v1/deliveries/{delivery_id:int}/retry", self.retry, methods=["POST"]),
+            Route("/api/v1/rejections", self.rejections),
+            Route("/api/v1/stats", self.stats),
             Route("/api/v1/openapi.json", self.openapi),
         ]
 
@@ -101,16 +86,6 @@ class Api:
         from gateway.openapi import document
 
         return json_response(document())
-
-    def guard(self, handler: Handler) -> Handler:
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except GatewayError as exc:
-                return problem(request, exc)
-
-        guarded.__name__ = handler.__name__
-        return guarded
 
     def principal(self, request: HTTPConnection, scope: str, query_token: str | None = None) -> Principal:
         """Who is calling, checked for `scope`; raises 401/403 problems. `query_token` is a

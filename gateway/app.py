@@ -11,7 +11,6 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -21,7 +20,8 @@ from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
 from gateway.api import Api
 from gateway.auth import Tokens, load_or_create_key
 from gateway.config import Config, ip_allowed
-from gateway.errors import PROBLEM_CONTENT_TYPE, problem_body
+from gateway.error_handlers import EXCEPTION_HANDLERS
+from gateway.errors import GatewayError
 from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
 from gateway.limits import client_address
@@ -45,14 +45,6 @@ async def dashboard(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
-
-
-async def http_problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "not_found")
-    body = problem_body(code, exc.detail, request.state.request_id)
-    return Response(body, status_code=exc.status_code, media_type=PROBLEM_CONTENT_TYPE,
-                    headers=exc.headers)
 
 
 class GatewayApp:
@@ -93,7 +85,7 @@ class GatewayApp:
                     Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),
                 ],
                 lifespan=self._lifespan,
-                exception_handlers={HTTPException: http_problem},
+                exception_handlers=EXCEPTION_HANDLERS,
             )
         )
 
@@ -116,14 +108,13 @@ class GatewayApp:
     async def _metrics(self, request: Request) -> Response:
         settings = self.config.metrics
         if settings.listen is not None:
-            raise HTTPException(404, f"metrics are served on {settings.listen[0]}:{settings.listen[1]}")
+            raise GatewayError("not_found", f"metrics are served on {settings.listen[0]}:{settings.listen[1]}")
         if settings.allow_ips:
             peer = client_address(request.client.host if request.client else None,
                                   [v for k, v in request.scope["headers"] if k == b"x-forwarded-for"],
                                   self.config.server.trusted_proxies)
             if not ip_allowed(settings.allow_ips, peer):
-                body = problem_body("ip_denied", f"{peer} may not read /metrics", request.state.request_id)
-                return Response(body, status_code=403, media_type=PROBLEM_CONTENT_TYPE)
+                raise GatewayError("ip_denied", f"{peer} may not read /metrics")
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _retention(self) -> None:

@@ -53,6 +53,13 @@ def resolve_config(path: Path | None) -> Config:
         raise  # unreachable
 
 
+def local_url(config: Config) -> str:
+    """The gateway's own base URL as a client on this machine reaches it: a wildcard listen
+    address (0.0.0.0, ::) is reached on 127.0.0.1."""
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{config.server.port}"
+
+
 def build_plugins(config: Config) -> dict[str, Plugin]:
     from gateway.plugins.loader import load_plugins
 
@@ -148,8 +155,7 @@ def send(
         save.write_bytes(body)
     headers = scheme.sign(body, src, time.time())
     if url is None:
-        host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        url = f"http://{host}:{config.server.port}/hooks/{source}"
+        url = f"{local_url(config)}/hooks/{source}"
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
@@ -192,12 +198,6 @@ def on_store(config: Config, command: Callable[[Store], Awaitable[T]], *, readon
         sys.exit(1)
 
 
-def _line(event: StoredEvent) -> str:
-    data = event.to_json()
-    return (f"{event.id:>8}  {data['received_at']}  {event.source:<12} {event.event_type or '-':<18} "
-            f"{event.entity_id:<20} {event.status:<11} {event.account or '-':<10} {event.symbol or '-'}")
-
-
 @main.command()
 @config_option
 @click.option("--source", help="Only this source.")
@@ -210,6 +210,8 @@ def events(
     limit: int, as_json: bool,
 ) -> None:
     """List stored events, newest first."""
+    from gateway.tail import EVENT_HEADER, describe
+
     config = resolve_config(config_path)
 
     found: list[StoredEvent] = on_store(
@@ -217,13 +219,12 @@ def events(
     )
     out = sys.stdout.buffer
     if not as_json:
-        click.echo(f"{'ID':>8}  {'RECEIVED':<24}  {'SOURCE':<12} {'TYPE':<18} {'ENTITY':<20} "
-                   f"{'STATUS':<11} {'ACCOUNT':<10} SYMBOL")
+        click.echo(EVENT_HEADER)
     for event in found:
         if as_json:
             out.write(orjson.dumps(event.to_json()) + b"\n")
         else:
-            click.echo(_line(event))
+            click.echo(describe(event.to_json()))
     out.flush()
 
 
@@ -298,8 +299,7 @@ def tail(
     if client is None and not config.api.public:
         raise click.UsageError("no [[clients]] entry with events:read in the config (or --client names none)")
     if url is None:
-        host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        url = f"http://{host}:{config.server.port}"
+        url = local_url(config)
     params = {k: v for k, v in (("source", source), ("type", event_type)) if v is not None}
     try:
         follow_stream(url, client, params, since_id, count, click.echo, lambda note: click.echo(note, err=True))

@@ -70,9 +70,7 @@ class PluginRunner:
         return self._loop_task is not None and not self._loop_task.done()
 
     async def start(self) -> None:
-        start = getattr(self.plugin, "start", None)
-        if start is not None:
-            await start()
+        await self.plugin.start()
         self.metrics.add_plugin(self.name)
         self._loop_task = asyncio.create_task(self._loop(), name=f"plugin-{self.name}")
         self._renewing = asyncio.create_task(self._renew_loop(), name=f"plugin-{self.name}-leases")
@@ -102,12 +100,10 @@ class PluginRunner:
         except Exception as exc:  # their leases end by themselves
             log.warning("plugin %s: cannot release %d claim(s): %s", self.name, len(self._held), exc)
         self._held.clear()
-        stop = getattr(self.plugin, "stop", None)
-        if stop is not None:
-            try:
-                await stop()
-            except Exception:
-                log.exception("plugin %s failed to stop", self.name)
+        try:
+            await self.plugin.stop()
+        except Exception:
+            log.exception("plugin %s failed to stop", self.name)
 
     async def _loop(self) -> None:
         while not self._stopping:

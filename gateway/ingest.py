@@ -20,7 +20,7 @@ from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
 from gateway._secret import SecretScanner
 from gateway.budget import ByteBudget
 from gateway.config import Config, SourceConfig
-from gateway.errors import PROBLEM_CONTENT_TYPE, GatewayError, problem_body
+from gateway.errors import GatewayError, send_problem
 from gateway.limits import TokenBucket, client_address
 from gateway.metrics import UNKNOWN_SOURCE, Metrics
 from gateway.model import Outcome, Verified
@@ -163,11 +163,7 @@ class IngestApp:
                 body_sha256=hashlib.sha256(seen.body).hexdigest() if seen.body is not None else None,
                 known_source=name in self.sources,
             ))
-            extra = [(b"allow", b"POST")] if exc.code == "method_not_allowed" else []
-            if exc.retry_after is not None:
-                extra.append((b"retry-after", str(exc.retry_after).encode()))
-            body = problem_body(exc.code, exc.detail, request_id)
-            await send_response(send, exc.status, body, PROBLEM_CONTENT_TYPE.encode(), request_id, extra)
+            await send_problem(send, exc, request_id)
             return
         await send_response(send, 200, body, b"application/json", request_id)
 
@@ -199,7 +195,7 @@ class IngestApp:
         if source is None:
             raise GatewayError("unknown_source", f"no source named {name[:64]!r} is configured")
         if scope["method"] != "POST":
-            raise GatewayError("method_not_allowed", "webhooks are accepted with POST only")
+            raise GatewayError("method_not_allowed", "webhooks are accepted with POST only", allow="POST")
         remote = seen.remote
         if not source.allows(remote):
             raise GatewayError("ip_denied", f"{remote} is not in allow_ips for source {name!r}")

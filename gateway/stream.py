@@ -23,8 +23,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.api import Api, problem
-from gateway.errors import GatewayError
+from gateway.api import Api
+from gateway.errors import GatewayError, close_reason
 from gateway.store import EventQuery, Store, StoredEvent
 
 log = logging.getLogger("gateway.stream")
@@ -109,12 +109,9 @@ class Streams:
         return int(since) if since.isdigit() else self.notifier.latest  # from now on
 
     async def sse(self, request: Request) -> Response:
-        try:
-            self._authorize(request)
-            query = self.api.query(request, since_may_be_id=True)
-            after = self._start_after(request, request.headers.get("last-event-id"))
-        except GatewayError as exc:
-            return problem(request, exc)
+        self._authorize(request)
+        query = self.api.query(request, since_may_be_id=True)
+        after = self._start_after(request, request.headers.get("last-event-id"))
 
         async def lines() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n: connected\n\n"
@@ -131,14 +128,11 @@ class Streams:
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def ws(self, websocket: WebSocket) -> None:
-        try:
-            self._authorize(websocket)
-            query = self.api.query(websocket, since_may_be_id=True)
-            after = self._start_after(websocket, None)
-        except GatewayError as exc:
-            log.info("websocket refused: %s: %s", exc.code, exc.detail)
-            await websocket.close(code=1008, reason=f"{exc.code}: {exc.detail}"[:120])
-            return
+        # A GatewayError raised before accept() closes the socket with 1008 and the reason
+        # (gateway/error_handlers.py).
+        self._authorize(websocket)
+        query = self.api.query(websocket, since_may_be_id=True)
+        after = self._start_after(websocket, None)
         await websocket.accept()
         sender = asyncio.create_task(self._send_events(websocket, query, after))
         receiver = asyncio.create_task(self._drain(websocket))
@@ -158,7 +152,7 @@ class Streams:
                     message = orjson.dumps({"type": "event", "id": event.id, "event": event.to_json()})
                     await websocket.send_text(message.decode())
         except TooSlow as exc:
-            await websocket.close(code=1008, reason=f"too_slow: {exc}"[:120])
+            await websocket.close(code=1008, reason=close_reason("too_slow", str(exc)))
 
     @staticmethod
     async def _drain(websocket: WebSocket) -> None:

@@ -1,18 +1,26 @@
-"""`gateway tail`: follow /api/v1/stream, reconnecting with Last-Event-ID after a drop."""
+"""`gateway tail`: follow /api/v1/stream, reconnecting with Last-Event-ID after a drop; and the
+one-line view of an event that `tail` and `gateway events` print."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from gateway.config import ClientConfig
 
+if TYPE_CHECKING:
+    import httpx
+
+EVENT_HEADER = (f"{'ID':>8}  {'RECEIVED':<24}  {'SOURCE':<12} {'TYPE':<18} {'ENTITY':<20} "
+                f"{'STATUS':<11} {'ACCOUNT':<10} SYMBOL")
+
 
 def describe(event: dict[str, Any]) -> str:
+    """One line for an event in its JSON shape (the API's, the stream's, `events --json`'s),
+    in the columns of EVENT_HEADER."""
     return (f"{event['id']:>8}  {event['received_at']}  {event['source']:<12} {event['event_type'] or '-':<18} "
             f"{event['entity_id']:<20} {event['status']:<11} {event.get('account') or '-':<10} "
             f"{event.get('symbol') or '-'}")
@@ -34,6 +42,8 @@ def follow_stream(
     out: Callable[[str], None], note: Callable[[str], None],
 ) -> None:
     """Print events until `count` are shown (or forever); reconnect after any drop."""
+    import httpx  # here: `gateway events` imports this module for `describe` and needs no HTTP client
+
     last = since
     shown = 0
     delay = 0.5

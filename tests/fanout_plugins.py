@@ -28,6 +28,12 @@ class Recorder:
         self.max_in_flight = 0
         self.rng = random.Random(7)
 
+    async def start(self) -> None:
+        """Nothing to open (tests read the plugin object itself: it must not be wrapped)."""
+
+    async def stop(self) -> None:
+        """Nothing to close."""
+
     async def deliver(self, event: Event) -> None:
         self.calls.append((event.id, event.attempt))
         self.in_flight += 1

@@ -10,8 +10,8 @@ A plugin is any object with `async deliver(event)`:
 
 The gateway enforces the plugin's `timeout_seconds` by cancelling `deliver()`: clean up
 on `asyncio.CancelledError` (kill child processes, abort requests) and re-raise. It may
-also have `async start()` (called once before the first delivery) and `async stop()`
-(called once at shutdown, after the last delivery has finished or been cancelled). A plugin is built by a
+also have `async start()` and `async stop()` (see `Plugin`); the loader gives a plugin without
+them ones that do nothing. A plugin is built by a
 factory `factory(options, context) -> plugin`, named in the config by `use`: a built-in name
 (`jsonl`, `http`, `exec`), an import string `"package.module:factory"`, or the name of an
 entry point in the group `gateway.plugins`. `options` is exactly the plugin's
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from gateway.model import Event as Event  # the plugin's event record, defined with the store's
 
@@ -39,12 +39,21 @@ class PermanentFailure(Exception):
     """Raised by a plugin for an event it will never accept: dead-letter it, no retries."""
 
 
-@runtime_checkable
 class Plugin(Protocol):
-    """What the gateway calls. `start` and `stop` are optional."""
+    """What the gateway calls, each hook documented here. A factory may return an object with
+    `deliver` only: the loader (gateway/plugins/loader.py) supplies a `start` and a `stop` that
+    do nothing, so the gateway calls all three on every plugin."""
 
     async def deliver(self, event: Event) -> None:
         """Handle one event. Return to acknowledge; raise to retry; PermanentFailure to dead-letter."""
+
+    async def start(self) -> None:
+        """Called once before the first delivery (open files, connections); if it raises, the
+        gateway does not start."""
+
+    async def stop(self) -> None:
+        """Called once at shutdown, after the last delivery has finished or been cancelled;
+        an exception is logged."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,12 +31,12 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.model import iso_utc
 from gateway.plugins import Event, PermanentFailure, PluginContext
-from gateway.store import iso_utc
+from gateway.plugins.options import check_keys, optional_string, string_table
 
 EX_DATAERR = 65
 STDERR_TAIL = 500
-_OPTIONS = frozenset({"command", "env", "cwd"})
 _POSIX = os.name == "posix"
 
 
@@ -60,6 +60,12 @@ class ExecPlugin:
 
     def __repr__(self) -> str:
         return f"ExecPlugin({self.name!r}, {self.command!r})"
+
+    async def start(self) -> None:
+        """Nothing to open: every delivery runs its own process."""
+
+    async def stop(self) -> None:
+        """Nothing to close: no process outlives its delivery."""
 
     def environment(self, event: Event) -> dict[str, str]:
         return {
@@ -134,22 +140,16 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
 
 
 def factory(options: Mapping[str, Any], context: PluginContext) -> ExecPlugin:
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; exec takes: command, env, cwd")
+    check_keys(options, "exec", ("command", "env", "cwd"))
     command = options.get("command")
     if (not isinstance(command, list) or not command
             or not all(isinstance(arg, str) for arg in command) or not command[0]):
         raise ValueError('option \'command\' is required: a non-empty list of strings, e.g. ["notify", "--fast"]')
-    env = options.get("env", {})
-    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("option 'env' must be a table of string values")
+    env = string_table(options, "env")
     reserved = sorted(k for k in env if k.startswith("GATEWAY_"))
     if reserved:
         raise ValueError(f"option 'env' cannot set {', '.join(reserved)}: GATEWAY_* variables describe the event")
-    cwd = options.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or not cwd):
-        raise ValueError("option 'cwd' must be a non-empty string")
+    cwd = optional_string(options, "cwd")
     workdir = context.base_dir / cwd if cwd else context.base_dir
     if not workdir.is_dir():
         raise ValueError(f"option 'cwd': {workdir} is not a directory")

@@ -33,9 +33,10 @@ import httpx
 import orjson
 
 from gateway.plugins import Event, PermanentFailure, PluginContext
+from gateway.plugins.options import check_keys, required_string, string_table
 
 USER_AGENT = "trading-webhook-gateway"
-_OPTIONS = frozenset({"url", "secret", "timeout_seconds", "headers"})
+_OPTIONS = ("headers", "secret", "timeout_seconds", "url")
 _OWN_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "user-agent"})
 _RETRY_4XX = frozenset({408, 429})
 _EXCERPT = 200  # bytes of a refusing response body quoted in the error
@@ -137,12 +138,8 @@ async def _excerpt(response: httpx.Response) -> str:
 
 
 def factory(options: Mapping[str, Any], context: PluginContext) -> HttpPlugin:
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; http takes: {', '.join(sorted(_OPTIONS))}")
-    url = options.get("url")
-    if not isinstance(url, str) or not url:
-        raise ValueError("option 'url' is required and must be a string")
+    check_keys(options, "http", _OPTIONS)
+    url = required_string(options, "url")
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
@@ -153,14 +150,12 @@ def factory(options: Mapping[str, Any], context: PluginContext) -> HttpPlugin:
                          "in credentials)") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError("option 'url' must be an absolute http:// or https:// URL")
-    return HttpPlugin(url, signing_key(_secret(options.get("secret"))),
+    return HttpPlugin(url, signing_key(_secret(required_string(options, "secret", " (or 'env:NAME')"))),
                       timeout_seconds=_timeout(options.get("timeout_seconds", 10.0)),
-                      headers=_headers(options.get("headers", {})))
+                      headers=_headers(string_table(options, "headers")))
 
 
-def _secret(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("option 'secret' is required and must be a string (or 'env:NAME')")
+def _secret(value: str) -> str:
     if value.startswith("env:"):
         name = value.removeprefix("env:")
         secret = os.environ.get(name)
@@ -176,10 +171,8 @@ def _timeout(value: object) -> float:
     return float(value)
 
 
-def _headers(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ValueError("option 'headers' must be a table of string values")
+def _headers(value: dict[str, str]) -> dict[str, str]:
     clash = sorted(k for k in value if k.lower() in _OWN_HEADERS)
     if clash:
         raise ValueError(f"option 'headers' cannot set {', '.join(clash)}: the plugin sets them itself")
-    return {k: v for k, v in value.items()}
+    return value

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 
 from gateway.plugins import Event, PluginContext
+from gateway.plugins.options import check_keys, required_string
 
-_OPTIONS = frozenset({"path"})
 _Pending = tuple[bytes, "asyncio.Future[None]"]
 
 
@@ -134,10 +134,6 @@ def _drop_torn_line(fd: int) -> None:
 
 
 def factory(options: Mapping[str, Any], context: PluginContext) -> JsonlPlugin:
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; jsonl takes only: path")
-    path = options.get("path")
-    if not isinstance(path, str) or not path:
-        raise ValueError("option 'path' is required and must be a non-empty string (the file to append to)")
+    check_keys(options, "jsonl", ("path",))
+    path = required_string(options, "path", " (the file to append to)")
     return JsonlPlugin(context.base_dir / Path(path).expanduser())

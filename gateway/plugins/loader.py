@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable, Coroutine
 from importlib.metadata import entry_points
 from typing import Any, cast
 
+from uvicorn.importer import ImportFromStringError, import_from_string
+
 from gateway.config import Config, ConfigError, PluginConfig
-from gateway.plugins import ENTRY_POINT_GROUP, Plugin, PluginContext, PluginFactory
+from gateway.plugins import ENTRY_POINT_GROUP, Event, Plugin, PluginContext, PluginFactory
 
 BUILTINS = {
     "jsonl": "gateway.plugins.jsonl:factory",
@@ -16,23 +18,14 @@ BUILTINS = {
 }
 
 
-def _import(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr.split(".") if attr else ():
-        obj = getattr(obj, part)
-    return obj
-
-
 def resolve_factory(use: str) -> PluginFactory:
     """The factory that `use` names; raises LookupError saying what was tried."""
     if use in BUILTINS:
-        return cast(PluginFactory, _import(BUILTINS[use]))
+        return cast(PluginFactory, import_from_string(BUILTINS[use]))
     if ":" in use:
         try:
-            return cast(PluginFactory, _import(use))
-        except (ImportError, AttributeError) as exc:
+            return cast(PluginFactory, import_from_string(use))
+        except (ImportError, ImportFromStringError) as exc:
             raise LookupError(f"cannot import {use!r}: {exc}") from exc
     found = entry_points(group=ENTRY_POINT_GROUP, name=use)
     if not found:
@@ -45,12 +38,33 @@ def resolve_factory(use: str) -> PluginFactory:
         raise LookupError(f"entry point {use!r} failed to load: {exc}") from exc
 
 
+async def _nothing() -> None:
+    """The hook a plugin does not have."""
+
+
+class _WithDefaultHooks:
+    """A plugin written without `start` or `stop` (they are optional for plugin authors): the
+    missing hook does nothing. `plugin` is the object its factory returned."""
+
+    def __init__(self, plugin: Any) -> None:
+        self.plugin = plugin
+        self.deliver: Callable[[Event], Coroutine[Any, Any, None]] = plugin.deliver
+        self.start: Callable[[], Coroutine[Any, Any, None]] = getattr(plugin, "start", _nothing)
+        self.stop: Callable[[], Coroutine[Any, Any, None]] = getattr(plugin, "stop", _nothing)
+
+    def __repr__(self) -> str:
+        return repr(self.plugin)
+
+
 def build_plugin(config: PluginConfig, context: PluginContext) -> Plugin:
+    """The plugin `config` names, with every hook of the `Plugin` protocol."""
     factory = resolve_factory(config.use)
-    plugin = factory(config.options, context)
+    plugin: Any = factory(config.options, context)
     if not callable(getattr(plugin, "deliver", None)):
         raise TypeError(f"the factory returned {type(plugin).__name__}, which has no deliver(event) method")
-    return plugin
+    if callable(getattr(plugin, "start", None)) and callable(getattr(plugin, "stop", None)):
+        return cast(Plugin, plugin)
+    return _WithDefaultHooks(plugin)
 
 
 def load_plugins(config: Config) -> dict[str, Plugin]:
