@@ -156,6 +156,11 @@ def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
     )
 
 
+def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+    """A stored request body read again (this scheme sends one event per request)."""
+    return parse(data, source)
+
+
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "X-MetaCopier-Delivery-Attempt": "1"}
     auth = _option(source, "auth")
@@ -203,6 +208,7 @@ scheme: Scheme = SchemeSpec(
     name="metacopier",
     event_types=EVENT_TYPES,
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=new_secret,

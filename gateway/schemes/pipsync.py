@@ -111,6 +111,11 @@ def _entity(obj: Any) -> str | None:
     return None
 
 
+def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+    """A stored request body read again (this scheme sends one event per request)."""
+    return parse(data, source)
+
+
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     t = str(int(now))
     sig = hmac_sha256_hex(source.secrets[0].key, t.encode(), b".", body)
@@ -145,6 +150,7 @@ scheme: Scheme = SchemeSpec(
     name="pipsync",
     event_types=EVENT_TYPES,
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=new_secret,

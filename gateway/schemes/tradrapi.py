@@ -144,6 +144,15 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
     return Verified(events=(quarantined(body, reason),), attempt=attempt)
 
 
+def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+    """A stored event read again: a batch member from its own JSON (as `parse` wrote it), else
+    the one event of a body stored whole (a root event, or a body quarantined whole)."""
+    if member:
+        return _member(orjson.loads(data), source, data)
+    events = parse(data, source).events
+    return events[0] if len(events) == 1 else quarantined(data, "not one event")
+
+
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     return {"Content-Type": "application/json", "x-webhook-secret": source.secrets[0].derive(sha1_hex)}
 
@@ -183,6 +192,7 @@ scheme: Scheme = SchemeSpec(
     name="tradrapi",
     event_types=EVENT_TYPES,
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=new_secret,

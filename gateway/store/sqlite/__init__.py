@@ -36,10 +36,11 @@ from gateway.store.records import (
     EventListener,
     EventQuery,
     Receipt,
+    Reidentify,
     Rejection,
     StoredEvent,
 )
-from gateway.store.sqlite import _forensics, _outbox
+from gateway.store.sqlite import _forensics, _identity, _outbox
 from gateway.store.sqlite._writer import SQLiteTransactor
 
 if TYPE_CHECKING:
@@ -215,6 +216,12 @@ class SQLiteStore:
 
     async def prune_all(self, before: float, pause: float = 0.0) -> int:
         return await prune_in_batches(self, before, pause)
+
+    async def reidentify(self, identify: Reidentify, batch: int = 2000) -> int:
+        total = 0
+        while done := await self._write(lambda db: _identity.reidentify_batch(db, identify, batch), size=batch):
+            total += done
+        return total
 
     def size_bytes(self) -> int:
         files = (self.path, self.path.with_name(self.path.name + "-wal"))
