@@ -104,8 +104,8 @@ def test_a_registered_schemes_sample_verifies_as_signed(tmp_path: Path) -> None:
 def test_an_object_that_does_not_fit_the_protocol_is_refused(tmp_path: Path) -> None:
     register_scheme("broken", "tests.schemes.toy_scheme:broken")
     expected = ("scheme 'broken' (tests.schemes.toy_scheme:broken) does not fit the Scheme protocol: missing "
-                "event_types, options, credential_headers, secret_form, dedup_fields, secret_rule, check, sign, "
-                "sample, new_secret")
+                "event_types, options, credential_headers, secret_form, dedup_fields, secret_rule, check, identify, "
+                "sign, sample, new_secret")
     with pytest.raises(SchemeError) as info:
         get_scheme("broken")
     assert str(info.value) == expected
