@@ -79,8 +79,9 @@ REQUESTS: list[tuple[str, str, bytes]] = [
     ("ps-first", "pipsync", json.dumps({"id": "evt_A", "type": "trade.opened", "created": 1763633702,
                                         "data": {"position_id": "771", "account_id": "acc_12", "lots": 0.5}}).encode()),
     # the same event id with other content: the old gateway stored it (another position id)
-    ("ps-same-id", "pipsync", json.dumps({"id": "evt_A", "type": "trade.opened", "created": 1763633702,
-                                          "data": {"position_id": "772", "account_id": "acc_12", "lots": 0.5}}).encode()),
+    ("ps-same-id", "pipsync",
+     json.dumps({"id": "evt_A", "type": "trade.opened", "created": 1763633702,
+                 "data": {"position_id": "772", "account_id": "acc_12", "lots": 0.5}}).encode()),
     ("tr-batch", "tradrapi", tr(
         {"brandId": 12, "serverId": 3, "accountId": 99121, "eventType": "account_created", "platform": "MT5",
          "payload": {"id": 99121, "currency": "USD", "createdAt": 1763633700000}},
