@@ -18,6 +18,7 @@ import orjson
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
 from gateway.defaults import default_config
+from gateway.errors import StoreUnavailable
 from gateway.model import STORED_STATUSES
 from gateway.plugins import Plugin
 from gateway.store import DeliveryRecord, Store, StoredEvent, open_store, url_scheme
@@ -196,6 +197,9 @@ def on_store(config: Config, command: Callable[[Store], Awaitable[T]], *, readon
         return asyncio.run(run())
     except FileNotFoundError:
         click.echo(f"no event store at {config.store.location} yet: start the gateway first", err=True)
+        sys.exit(1)
+    except StoreUnavailable as exc:
+        click.echo(exc.detail, err=True)
         sys.exit(1)
 
 

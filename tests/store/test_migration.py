@@ -176,3 +176,15 @@ def test_restore_refuses_a_file_that_is_no_store(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "is not a gateway store" in done.stderr
     assert not (tmp_path / "gateway.db").exists()
+
+
+def test_reading_commands_ask_for_the_upgrade_instead_of_failing(tmp_path: Path) -> None:
+    shutil.copyfile(DATA / "schema5.sqlite", tmp_path / "gateway.db")
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(f'[store]\npath = "gateway.db"\n[[sources]]\nname = "pipsync"\nscheme = "pipsync"\n'
+                           f'secret = "{source_table("pipsync", "pipsync")["secrets"][0]}"\n')
+    listed = gateway_cli("events", config=config_file)
+    assert listed.returncode == 1
+    assert "has schema 5, older than this gateway's" in listed.stderr
+    assert "start the gateway once to upgrade it" in listed.stderr
+    assert "Traceback" not in listed.stderr

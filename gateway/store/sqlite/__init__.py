@@ -41,6 +41,7 @@ from gateway.store.records import (
     StoredEvent,
 )
 from gateway.store.sqlite import _forensics, _identity, _outbox
+from gateway.store.sqlite._schema import MIGRATIONS
 from gateway.store.sqlite._writer import SQLiteTransactor
 
 if TYPE_CHECKING:
@@ -142,11 +143,17 @@ class SQLiteStore:
         await self._reader.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         if self.readonly:
             try:
-                await self._reader.execute_fetchall("SELECT 1 FROM events LIMIT 1")
+                rows = await self._reader.execute_fetchall("SELECT max(version) FROM schema_version")
             except sqlite3.DatabaseError as exc:  # no schema, or not a database at all
                 await self._reader.close()
                 self._reader = None
                 raise FileNotFoundError(f"{self.path} holds no event store") from exc
+            version = next(iter(rows))[0] or 0
+            if version < len(MIGRATIONS):  # only a writer upgrades: this one cannot read it
+                await self._reader.close()
+                self._reader = None
+                raise StoreUnavailable(f"the store at {self.path} has schema {version}, older than this gateway's "
+                                       f"{len(MIGRATIONS)}: start the gateway once to upgrade it")
 
     async def close(self) -> None:
         if self._writer is not None:
