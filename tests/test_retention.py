@@ -92,7 +92,7 @@ def test_background_retention_prunes_old_events(tmp_path: Path, make_config: Cal
     while counts(config.store.path)["events"] != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     with sqlite3.connect(config.store.path) as conn:
-        assert conn.execute("SELECT entity_id FROM events").fetchall() == [("fresh",)]
+        assert conn.execute("SELECT entity_id FROM events").fetchall() == [("position:fresh",)]
 
 
 def test_backup_under_write_load_holds_every_acknowledged_event(
