@@ -86,6 +86,11 @@ class SQLiteBackend:
             count: int = conn.execute("SELECT count(*) FROM receipts").fetchone()[0]
         return count
 
+    def receipt_ids(self) -> list[int]:
+        """The ids of the receipts kept, in order (the contract has no read of receipts)."""
+        with self._connect() as conn:
+            return [row[0] for row in conn.execute("SELECT id FROM receipts ORDER BY id")]
+
 
 class RegisteredBackend(SQLiteBackend):
     """The SQLite file under the `testsqlite://` scheme, which tests/store/testsqlite.py registers."""
