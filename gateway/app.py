@@ -26,9 +26,9 @@ from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
 from gateway.limits import client_address
 from gateway.metrics import Metrics
-from gateway.schemes import reader
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
+from gateway.schemes import reader
 from gateway.store import Store, open_store
 from gateway.stream import Streams
 
