@@ -95,9 +95,12 @@ class Store(Protocol):
         """Store the request's new events atomically; return once they are durable.
 
         `routes[i]` names the plugins that get `events[i]`: their delivery rows are written
-        in the same transaction. Events already stored (same source, event type and entity
-        id) come back as `duplicate` with the id of the stored copy and are not routed again.
-        Raises `StoreUnavailable`.
+        in the same transaction. An event whose identity (`dedup_key` of source, event type and
+        `ParsedEvent.named_by`) is stored with the same fingerprint comes back as `duplicate`
+        with the id of that version and is not routed again; stored with other fingerprints
+        only, it is stored and routed as a `conflict`, `conflicts_with` the first version's id.
+        Exact under concurrent writers (unique on identity and fingerprint). Ids only grow,
+        across pruning and restarts. Raises `StoreUnavailable`.
         """
         ...
 

@@ -620,3 +620,43 @@ async def test_latest_event_id_and_event_listeners(store: Store) -> None:
     await one(store, receipt("dup"), event("1"))  # a duplicate stores nothing: no call
     assert heard == [first.id, outcomes[1].id]
     assert await store.latest_event_id() == outcomes[1].id
+
+
+# --- recomputing identities (an upgraded store) -----------------------------------------------
+
+def _named_by_body(source: str, scheme: str, data: bytes, member: bool) -> ParsedEvent | None:
+    """A stand-in scheme reader: names each event by its body's `id` and its `at`, ordered by `id`."""
+    if scheme == "gone":
+        return None
+    doc = orjson.loads(data)
+    return ParsedEvent(event_type="t", entity_id=f"position:{doc['id']}", identity=(doc["id"], doc["at"]),
+                       fingerprint=orjson.dumps(doc["v"]))
+
+
+async def test_reidentify_names_old_events_again_in_id_order(backend: Any) -> None:
+    store = await backend.open()
+    bodies = [{"id": "1", "at": "a", "v": 1}, {"id": "1", "at": "b", "v": 2}, {"id": "2", "at": "a", "v": 3},
+              {"id": "2", "at": "a", "v": 4}]  # the last shares an identity with the third: a conflict
+    ids = []
+    for n, doc in enumerate(bodies):  # written under old rules: named by a per-request entity
+        ids.append((await one(store, receipt(f"r{n}", body=orjson.dumps(doc)), event(f"old-{n}", "t"))).id)
+    gone = (await one(store, receipt("g", scheme="gone", body=b"{}"), event("old-gone", "t"))).id
+    await store.close()
+    backend.forget_identities()
+
+    store = await backend.open()
+    assert await store.reidentify(_named_by_body) == 5
+    by_id = {e.id: e for e in await store.list_events()}
+    assert [by_id[i].dedup_key for i in ids] == ["src:t:1@a", "src:t:1@b", "src:t:2@a", "src:t:2@a"]
+    assert [by_id[i].entity_id for i in ids] == ["position:1", "position:1", "position:2", "position:2"]
+    assert [(by_id[i].status, by_id[i].conflicts_with) for i in ids] == [
+        ("stored", None), ("stored", None), ("stored", None), ("conflict", ids[2])]
+    assert (by_id[gone].dedup_key, by_id[gone].status) == ("src:t:old-gone", "stored")  # no reader: kept as is
+    assert await store.reidentify(_named_by_body) == 0  # once
+
+    # retries now deduplicate against the new identities, each against its own version
+    again = ParsedEvent(event_type="t", entity_id="position:2", identity=("2", "a"), fingerprint=orjson.dumps(4))
+    assert (await one(store, receipt("retry"), again)).status == "duplicate"
+    assert (await one(store, receipt("retry"), again)).id == ids[3]
+    fresh = ParsedEvent(event_type="t", entity_id="position:1", identity=("1", "c"), fingerprint=b"x")
+    assert (await one(store, receipt("new"), fresh)).id > gone
