@@ -81,7 +81,7 @@ async def test_event_on_stdin_and_in_the_environment(make_plugin: Callable[..., 
     assert {k: v for k, v in env.items() if k.startswith("GATEWAY_")} == {
         "GATEWAY_EVENT_ID": "9", "GATEWAY_EVENT_TYPE": "open_position", "GATEWAY_SOURCE": "tradrapi",
         "GATEWAY_SCHEME": "tradrapi", "GATEWAY_ENTITY_ID": "position:5561201",
-        "GATEWAY_DEDUP_KEY": "tradrapi:open_position:5561201", "GATEWAY_STATUS": "stored",
+        "GATEWAY_DEDUP_KEY": "tradrapi:open_position:5561201", "GATEWAY_STATUS": "stored", "GATEWAY_CONFLICTS_WITH": "",
         "GATEWAY_ACCOUNT": "99121", "GATEWAY_SYMBOL": "", "GATEWAY_RECEIVED_AT": "2025-11-20T10:15:02.123Z",
         "GATEWAY_ATTEMPT": "3", "GATEWAY_PLUGIN": "notify",
     }
@@ -96,7 +96,7 @@ async def test_a_conflict_reaches_the_command_with_the_version_it_conflicts_with
     seen = orjson.loads(out.read_bytes())
     sent = orjson.loads(seen["stdin"])
     assert (sent["id"], sent["status"], sent["conflicts_with"]) == (12, "conflict", 9)
-    assert seen["env"]["GATEWAY_STATUS"] == "conflict"
+    assert (seen["env"]["GATEWAY_STATUS"], seen["env"]["GATEWAY_CONFLICTS_WITH"]) == ("conflict", "9")
 
 
 async def test_cwd_is_relative_to_the_config_folder(make_plugin: Callable[..., ExecPlugin], tmp_path: Path) -> None:
