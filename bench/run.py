@@ -279,10 +279,12 @@ def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
                          [(i, f"r{i}", "metacopier", now, "127.0.0.1", 1, b"[]", body) for i in range(1, 1001)])
         types = ("position.opened", "position.closed", "history.updated", "trade.opened")
         symbols = ("EURUSD", "XAUUSD", "BTCUSD", "GBPUSD", "USDJPY")
-        conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (
-            (i, i % 1000 + 1, src, src, types[i % 4], str(i), f"{src}:{types[i % 4]}:{i}", "stored",
-             f"acc-{i % 5000}", symbols[i % 5], now - (events - i) * 1000, None, None)
-            for i in range(1, events + 1) for src in (("metacopier", "pipsync", "tradrapi")[i % 3],)))
+        conn.executemany(
+            "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
+            " status, account, symbol, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (
+                (i, i % 1000 + 1, src, src, types[i % 4], f"position:{i}", f"{src}:{types[i % 4]}:{i}",
+                 i.to_bytes(32, "big"), "stored", f"acc-{i % 5000}", symbols[i % 5], now - (events - i) * 1000)
+                for i in range(1, events + 1) for src in (("metacopier", "pipsync", "tradrapi")[i % 3],)))
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
     target = Target("gateway", target_folder)

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.auth import Principal, Tokens
 from gateway.config import SCOPES
 from gateway.errors import GatewayError
-from gateway.model import iso_utc
+from gateway.model import STORED_STATUSES, iso_utc
 from gateway.schemes import scheme_names
 from gateway.store import EventQuery, Store
 
@@ -151,7 +151,7 @@ class Api:
         """The /events filters, shared with the live streams (where a numeric `since` is the
         event id to resume after, not a time)."""
         order = _choice(request, "order", ("newest", "oldest")) or "newest"
-        status = _choice(request, "status", ("stored", "quarantined"))
+        status = _choice(request, "status", STORED_STATUSES)
         scheme = _choice(request, "scheme", scheme_names())
         p = request.query_params
         return EventQuery(

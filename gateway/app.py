@@ -28,12 +28,14 @@ from gateway.limits import client_address
 from gateway.metrics import Metrics
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
+from gateway.schemes import reader
 from gateway.store import Store, open_store
 from gateway.stream import Streams
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 READY_TIMEOUT = 2.0
 RETENTION_INTERVAL = 3600.0
+REIDENTIFY_RETRY = 5.0
 log = logging.getLogger("gateway")
 
 
@@ -130,9 +132,29 @@ class GatewayApp:
                 log.warning("retention: pruning failed, will try again: %s", exc)
             await asyncio.sleep(RETENTION_INTERVAL)
 
+    async def _reidentify(self) -> bool:
+        """Name the events stored before the identity rules changed again, before requests are
+        taken, so their senders' retries still deduplicate against them. False if the store
+        cannot be written yet."""
+        started = time.monotonic()
+        try:
+            renamed = await self.store.reidentify(reader(self.config.sources))
+        except Exception as exc:
+            log.warning("store upgrade: cannot recompute stored identities yet: %s", exc)
+            return False
+        if renamed:
+            log.info("store upgrade: identities of %d stored event(s) recomputed in %.1f s",
+                     renamed, time.monotonic() - started)
+        return True
+
+    async def _reidentify_later(self) -> None:
+        while not await self._reidentify():
+            await asyncio.sleep(REIDENTIFY_RETRY)
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.open()
+        upgrade = None
         retention = None
         exporter = None
         if self.config.metrics.listen is not None:
@@ -140,6 +162,8 @@ class GatewayApp:
             exporter, _ = start_http_server(port, host, registry=self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", host, exporter.server_port)
         try:
+            if not await self._reidentify():  # the store is not writable yet: keep trying
+                upgrade = asyncio.create_task(self._reidentify_later(), name="reidentify")
             await self.streams.start()
             await self.fanout.start()
             if self.config.store.retention_days:
@@ -150,10 +174,11 @@ class GatewayApp:
                 if exporter is not None:
                     exporter.shutdown()
                     exporter.server_close()
-                if retention is not None:
-                    retention.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await retention
+                for task in (upgrade, retention):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 # uvicorn has stopped taking requests: finish deliveries, then the store.
                 await self.fanout.stop(self.shutdown_grace)
         finally:

@@ -1,10 +1,11 @@
-"""`gateway` command line: run, check-config, send, events, deliveries, replay."""
+"""`gateway` command line: run, check-config, send, events, deliveries, replay, tail, prune, backup, restore."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,8 @@ import orjson
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config
 from gateway.defaults import default_config
+from gateway.errors import StoreUnavailable
+from gateway.model import STORED_STATUSES
 from gateway.plugins import Plugin
 from gateway.store import DeliveryRecord, Store, StoredEvent, open_store, url_scheme
 
@@ -195,13 +198,16 @@ def on_store(config: Config, command: Callable[[Store], Awaitable[T]], *, readon
     except FileNotFoundError:
         click.echo(f"no event store at {config.store.location} yet: start the gateway first", err=True)
         sys.exit(1)
+    except StoreUnavailable as exc:
+        click.echo(exc.detail, err=True)
+        sys.exit(1)
 
 
 @main.command()
 @config_option
 @click.option("--source", help="Only this source.")
 @click.option("--type", "event_type", help="Only event types matching this glob, e.g. 'position.*'.")
-@click.option("--status", type=click.Choice(["stored", "quarantined"]), help="Only this status.")
+@click.option("--status", type=click.Choice(STORED_STATUSES), help="Only this status.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def events(
@@ -342,3 +348,31 @@ def backup(config_path: Path | None, target: Path) -> None:
         click.echo(str(exc), err=True)
         sys.exit(1)
     click.echo(f"backed up {config.store.location} to {target} ({target.stat().st_size} bytes)")
+
+
+@main.command()
+@config_option
+@click.argument("backup_file", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--id-floor", type=click.IntRange(min=0), default=0,
+              help="Hand out only ids above this (when the store being replaced is lost: the highest event id "
+                   "your plugins or dashboards saw).")
+def restore(config_path: Path | None, backup_file: Path, id_floor: int) -> None:
+    """Put a `gateway backup` file in place of the store. Stop the gateway first.
+
+    The store it replaces is moved aside, never deleted. Ids keep growing from the highest of
+    the backup's, the replaced store's and --id-floor: an id handed out after the backup was
+    taken is never handed out again."""
+    config = resolve_config(config_path)
+    if url_scheme(config.store.url) != "sqlite":
+        click.echo(f"the {url_scheme(config.store.url)} store is restored with its own tools", err=True)
+        sys.exit(1)
+    from gateway.store.sqlite._restore import restore as restore_file
+
+    try:
+        done = restore_file(config.store.path, backup_file, id_floor, config.store.synchronous)
+    except sqlite3.DatabaseError as exc:
+        click.echo(f"{backup_file} is not a gateway store: {exc}", err=True)
+        sys.exit(1)
+    moved = f"; the store it replaced is now {done.replaced}" if done.replaced else ""
+    click.echo(f"restored {backup_file} to {config.store.location}{moved}; next ids above: "
+               + ", ".join(f"{table} {seq}" for table, seq in done.ids.items()))

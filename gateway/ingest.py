@@ -171,12 +171,17 @@ class IngestApp:
         m = self.metrics
         self._latency[source].observe(max(0.0, self.clock() - received_at))
         if len(outcomes) == 1:
-            m.events.labels(source, m.event_type_label(source, verified.events[0].event_type),
-                            outcomes[0].status).inc()
+            event_type = m.event_type_label(source, verified.events[0].event_type)
+            m.events.labels(source, event_type, outcomes[0].status).inc()
+            if outcomes[0].status == "conflict":
+                m.dedup_conflicts.labels(source, event_type).inc()
         else:  # a batch: one increment per (type, outcome), not one per event
             counts = Counter((e.event_type, o.status) for e, o in zip(verified.events, outcomes, strict=True))
             for (event_type, status), count in counts.items():
-                m.events.labels(source, m.event_type_label(source, event_type), status).inc(count)
+                label = m.event_type_label(source, event_type)
+                m.events.labels(source, label, status).inc(count)
+                if status == "conflict":
+                    m.dedup_conflicts.labels(source, label).inc(count)
         if verified.attempt is not None:
             m.sender_attempt.labels(source).observe(verified.attempt)
         if verified.sent_at is not None:
@@ -227,6 +232,7 @@ class IngestApp:
         return orjson.dumps(
             {
                 "request_id": request_id,
-                "events": [{"id": o.id, "status": o.status, "dedup_key": o.dedup_key} for o in outcomes],
+                "events": [{"id": o.id, "status": o.status, "dedup_key": o.dedup_key,
+                            "conflicts_with": o.conflicts_with} for o in outcomes],
             }
         )

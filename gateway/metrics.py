@@ -53,7 +53,10 @@ class Metrics:
         self.requests = Counter("gateway_requests", "Webhook requests by source ('?' for unknown names).",
                                 ["source"], registry=r)
         self.events = Counter("gateway_events", "Events by source, event type and outcome (stored, duplicate, "
-                              "quarantined).", ["source", "event_type", "status"], registry=r)
+                              "quarantined, conflict).", ["source", "event_type", "status"], registry=r)
+        self.dedup_conflicts = Counter(
+            "gateway_dedup_conflicts", "Events whose identity was stored already with other content, kept as "
+            "`conflict` (a sender re-sent an event with changed content).", ["source", "event_type"], registry=r)
         self.rejections = Counter("gateway_rejections", "Refused requests by source and code.", ["source", "code"],
                                   registry=r)
         self.ingest_latency = Histogram("gateway_ingest_latency_seconds", "From receipt of a request to the commit "

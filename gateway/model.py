@@ -9,12 +9,26 @@ from typing import Any, Literal
 
 import orjson
 
-EventStatus = Literal["stored", "duplicate", "quarantined"]
+EventStatus = Literal["stored", "duplicate", "quarantined", "conflict"]
+STORED_STATUSES = ("stored", "quarantined", "conflict")
+"""What a stored event's status can be (`duplicate` is only an answer: nothing is stored)."""
+
+Identity = tuple[str, ...] | bytes
+"""What names one occurrence: its id parts, or (nothing naming it) its content digest."""
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedEvent:
     """One authenticated event, parsed but not yet stored.
+
+    `identity` names this one real-world occurrence (the dedup identity, after source and
+    event type): the same across the sender's retries, different between two occurrences.
+    Its id parts, or the content digest where nothing else names it; empty means the entity
+    id alone. `entity_id` is the business entity the event is about
+    (a position, an account, an order): delivery to plugins is ordered per entity.
+    `fingerprint` is a digest of the event's canonical content: an event whose identity is
+    stored with another fingerprint is a `conflict`, kept beside the first version. Empty
+    means "no content to compare": the identity alone decides.
 
     `payload` is the event's own JSON when it is one member of a batch; `None` means
     the request body itself is the event. `quarantine_reason` is set when the body is
@@ -27,10 +41,17 @@ class ParsedEvent:
     symbol: str | None = None
     payload: bytes | None = None
     quarantine_reason: str | None = None
+    identity: Identity = ()
+    fingerprint: bytes = b""
 
     @property
     def status(self) -> EventStatus:
         return "quarantined" if self.quarantine_reason else "stored"
+
+    @property
+    def named_by(self) -> Identity:
+        """The identity, or the entity id alone where none was given."""
+        return self.identity or (self.entity_id,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,31 +70,69 @@ class Outcome:
     id: int
     status: EventStatus
     dedup_key: str
+    conflicts_with: int | None = None  # a `conflict`: the id of the first stored version
 
 
 QUARANTINE_TYPE = ""
+_ESCAPES = {"%": "%25", ":": "%3A", "@": "%40", "#": "%23", "\x00": "%00"}
+_TYPE_ESCAPES = ("%", ":", "\x00")
+_PART_ESCAPES = ("%", "@", "#", "\x00")
 
 
-def _escape(part: str) -> str:
-    if "%" in part or ":" in part or "\x00" in part:
-        # NUL too: SQLite's JSON functions, which the store's duplicate lookup goes through,
-        # cut text at NUL, so a key holding one would never be found again.
-        return part.replace("%", "%25").replace(":", "%3A").replace("\x00", "%00")
+def _escape(part: str, special: tuple[str, ...]) -> str:
+    # NUL too: SQLite's JSON functions, which the store's duplicate lookup goes through,
+    # cut text at NUL, so a key holding one would never be found again.
+    for char in special:
+        if char in part:
+            part = part.replace(char, _ESCAPES[char])
     return part
 
 
-def dedup_key(source: str, event_type: str, entity_id: str) -> str:
-    """`source:event_type:entity_id`, with `%`, `:` and NUL escaped so keys never collide.
+def dedup_key(source: str, event_type: str, identity: Identity) -> str:
+    """`source:event_type:part@part...`, or `source:event_type:#sha256-<hex>` for an event
+    named by its content: one occurrence as one string.
 
-    Quarantined events (no readable type) use `-` as their type.
+    Injective: `%`, `:` and NUL are escaped in the source and type, `%`, `@`, `#` and NUL in
+    each identity part, so two different identities never give the same key (`decode_key`
+    reads every key back; a property test checks it). `:` may stand in a part (times as sent):
+    a key splits at its first two `:` only. Quarantined events (no readable type) use `-`.
     """
     if not event_type:
         kind = "-"
     elif event_type == "-":
         kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
     else:
-        kind = _escape(event_type)
-    return f"{source}:{kind}:{_escape(entity_id)}"
+        kind = _escape(event_type, _TYPE_ESCAPES)
+    if isinstance(identity, str):  # a plain string would split into one part per character
+        raise TypeError("an identity is a tuple of parts or a digest, not a str")
+    if isinstance(identity, bytes):
+        named = "#sha256-" + identity.hex()
+    elif identity:
+        named = "@".join(_escape(part, _PART_ESCAPES) for part in identity)
+    else:
+        raise ValueError("an identity has at least one part")
+    return f"{_escape(source, _TYPE_ESCAPES)}:{kind}:{named}"
+
+
+def _unescape(part: str) -> str:
+    out, i = [], 0
+    while i < len(part):
+        if part[i] == "%":
+            out.append(chr(int(part[i + 1:i + 3], 16)))
+            i += 3
+        else:
+            out.append(part[i])
+            i += 1
+    return "".join(out)
+
+
+def decode_key(key: str) -> tuple[str, str, Identity]:
+    """`(source, event_type, identity)` back from a key: `dedup_key`'s inverse."""
+    source, kind, named = key.split(":", 2)
+    event_type = "" if kind == "-" else _unescape(kind)
+    identity: Identity = (bytes.fromhex(named[8:]) if named.startswith("#sha256-")
+                          else tuple(_unescape(part) for part in named.split("@")))
+    return _unescape(source), event_type, identity
 
 
 JSON_MAX_DEPTH = 200
@@ -130,9 +189,14 @@ class EventRecord:
         source: the source name (`POST /hooks/{source}`).
         scheme: `metacopier`, `pipsync` or `tradrapi`.
         event_type: the sender's type, e.g. `position.opened`; `""` when quarantined.
-        entity_id: the deduplication id (position id, trade id, ...).
-        dedup_key: `source:event_type:entity_id`.
-        status: `stored` or `quarantined`.
+        entity_id: the business entity the event is about, which orders delivery:
+            `position:<id>`, `account:<id>`, `order:<id>` (`trade:<id>` for a PipSync trade
+            without a position id), else the event's own identity.
+        dedup_key: the identity of this one occurrence, `source:event_type:part@part...`
+            (docs/architecture.md has each scheme's rule).
+        status: `stored`, `quarantined`, or `conflict` (the identity was stored already with
+            other content: this is a second version, kept beside the first).
+        conflicts_with: for a `conflict`, the id of the first stored version; else None.
         account: the sender's account id, when present.
         symbol: the instrument, when present.
         received_at: Unix time (seconds) the gateway received the request.
@@ -146,6 +210,7 @@ class EventRecord:
     entity_id: str
     dedup_key: str
     status: str
+    conflicts_with: int | None
     account: str | None
     symbol: str | None
     received_at: float
@@ -162,6 +227,7 @@ def event_json(event: EventRecord, **extra: Any) -> dict[str, Any]:
         "entity_id": event.entity_id,
         "dedup_key": event.dedup_key,
         "status": event.status,
+        "conflicts_with": event.conflicts_with,
         "account": event.account,
         "symbol": event.symbol,
         "received_at": iso_utc(event.received_at),

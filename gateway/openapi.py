@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.model import STORED_STATUSES
 from gateway.schemes import scheme_names
 
 NULLABLE_STRING = {"type": ["string", "null"]}
@@ -45,7 +46,7 @@ def _event_filters() -> list[dict[str, Any]]:
         _query("type", "Event types matching this glob, e.g. position.*"),
         _query("account", "Only this account id."),
         _query("symbol", "Only this symbol."),
-        _query("status", "Only this status.", {"type": "string", "enum": ["stored", "quarantined"]}),
+        _query("status", "Only this status.", {"type": "string", "enum": list(STORED_STATUSES)}),
         _query("since", "Received at or after (ISO 8601).", TIME),
         _query("until", "Received before (ISO 8601).", TIME),
     ]
@@ -54,16 +55,19 @@ def _event_filters() -> list[dict[str, Any]]:
 def _event() -> dict[str, Any]:
     return {
         "type": "object",
-        "required": ["id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "received_at",
-                     "payload"],
+        "required": ["id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "conflicts_with",
+                     "received_at", "payload"],
         "properties": {
             "id": {"type": "integer"},
             "source": {"type": "string"},
             "scheme": _scheme(),
             "event_type": NULLABLE_STRING,
-            "entity_id": {"type": "string"},
-            "dedup_key": {"type": "string"},
-            "status": {"type": "string", "enum": ["stored", "quarantined"]},
+            "entity_id": {"type": "string", "description": "The business entity the event is about (position:<id>, "
+                          "account:<id>, order:<id>, ...): delivery to plugins is ordered per entity"},
+            "dedup_key": {"type": "string", "description": "The identity of this one occurrence"},
+            "status": {"type": "string", "enum": list(STORED_STATUSES)},
+            "conflicts_with": {"type": ["integer", "null"], "description": "For a conflict (the identity was stored "
+                               "already with other content), the id of the first stored version; else null"},
             "account": NULLABLE_STRING,
             "symbol": NULLABLE_STRING,
             "received_at": TIME,

@@ -36,6 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = str(Path(sys.executable).parent / "gateway")
 T = TypeVar("T")
 
+# Every `gateway` child process runs this checkout's code, as this process does (which imports it
+# from the current directory): a virtualenv shared between checkouts has its editable install
+# pointing at another one, which a child would otherwise import.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(ROOT))])
+
 # Reference bodies from shared/docs/senders.md, byte for byte.
 MC_BODY = (
     b'{"type":"position.opened","timestamp":"2026-11-20T10:15:02.331Z","accountId":"6f1c2d7e-5b0a-4c1e-'

@@ -38,8 +38,8 @@ CLIENTS = [
 ]
 REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 OAUTH_CODES = {"invalid_client", "invalid_request", "unsupported_grant_type", "invalid_scope"}
-EVENT_KEYS = {"id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "account", "symbol",
-              "received_at", "request_id", "attempt", "remote_addr", "quarantine_reason", "payload"}
+EVENT_KEYS = {"id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "conflicts_with", "account",
+              "symbol", "received_at", "request_id", "attempt", "remote_addr", "quarantine_reason", "payload"}
 DELIVERY_KEYS = {"id", "event_id", "plugin", "source", "entity_id", "event_type", "status", "attempts",
                  "next_attempt_at", "created_at", "updated_at", "last_error"}
 
@@ -479,22 +479,24 @@ def test_events_have_the_cli_json_shape(api_config: MakeConfig, serve: Serve, tm
     assert all(set(e) == EVENT_KEYS for e in events)
     assert events[-1] == {
         "id": sent["events"][0]["id"], "source": "metacopier", "scheme": "metacopier",
-        "event_type": "position.opened", "entity_id": "shape-1", "dedup_key": "metacopier:position.opened:shape-1",
-        "status": "stored", "account": "acc-9", "symbol": "XAUUSD", "received_at": iso_ms(clock.now - 2),
-        "request_id": sent["request_id"], "attempt": 1, "remote_addr": "127.0.0.1", "quarantine_reason": None,
+        "event_type": "position.opened", "entity_id": "position:shape-1",
+        "dedup_key": "metacopier:position.opened:shape-1",  # no openTime: the position id alone
+        "status": "stored", "conflicts_with": None, "account": "acc-9", "symbol": "XAUUSD",
+        "received_at": iso_ms(clock.now - 2), "request_id": sent["request_id"], "attempt": 1,
+        "remote_addr": "127.0.0.1", "quarantine_reason": None,
         "payload": orjson.loads(body),
     }
     quarantined = events[2]
     digest = hashlib.sha256(junk).hexdigest()
     assert (quarantined["status"], quarantined["event_type"], quarantined["payload"]) == ("quarantined", None, None)
     assert quarantined["entity_id"] == f"sha256-{digest}"
-    assert quarantined["dedup_key"] == f"metacopier:-:sha256-{digest}"
+    assert quarantined["dedup_key"] == f"metacopier:-:#sha256-{digest}"  # named by its exact bytes
     assert quarantined["quarantine_reason"].startswith("not valid JSON")
     assert quarantined["received_at"] == iso_ms(clock.now - 1)
     close = events[0]
     assert (close["source"], close["scheme"], close["event_type"], close["entity_id"], close["account"],
-            close["symbol"], close["payload"]) == ("tradrapi", "tradrapi", "close_position", "502", "7", "GBPUSD",
-                                                   members[1])
+            close["symbol"], close["payload"]) == ("tradrapi", "tradrapi", "close_position", "position:502", "7",
+                                                   "GBPUSD", members[1])
 
     result = CliRunner().invoke(cli, ["events", "--config", str(write_cli_config(config, tmp_path)), "--json"])
     assert result.exit_code == 0, result.output
@@ -707,7 +709,7 @@ def test_event_detail_has_the_raw_body_the_headers_kept_and_the_deliveries(
     assert set(delivery) == DELIVERY_KEYS
     assert {k: delivery[k] for k in ("event_id", "plugin", "source", "entity_id", "event_type", "status",
                                      "attempts", "next_attempt_at", "last_error")} == {
-        "event_id": closed, "plugin": "audit", "source": "tradrapi", "entity_id": "77",
+        "event_id": closed, "plugin": "audit", "source": "tradrapi", "entity_id": "position:77",
         "event_type": "close_position", "status": "delivered", "attempts": 1, "next_attempt_at": None,
         "last_error": None}
     assert caller.json(f"/api/v1/events/{opened}")["body_base64"] == detail["body_base64"]

@@ -74,11 +74,12 @@ def test_default_setup_end_to_end(workdir: Path) -> None:
         assert [e["source"] for e in events] == ["tradrapi", "pipsync", "metacopier"]
         for event in events:
             assert {"id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status",
-                    "received_at", "payload"} <= event.keys()
+                    "conflicts_with", "received_at", "payload"} <= event.keys()
+            assert event["conflicts_with"] is None
             assert event["status"] == "stored" and event["received_at"].endswith("Z")
             assert isinstance(event["payload"], dict)
         assert events[2]["event_type"] == "position.opened"
-        assert events[2]["payload"]["position"]["id"] == events[2]["entity_id"]
+        assert f"position:{events[2]['payload']['position']['id']}" == events[2]["entity_id"]
 
         for name in ("metacopier", "pipsync", "tradrapi"):
             again = run("send", name, "--file", f"{name}.json", "--url", f"{server.url}/hooks/{name}",
@@ -123,7 +124,7 @@ secret = "env:BEARER_TOKEN"
             out = run("send", "copier", "--event", "position.closed", cwd=workdir).stdout
             assert "copier:position.closed:" in out
             out = run("send", "copier-bearer", "--event", "history.updated", cwd=workdir).stdout
-            assert "copier-bearer:history.updated:sha256-" in out
+            assert "copier-bearer:history.updated:#sha256-" in out  # no position: named by its content
             bad = run("send", "nope", cwd=workdir, check=False)
             assert bad.returncode != 0 and "copier" in bad.stderr
             types = [orjson.loads(x)["event_type"] for x in run("events", "--json", "--type", "position.*",

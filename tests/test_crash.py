@@ -250,26 +250,29 @@ class Sender(threading.Thread):
 
     def metacopier(self) -> Message:
         if self.rng.random() < 0.15:
-            body = orjson.dumps({"type": "history.updated", "accountId": f"acc-{self.index}", "n": self.number()})
-            entity = "sha256-" + hashlib.sha256(body).hexdigest()  # no position: the body's hash is the id
-            return Message("metacopier", body, (dedup_key("metacopier", "history.updated", entity),))
+            doc = {"type": "history.updated", "accountId": f"acc-{self.index}", "n": self.number()}
+            # no position: named by its content, the digest of its JSON written canonically
+            digest = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).digest()
+            return Message("metacopier", orjson.dumps(doc), (dedup_key("metacopier", "history.updated", digest),))
         state, position = self.lifecycle("metacopier", f"p:{self.number()}")  # ':' is escaped in keys
         event_type = f"position.{state}"
         body = orjson.dumps({"type": event_type, "accountId": f"acc-{self.index}",
                              "position": {"id": position, "symbol": "EURUSD", "volume": 0.5}})
-        return Message("metacopier", body, (dedup_key("metacopier", event_type, position),))
+        # no openTime nor closeTime: the position id alone names the occurrence
+        return Message("metacopier", body, (dedup_key("metacopier", event_type, (position,)),))
 
     def pipsync(self) -> Message:
         if self.rng.random() < 0.2:
-            signal_id = f"sig-{self.number()}"
-            body = orjson.dumps({"id": f"evt-{self.number()}", "type": "signal.received",
-                                 "data": {"signal_id": signal_id, "symbol": "EURUSD"}})
-            return Message("pipsync", body, (dedup_key("pipsync", "signal.received", signal_id),))
+            event_id = f"evt-{self.number()}"  # PipSync's event id names the occurrence
+            body = orjson.dumps({"id": event_id, "type": "signal.received",
+                                 "data": {"signal_id": f"sig-{self.number()}", "symbol": "EURUSD"}})
+            return Message("pipsync", body, (dedup_key("pipsync", "signal.received", (event_id,)),))
         state, position = self.lifecycle("pipsync", str(self.number()))
         event_type = f"trade.{state}"
-        body = orjson.dumps({"id": f"evt-{self.number()}", "type": event_type,
+        event_id = f"evt-{self.number()}"
+        body = orjson.dumps({"id": event_id, "type": event_type,
                              "data": {"position_id": position, "symbol": "EURUSD", "lots": 0.5}})
-        return Message("pipsync", body, (dedup_key("pipsync", event_type, position),))
+        return Message("pipsync", body, (dedup_key("pipsync", event_type, (event_id,)),))
 
     def tradrapi(self) -> Message:
         """A batch of 5 to 20 events: opens and closes, balance operations, account updates."""
@@ -277,20 +280,21 @@ class Sender(threading.Thread):
         for _ in range(self.rng.randint(5, 20)):
             roll = self.rng.random()
             payload: dict[str, object]
+            identity: tuple[str, ...]  # payload.id, plus what tells two occurrences apart
             if roll < 0.6:
                 state, entity = self.lifecycle("tradrapi", str(self.number()))
                 event_type = "open_position" if state == "opened" else "close_position"
-                payload = {"id": int(entity), "symbol": "EURUSD", "lots": 1}
+                identity, payload = (entity,), {"id": int(entity), "symbol": "EURUSD", "lots": 1}
             elif roll < 0.85:
                 event_type, number = "balance_operation", self.number()
-                entity, payload = str(number), {"id": number, "amount": 500, "currency": "USD"}
-            else:  # an account is updated many times: updatedAt is part of its id
+                identity, payload = (str(number),), {"id": number, "amount": 500, "currency": "USD"}
+            else:  # an account is updated many times: updatedAt tells the updates apart
                 account, updated = (self.index + 1) * 1000 + self.rng.randrange(3), self.number()
-                event_type, entity = "account_updated", f"{account}@{updated}"
+                event_type, identity = "account_updated", (str(account), str(updated))
                 payload = {"id": account, "updatedAt": updated, "currency": "USD"}
             members.append({"brandId": 12, "serverId": 3, "eventType": event_type, "platform": "MT5",
                             "payload": payload})
-            keys.append(dedup_key("tradrapi", event_type, entity))
+            keys.append(dedup_key("tradrapi", event_type, identity))
         body = orjson.dumps({"payload": members, "count": len(members), "attempts": 1})
         return Message("tradrapi", body, tuple(keys))
 
@@ -426,13 +430,15 @@ def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
     with read_only(folder / "gateway.db") as conn:  # the SQLite file itself
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     config = load_config(folder / "gateway.toml")
-    rows = [(e.id, e.source, e.event_type, e.entity_id, e.dedup_key) for e in store_reads.events(config)]
-    copies = Counter((source, event_type, entity) for _, source, event_type, entity, _ in rows)
-    twice = [(*line, count) for line, count in copies.items() if count > 1]
+    kept = store_reads.events(config)
+    rows = [(e.id, e.source, e.event_type, e.entity_id, e.dedup_key) for e in kept]
+    twice = [(key, count) for key, count in Counter(e.dedup_key for e in kept).items() if count > 1]
+    statuses = {e.status for e in kept}
     deliveries = [(d.plugin, d.event_id, d.status) for d in store_reads.deliveries(config)]
     # Stored exactly once: every event the senders made (all were acknowledged in the end),
     # under the id every answer gave, and nothing else.
     assert not twice, f"stored more than once: {twice[:10]}"
+    assert statuses <= {"stored"}, statuses  # retries are byte for byte: never a conflict
     assert ledger.generated == set(ledger.acked), f"never acknowledged: {sorted(ledger.generated - set(ledger.acked))}"
     stored = {key: event_id for event_id, _, _, _, key in rows}
     lost = {key: event_id for key, event_id in ledger.acked.items() if stored.get(key) != event_id}

@@ -95,8 +95,9 @@ def test_order_per_position_under_concurrent_ingest(make_config: Callable[..., C
     by_position: dict[str, list[Any]] = defaultdict(list)
     for event in rec.delivered:
         by_position[event.entity_id].append(event)
+    assert set(by_position) == {f"position:{p}" for p in positions}  # the entity is the position
     for position in positions:
-        seen = by_position[position]
+        seen = by_position[f"position:{position}"]
         ids = [e.id for e in seen]
         assert ids == sorted(ids), (position, ids)
         types = [e.event_type for e in seen]
@@ -268,8 +269,9 @@ def test_event_object_carries_the_stored_event(make_config: Callable[..., Config
     wait_for(lambda: len(rec.delivered) == 1, what="delivery")
     event = rec.delivered[0]
     assert (event.id, event.source, event.scheme, event.event_type, event.entity_id, event.account, event.symbol) \
-        == (event_id, "metacopier", "metacopier", "position.opened", "evt-1", "acc-1", "XAUUSD")
+        == (event_id, "metacopier", "metacopier", "position.opened", "position:evt-1", "acc-1", "XAUUSD")
     assert event.dedup_key == "metacopier:position.opened:evt-1" and event.status == "stored"
+    assert event.conflicts_with is None and event.to_json()["conflicts_with"] is None
     assert event.body == body and event.payload == orjson.loads(body) and event.attempt == 1
     assert abs(event.received_at - time.time()) < 10
     assert event.to_json()["received_at"].endswith("Z")

@@ -71,9 +71,10 @@ def unique_mc(position: str, event: str = "position.opened") -> bytes:
 @pytest.mark.parametrize(
     ("source", "body", "headers", "dedup_key"),
     [
-        ("metacopier", MC_BODY, lambda: mc_sign(MC_BODY), "metacopier:position.opened:88412231"),
-        ("pipsync", PS_BODY, lambda: ps_sign(PS_BODY), "pipsync:trade.opened:771203"),
-        ("tradrapi", TR_BODY, lambda: tr_sign(), "tradrapi:open_position:5561201"),
+        # one occurrence: the position and its open time; the event id; the member and the platform's deal
+        ("metacopier", MC_BODY, lambda: mc_sign(MC_BODY), "metacopier:position.opened:88412231@2026-11-20T10:15:01Z"),
+        ("pipsync", PS_BODY, lambda: ps_sign(PS_BODY), "pipsync:trade.opened:evt_01JD3W8K2M"),
+        ("tradrapi", TR_BODY, lambda: tr_sign(), "tradrapi:open_position:5561201@op-1"),
     ],
 )
 def test_reference_body_is_stored_then_duplicate(
@@ -84,10 +85,12 @@ def test_reference_body_is_stored_then_duplicate(
     assert first.headers["content-type"] == "application/json"
     doc = first.json()
     assert doc["request_id"] == first.headers["x-request-id"]
-    assert doc["events"] == [{"id": doc["events"][0]["id"], "status": "stored", "dedup_key": dedup_key}]
-    again = gateway.post(f"/hooks/{source}", body, headers())
+    assert doc["events"] == [
+        {"id": doc["events"][0]["id"], "status": "stored", "dedup_key": dedup_key, "conflicts_with": None}]
+    again = gateway.post(f"/hooks/{source}", body, headers())  # signed anew: a fresh timestamp header
     assert again.status_code == 200
-    assert again.json()["events"] == [{"id": doc["events"][0]["id"], "status": "duplicate", "dedup_key": dedup_key}]
+    assert again.json()["events"] == [
+        {"id": doc["events"][0]["id"], "status": "duplicate", "dedup_key": dedup_key, "conflicts_with": None}]
     assert again.json()["request_id"] != doc["request_id"]
     assert len(stored_events(gateway.app.config)) == 1
 
@@ -111,8 +114,10 @@ def test_stored_row_keeps_raw_body_headers_and_fields_but_no_credentials(
     dump = raw_dump(gw)
     for secret in (TR_KEY, hashlib.sha1(TR_KEY.encode()).hexdigest(), MC_SECRET):
         assert secret not in dump
+    # the entity: TradrAPI's position is the platform's ticket (platformTradeId), MetaCopier's the position id
     assert [(e.event_type, e.entity_id, e.account, e.symbol, e.status) for e in (tradr, bearer)] == [
-        ("open_position", "5561201", "99121", "EURUSD", "stored"), ("position.opened", "b-1", "a1", "XAUUSD", "stored")]
+        ("open_position", "position:t-1", "99121", "EURUSD", "stored"),
+        ("position.opened", "position:b-1", "a1", "XAUUSD", "stored")]
 
 
 @pytest.mark.parametrize("secret", [MC_SECRET, MC_SECRET_NEW])
@@ -291,7 +296,8 @@ def test_authentic_odd_bodies_are_quarantined_once(gateway: RunningGateway, body
     assert r.status_code == 200, r.text
     (event,) = r.json()["events"]
     assert event["status"] == "quarantined"
-    assert event["dedup_key"] == f"metacopier:-:sha256-{hashlib.sha256(body).hexdigest()}"
+    assert event["dedup_key"] == f"metacopier:-:#sha256-{hashlib.sha256(body).hexdigest()}"
+    assert event["conflicts_with"] is None
     again = gateway.post("/hooks/metacopier", body, mc_sign(body))
     assert again.json()["events"][0] == {**event, "status": "duplicate"}
     (stored,) = stored_events(gateway.app.config)
@@ -332,7 +338,7 @@ def test_batch_members_are_deduplicated_each_on_their_own(gateway: RunningGatewa
 def test_batch_is_atomic_when_the_store_fails_and_tradrapi_gets_503_not_404(gateway: RunningGateway) -> None:
     db = gateway.app.config.store.path
     with sqlite3.connect(db) as conn:  # a real store fault on the 2nd member's insert
-        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.entity_id = '666' "
+        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.entity_id = 'position:666' "
                      "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
     batch = orjson.dumps({"payload": [tr_event(665), tr_event(666), tr_event(667)], "count": 3})
     r = gateway.post("/hooks/tradrapi", batch, tr_sign())

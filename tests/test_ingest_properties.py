@@ -6,6 +6,11 @@ POST, 403 outside allow_ips, 413 over the size limit, else what the source's ver
 about the headers the server received (the last of duplicated names wins). Never a 5xx (the
 store is healthy), every refusal problem+json with a known code, and afterwards the store
 holds exactly the requests the model accepted: nothing unauthenticated.
+
+Accepted events follow the dedup model: an event whose identity (its dedup key) and content (its
+fingerprint) are stored is a `duplicate` of that version; one whose identity is stored with
+other content is a `conflict`, stored beside the first version and pointing at it; anything else
+is new. The hostile ids come from a small alphabet, so identities meet with other content often.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from hypothesis import strategies as st
 from gateway.config import Config, parse_config
 from gateway.errors import CODES, PROBLEM_CONTENT_TYPE, Rejected
 from gateway.ingest import PREFIX
+from gateway.model import ParsedEvent, dedup_key
 from gateway.schemes import get_scheme
 from tests.conftest import MC_BODY, RunningGateway, mc_sign, ps_sign, source_table, tr_sign
 from tests.hostile import BODIES, any_body
@@ -170,7 +176,7 @@ def was_signed(req: HostileRequest, scheme: str) -> bool:
 class Expected:
     status: int
     code: str | None
-    events: int = 0  # events the verifier reads from an accepted request
+    events: tuple[ParsedEvent, ...] = ()  # the events the verifier reads from an accepted request
 
 
 def expected(config: Config, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]],
@@ -195,7 +201,7 @@ def expected(config: Config, raw_path: bytes, method: str, headers: list[tuple[b
         verified = get_scheme(source.scheme).verify(body, seen, time.time(), source)
     except Rejected as exc:
         return Expected(401, exc.code)
-    return Expected(200, None, len(verified.events))
+    return Expected(200, None, verified.events)
 
 
 def _send(client: httpx.Client, req: HostileRequest) -> httpx.Response | None:
@@ -228,7 +234,8 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
     config = _config(tmp_path)
     gw = serve(config)
     accepted: set[tuple[str, bytes]] = set()  # (source, body) of every request the model accepts
-    keys: set[str] = set()  # dedup keys answered "stored" or "quarantined"
+    versions: dict[str, dict[bytes, int]] = {}  # dedup key -> fingerprint -> id, the first version first
+    rows: dict[int, tuple[str, str, int | None]] = {}  # id -> (dedup key, status, conflicts_with) stored
     tally: dict[int, int] = {}
 
     @SETTINGS
@@ -239,6 +246,14 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
                                 b':{"id":1}}],"attempts":18446744073709551615}', False, sign_for="tradrapi"))
     @example(req=HostileRequest("POST", "/hooks/metacopier", [], b'{"type":"position.opened","ticket":"a\\u0000b"}',
                                 False, sign_for="metacopier", retry=True))
+    # One position opened twice with other volumes; two members of one batch that conflict.
+    @example(req=HostileRequest("POST", "/hooks/metacopier", [], b'{"type":"position.opened","ticket":"c-1",'
+                                b'"volume":0.5}', False, sign_for="metacopier", retry=True))
+    @example(req=HostileRequest("POST", "/hooks/metacopier", [], b'{"type":"position.opened","ticket":"c-1",'
+                                b'"volume":5.0}', False, sign_for="metacopier", retry=True))
+    @example(req=HostileRequest("POST", "/hooks/tradrapi", [], b'{"payload":[{"eventType":"open_position",'
+                                b'"payload":{"id":"c-2","lots":1}},{"eventType":"open_position","payload":'
+                                b'{"id":"c-2","lots":2}}]}', False, sign_for="tradrapi", retry=True))
     @example(req=HostileRequest("POST", "/hooks/%6d%65tacopier", [], b"{}", False))
     @example(req=HostileRequest("HEAD", "/hooks/nope", [], b"", False))
     @example(req=HostileRequest("POST", "/hooks/" + "a" * 2000, [], b"", False))
@@ -275,12 +290,21 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
         accepted.add((name, req.body))
         doc = r.json()
         assert doc["request_id"] == r.headers["x-request-id"]
-        assert len(doc["events"]) == want.events
-        for event in doc["events"]:
-            assert event["status"] in ("stored", "duplicate", "quarantined")
-            assert event["dedup_key"].startswith(name + ":")
-            if event["status"] != "duplicate":
-                keys.add(event["dedup_key"])
+        assert len(doc["events"]) == len(want.events)
+        for event, parsed in zip(doc["events"], want.events, strict=True):
+            key = dedup_key(name, parsed.event_type, parsed.named_by)
+            assert event["dedup_key"] == key
+            known = versions.setdefault(key, {})
+            if parsed.fingerprint in known:  # this version is stored: a retry
+                assert (event["id"], event["status"], event["conflicts_with"]) == (
+                    known[parsed.fingerprint], "duplicate", None)
+            else:  # new: a conflict when the identity is stored with other content
+                first = next(iter(known.values()), None)
+                status = parsed.status if first is None else "conflict"
+                assert (event["status"], event["conflicts_with"]) == (status, first), (event, known)
+                assert event["id"] > max(rows, default=0)  # ids only grow
+                known[parsed.fingerprint] = event["id"]
+                rows[event["id"]] = (key, status, first)
             # What was accepted can be read back: the event a plugin or the API would serve.
             served = gw.client.get(f"/api/v1/events/{event['id']}")
             assert served.status_code == 200, served.text[:300]
@@ -290,8 +314,8 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
         if req.retry:  # every event of a retry is a duplicate of the first copy, forever
             again = _send(gw.client, req)
             assert again is not None and again.status_code == 200, again.text[:300] if again else None
-            assert [(e["id"], e["status"], e["dedup_key"]) for e in again.json()["events"]] == [
-                (e["id"], "duplicate", e["dedup_key"]) for e in doc["events"]]
+            assert [(e["id"], e["status"], e["dedup_key"], e["conflicts_with"]) for e in again.json()["events"]] == [
+                (e["id"], "duplicate", e["dedup_key"], None) for e in doc["events"]]
 
     check()
     assert tally.get(200, 0) > 5 and sum(tally.values()) - tally.get(200, 0) > 50, tally  # both sides exercised
@@ -301,14 +325,16 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
     listing = gw.client.get("/api/v1/events", params={"limit": 500})
     assert listing.status_code == 200, listing.text[:300]
     fresh = b'{"type":"position.opened","ticket":"after-the-storm"}'
-    assert gw.post("/hooks/metacopier", fresh, mc_sign(fresh)).json()["events"][0]["status"] == "stored"
-    stored = details(config)
-    stored_keys = {d.event.dedup_key for d in stored
-                   if d.event.source != "metacopier" or d.event.entity_id != "after-the-storm"}
+    [after] = gw.post("/hooks/metacopier", fresh, mc_sign(fresh)).json()["events"]
+    assert after["status"] == "stored"
+    rows[after["id"]] = (after["dedup_key"], "stored", None)
+    kept = details(config)
+    stored = {d.event.id: (d.event.dedup_key, d.event.status, d.event.conflicts_with) for d in kept}
     with sqlite3.connect(config.store.path) as db:  # the SQLite schema itself: no column for a body
         rejected_columns = {row[1] for row in db.execute("PRAGMA table_info(rejections)")}
-    assert {(d.event.source, d.body) for d in stored} <= accepted | {("metacopier", fresh)}
-    assert stored_keys == keys
+    assert {(d.event.source, d.body) for d in kept} <= accepted | {("metacopier", fresh)}
+    assert stored == rows
+    assert sum(1 for _, status, _ in rows.values() if status == "conflict") >= 2  # the examples' at least
     assert "body" not in rejected_columns  # refused bodies are never kept, only their size and hash
 
 

@@ -86,7 +86,7 @@ def test_background_retention_prunes_old_events(tmp_path: Path, make_config: Cal
     gw = serve(config)
     body = orjson.dumps({"type": "position.opened", "position": {"id": "fresh"}})
     assert gw.post("/hooks/metacopier", body, mc_sign(body)).status_code == 200
-    wait_for(lambda: [e.entity_id for e in events(config)] == ["fresh"], what="only the fresh event left",
+    wait_for(lambda: [e.entity_id for e in events(config)] == ["position:fresh"], what="only the fresh event left",
              seen=lambda: [e.entity_id for e in events(config)])
 
 

@@ -124,7 +124,8 @@ def test_websocket_live_and_resume_with_since(gw: RunningGateway) -> None:
         sent = [send(gw, body(f"w{i}")) for i in range(3)]
         got = [orjson.loads(ws.recv(timeout=5)) for _ in sent]
     assert [m["id"] for m in got] == sent and all(m["type"] == "event" for m in got)
-    assert got[0]["event"]["entity_id"] == "w0"
+    assert got[0]["event"]["entity_id"] == "position:w0"
+    assert got[0]["event"]["conflicts_with"] is None
     missed = [send(gw, body(f"x{i}")) for i in range(2)]
     with connect(f"{url}&since={sent[-1]}") as ws:
         replayed = [orjson.loads(ws.recv(timeout=5))["id"] for _ in missed]

@@ -30,6 +30,9 @@ class SourceConfig:
     tolerance_seconds: int = DEFAULT_TOLERANCE
     allow_ips: tuple[IPNetwork, ...] = ()
     dedup_fields: tuple[str, ...] | None = None
+    # Paths left out when a repeat's content is compared with the stored version (None: the
+    # scheme's default), for fields a sender changes on every retry.
+    dedup_ignore_fields: tuple[str, ...] | None = None
     # Authenticated requests per second (token bucket); 0 is no limit. `rate_burst` requests may
     # arrive at once after a quiet spell.
     rate_limit: float = 0.0

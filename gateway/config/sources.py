@@ -16,7 +16,7 @@ from gateway.config.model import DEFAULT_TOLERANCE, SOURCE_NAME, SourceConfig
 
 # The keys every source takes, whatever its scheme.
 KEYS = {"name", "scheme", "secret", "secrets", "tolerance_seconds", "allow_ips", "dedup_fields",
-        "rate_limit", "rate_burst"}
+        "dedup_ignore_fields", "rate_limit", "rate_burst"}
 
 
 def _scheme(c: Checker, raw: Mapping[str, Any], key: str) -> registry.Scheme | None:
@@ -115,6 +115,10 @@ def parse_source(c: Checker, raw: Any, index: int) -> SourceConfig | None:
     if fields is not None and not (fields and all(isinstance(f, str) and f.strip(".") for f in fields)):
         c.error(f"{key}.dedup_fields", 'must be a non-empty list of paths like "position.id"')
         fields = None
+    ignore = c.get(raw, f"{key}.dedup_ignore_fields", "dedup_ignore_fields", list, None)
+    if ignore is not None and not all(isinstance(f, str) and f.strip(".") for f in ignore):
+        c.error(f"{key}.dedup_ignore_fields", 'must be a list of paths like "timestamp" (may be empty)')
+        ignore = None
 
     rate = c.number(raw, key, "rate_limit", 0.0, 0, 1_000_000)
     burst = c.get(raw, f"{key}.rate_burst", "rate_burst", int, max(1, math.ceil(rate * 10)))
@@ -130,6 +134,7 @@ def parse_source(c: Checker, raw: Any, index: int) -> SourceConfig | None:
         tolerance_seconds=tolerance,
         allow_ips=tuple(nets),
         dedup_fields=tuple(fields) if fields is not None else None,
+        dedup_ignore_fields=tuple(ignore) if ignore is not None else None,
         rate_limit=rate,
         rate_burst=burst if rate else 0,
         options=MappingProxyType(options),

@@ -52,11 +52,19 @@ function filters() {
   return params;
 }
 
+// A conflict (same identity, other content than the first stored version) stands out.
+function statusBadge(event) {
+  if (event.status !== "conflict") return event.status;
+  return el("span", { class: "badge conflict", title: `differs from event ${event.conflicts_with}` },
+    `conflict ≠ #${event.conflicts_with}`);
+}
+
 function eventRow(event, fresh) {
   const row = el("tr", { "data-event-id": String(event.id), class: fresh ? "new" : "" },
     el("td", {}, String(event.id)), el("td", {}, event.received_at), el("td", {}, event.source),
     el("td", {}, event.event_type || "—"), el("td", {}, event.entity_id),
-    el("td", { class: event.status }, event.status), el("td", {}, event.account || ""), el("td", {}, event.symbol || ""));
+    el("td", { class: event.status }, statusBadge(event)), el("td", {}, event.account || ""),
+    el("td", {}, event.symbol || ""));
   row.addEventListener("click", () => showEvent(event.id));
   return row;
 }
@@ -99,6 +107,10 @@ async function showEvent(id) {
     el("h3", {}, `Event ${event.id}: ${event.event_type || "(quarantined)"}`),
     el("p", {}, `${event.source} · ${event.dedup_key} · received ${event.received_at} from ${event.remote_addr || "?"}`),
     event.quarantine_reason ? el("p", { class: "error" }, `Quarantined: ${event.quarantine_reason}`) : "",
+    event.status === "conflict" ? el("p", { class: "error", "data-testid": "conflict" },
+      `Conflict: this identity was stored first as event ${event.conflicts_with}, with other content. `,
+      el("button", { type: "button", onclick: () => showEvent(event.conflicts_with) }, `Show event ${event.conflicts_with}`))
+      : "",
     el("h4", {}, "Payload"), el("pre", { "data-testid": "payload" }, JSON.stringify(event.payload, null, 2)),
     el("h4", {}, "Deliveries"), deliveries,
     el("h4", {}, "Headers"), el("pre", {}, event.headers.map(([k, v]) => `${k}: ${v}`).join("\n")));

@@ -9,7 +9,8 @@ Options:
 
 Standard input is `orjson.dumps(event.to_json())` plus a newline. The environment also holds
 GATEWAY_EVENT_ID, GATEWAY_EVENT_TYPE, GATEWAY_SOURCE, GATEWAY_SCHEME, GATEWAY_ENTITY_ID,
-GATEWAY_DEDUP_KEY, GATEWAY_STATUS, GATEWAY_ACCOUNT, GATEWAY_SYMBOL (empty when absent),
+GATEWAY_DEDUP_KEY, GATEWAY_STATUS, GATEWAY_CONFLICTS_WITH (the first version's id for a
+`conflict`, else empty), GATEWAY_ACCOUNT, GATEWAY_SYMBOL (empty when absent),
 GATEWAY_RECEIVED_AT (ISO 8601, UTC), GATEWAY_ATTEMPT and GATEWAY_PLUGIN (the plugin's name).
 
 Exit status 0 acknowledges; 65 (EX_DATAERR) dead-letters the event; anything else, 75
@@ -78,6 +79,7 @@ class ExecPlugin:
             "GATEWAY_ENTITY_ID": event.entity_id,
             "GATEWAY_DEDUP_KEY": event.dedup_key,
             "GATEWAY_STATUS": event.status,
+            "GATEWAY_CONFLICTS_WITH": "" if event.conflicts_with is None else str(event.conflicts_with),
             "GATEWAY_ACCOUNT": event.account or "",
             "GATEWAY_SYMBOL": event.symbol or "",
             "GATEWAY_RECEIVED_AT": iso_utc(event.received_at),

@@ -9,12 +9,16 @@ gateway is added with `register_scheme("name", "package.module:attr")` before th
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.importer import ImportFromStringError, import_from_string
 
 from gateway.schemes.spec import Headers, Option, Problems, Scheme, SchemeSpec, SecretRule
+
+if TYPE_CHECKING:  # the config imports this registry: never the other way at import time
+    from gateway.config import SourceConfig
+    from gateway.model import ParsedEvent
 
 SCHEMES: dict[str, str] = {
     "metacopier": "gateway.schemes.metacopier:scheme",
@@ -27,7 +31,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _loaded: dict[tuple[str, str], Scheme] = {}  # by name and import string
 # Every member of the protocol: what the load-time check looks for.
 _DATA = ("name", "event_types", "options", "credential_headers", "secret_form", "dedup_fields")
-_METHODS = ("secret_rule", "check", "verify", "sign", "sample", "new_secret")
+_METHODS = ("secret_rule", "check", "verify", "identify", "sign", "sample", "new_secret")
 
 
 class SchemeError(Exception):
@@ -92,3 +96,23 @@ __all__ = [
     "BUILTIN", "SCHEMES", "Headers", "Option", "Problems", "Scheme", "SchemeError", "SchemeSpec", "SecretRule",
     "all_schemes", "get_scheme", "register_scheme", "scheme_names", "secret_forms",
 ]
+
+
+def reader(sources: Mapping[str, SourceConfig]) -> Callable[[str, str, bytes, bool], ParsedEvent | None]:
+    """What `Store.reidentify` calls to read a stored event again: by its source's scheme and
+    settings (`dedup_fields`, `dedup_ignore_fields`), or the scheme's defaults for a source no
+    longer configured; None when the scheme is not registered."""
+
+    from gateway.config import SourceConfig
+
+    def identify(source: str, scheme: str, data: bytes, member: bool) -> ParsedEvent | None:
+        try:
+            spec = get_scheme(scheme)
+        except SchemeError:
+            return None
+        config = sources.get(source)
+        if config is None or config.scheme != scheme:
+            config = SourceConfig(name=source, scheme=scheme)
+        return spec.identify(data, config, member)
+
+    return identify

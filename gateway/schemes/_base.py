@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, AnyStr
@@ -13,7 +14,7 @@ import orjson
 
 from gateway._secret import Secret
 from gateway.errors import Rejected
-from gateway.model import JSON_MAX_DEPTH, QUARANTINE_TYPE, ParsedEvent, too_deep
+from gateway.model import JSON_MAX_DEPTH, QUARANTINE_TYPE, Identity, ParsedEvent, too_deep
 from gateway.schemes.spec import Headers
 
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -177,15 +178,89 @@ def first_str(obj: Mapping[str, Any], names: Iterable[str]) -> str | None:
     return None
 
 
-def content_id(data: bytes) -> str:
-    """Entity id of last resort: the SHA-256 of the bytes that make up the event."""
-    return "sha256-" + hashlib.sha256(data).hexdigest()
-
-
 def quarantined(data: bytes, reason: str, payload: bytes | None = None) -> ParsedEvent:
+    """An authentic event we cannot read: named, and compared, by its exact bytes."""
+    digest = hashlib.sha256(data).digest()
     return ParsedEvent(
         event_type=QUARANTINE_TYPE,
-        entity_id=content_id(data),
+        entity_id="sha256-" + digest.hex(),
         payload=payload,
         quarantine_reason=reason,
+        identity=digest,
+        fingerprint=digest,
     )
+
+
+def fingerprint(obj: Any, ignore: Sequence[str] = (), raw: bytes | None = None,
+                canonical: bytes | None = None) -> bytes:
+    """SHA-256 of the event's canonical JSON (sorted keys, no whitespace) without the fields
+    at the `ignore` paths: two repeats of one identity are one occurrence exactly when equal.
+
+    `raw`, the bytes `obj` was read from, is hashed as sent when it holds an integer beyond
+    64 bits: orjson reads those rounded, and two different values must not compare equal.
+    `canonical` is `obj` already written canonically, when the caller has it.
+    """
+    if raw is not None and has_wide_int(raw):
+        return hashlib.sha256(raw).digest()
+    if canonical is not None and not ignore:  # `obj` already written canonically (batch members)
+        return hashlib.sha256(canonical).digest()
+    for path in ignore:
+        obj = _without(obj, path.split("."))
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def _without(obj: Any, path: list[str]) -> Any:
+    """`obj` less the field at `path`, copying only along the path (never mutating `obj`)."""
+    if not isinstance(obj, dict) or path[0] not in obj:
+        return obj
+    if len(path) == 1:
+        return {k: v for k, v in obj.items() if k != path[0]}
+    return {**obj, path[0]: _without(obj[path[0]], path[1:])}
+
+
+def occurrence(obj: Any, override: Sequence[str] | None, id_paths: Iterable[str],
+               time_paths: Iterable[str]) -> tuple[str, ...] | None:
+    """The id parts naming one occurrence: `override`'s first id (a source's `dedup_fields`),
+    else the first id at `id_paths` plus, when present, the first value at `time_paths` (what
+    tells two occurrences of one entity apart). None when no id is found."""
+    if override:
+        value = first_at(obj, override)
+        return None if value is None else (value,)
+    entity = first_at(obj, id_paths)
+    if entity is None:
+        return None
+    when = first_part(obj, time_paths)
+    return (entity,) if when is None else (entity, when)
+
+
+def event(event_type: str, obj: Any, raw: bytes, *, identity: tuple[str, ...] | None, entity: str | None,
+          ignore: Sequence[str], account: str | None, symbol: str | None,
+          payload: bytes | None = None) -> ParsedEvent:
+    """A readable event: named by `identity`, or by its content digest when that is None;
+    ordered per `entity` (the position, account or order), or per its own identity.
+
+    The content digest that names an event covers the ignored fields too: with no id, a field
+    such as MetaCopier's root `timestamp` may be all that tells two occurrences apart (two
+    `history.updated` of one account), and merging them would drop the second for ever.
+    """
+    digest = fingerprint(obj, ignore, raw, canonical=payload)
+    if identity:
+        named: Identity = identity
+        entity = entity or identity[0]
+    else:
+        content = fingerprint(obj, (), raw, canonical=payload) if ignore else digest
+        named, entity = content, entity or "sha256-" + content.hex()
+    return ParsedEvent(event_type=event_type, entity_id=entity, account=account, symbol=symbol,
+                       payload=payload, identity=named, fingerprint=digest)
+
+
+def first_part(obj: Any, paths: Iterable[str]) -> str | None:
+    """Like `first_at`, for values that tell occurrences apart (times): fractions allowed."""
+    for path in paths:
+        value = at_path(obj, path)
+        if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+            return repr(value)
+        text = scalar(value)
+        if text is not None:
+            return text
+    return None

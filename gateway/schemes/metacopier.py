@@ -18,12 +18,13 @@ from gateway.model import ParsedEvent, Verified
 from gateway.schemes._base import (
     at_path,
     check_window,
-    content_id,
+    event,
     first_at,
     first_str,
     hmac_sha256_hex,
     load_json,
     matches_any,
+    occurrence,
     parse_hex,
     parse_unix,
     quarantined,
@@ -37,6 +38,14 @@ SIGNATURE_HEADERS = ("X-MetaCopier-Signature", "X-Webhook-Signature")
 TIMESTAMP_HEADER = "x-metacopier-timestamp"
 ATTEMPT_HEADER = "x-metacopier-delivery-attempt"
 DEFAULT_ID_PATHS = ("position.id", "ticket")
+# MetaCopier: "use the position id and timestamp to deduplicate". The event's own time tells two
+# occurrences of one position apart (an MT5 partial close keeps the position id).
+OCCURRENCE_TIME = {
+    "position.opened": ("position.openTime", "openTime"),
+    "position.closed": ("position.closeTime", "closeTime"),
+}
+# The root timestamp may be stamped per delivery; the identity already holds the position's times.
+DEFAULT_IGNORE = ("timestamp",)
 OPTIONS = {
     "auth": Option(str, "hmac", ("hmac", "bearer", "none")),
     "require_timestamp": Option(bool, True),
@@ -135,13 +144,21 @@ def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
     event_type = first_str(obj, ("type", "event", "eventType"))
     if event_type is None:
         return quarantined(body, "no event type at type, event or eventType")
-    paths = source.dedup_fields or DEFAULT_ID_PATHS
-    return ParsedEvent(
-        event_type=event_type,
-        entity_id=first_at(obj, paths) or content_id(body),
-        account=scalar(obj.get("accountId")),
+    position = first_at(obj, DEFAULT_ID_PATHS)
+    account = scalar(obj.get("accountId"))
+    return event(
+        event_type, obj, body,
+        identity=occurrence(obj, source.dedup_fields, DEFAULT_ID_PATHS, OCCURRENCE_TIME.get(event_type, ())),
+        entity=f"position:{position}" if position else f"account:{account}" if account else None,
+        ignore=DEFAULT_IGNORE if source.dedup_ignore_fields is None else source.dedup_ignore_fields,
+        account=account,
         symbol=scalar(at_path(obj, "position.symbol")) or scalar(obj.get("symbol")),
     )
+
+
+def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+    """A stored request body read again (this scheme sends one event per request)."""
+    return parse(data, source)
 
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
@@ -191,6 +208,7 @@ scheme: Scheme = SchemeSpec(
     name="metacopier",
     event_types=EVENT_TYPES,
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=new_secret,

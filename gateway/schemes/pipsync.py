@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets as _random
 import time
+from typing import Any
 
 import orjson
 
@@ -17,12 +18,12 @@ from gateway.model import ParsedEvent, Verified
 from gateway.schemes._base import (
     at_path,
     check_window,
-    content_id,
-    first_at,
+    event,
     first_str,
     hmac_sha256_hex,
     load_json,
     matches_any,
+    occurrence,
     parse_hex,
     parse_unix,
     quarantined,
@@ -33,7 +34,10 @@ from gateway.schemes.spec import Headers, Scheme, SchemeSpec, SecretRule
 
 EVENT_TYPES = ("trade.opened", "trade.closed", "trade.tp_hit", "trade.sl_hit", "signal.received")
 SIGNATURE_HEADER = "X-PipSync-Signature"
-DEFAULT_ID_PATHS = ("data.position_id", "data.trade_id", "data.signal_id", "id")
+# The event's own `id` names one occurrence and stays the same across retries (the Stripe
+# construction PipSync's header copies); without it, the entity ids as before.
+DEFAULT_ID_PATHS = ("id", "data.position_id", "data.trade_id", "data.signal_id")
+DEFAULT_IGNORE: tuple[str, ...] = ()
 
 
 def parse_header(value: str) -> tuple[str, list[str]]:
@@ -86,12 +90,30 @@ def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
     event_type = first_str(obj, ("type",))
     if event_type is None:
         return quarantined(body, "no event type at type")
-    return ParsedEvent(
-        event_type=event_type,
-        entity_id=first_at(obj, source.dedup_fields or DEFAULT_ID_PATHS) or content_id(body),
+    return event(
+        event_type, obj, body,
+        identity=occurrence(obj, source.dedup_fields, DEFAULT_ID_PATHS, ()),
+        entity=_entity(obj),
+        ignore=DEFAULT_IGNORE if source.dedup_ignore_fields is None else source.dedup_ignore_fields,
         account=scalar(at_path(obj, "data.account_id")),
         symbol=scalar(at_path(obj, "data.symbol")),
     )
+
+
+def _entity(obj: Any) -> str | None:
+    """What delivery is ordered by: the position a trade event is about, else its trade, its
+    account (signals), or nothing (each event on its own)."""
+    for path, kind in (("data.position_id", "position"), ("data.trade_id", "trade"),
+                       ("data.account_id", "account")):
+        value = scalar(at_path(obj, path))
+        if value is not None:
+            return f"{kind}:{value}"
+    return None
+
+
+def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+    """A stored request body read again (this scheme sends one event per request)."""
+    return parse(data, source)
 
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
@@ -128,6 +150,7 @@ scheme: Scheme = SchemeSpec(
     name="pipsync",
     event_types=EVENT_TYPES,
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=new_secret,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.model import Verified
+from gateway.model import ParsedEvent, Verified
 
 if TYPE_CHECKING:  # the config imports the registry; the registry must not import the config
     from gateway.config import SourceConfig
@@ -84,6 +84,10 @@ class Scheme(Protocol):
     def verify(self, body: bytes, headers: Headers, now: float, source: SourceConfig) -> Verified:
         """Authenticate and parse one request. Pure: raises `Rejected` only."""
 
+    def identify(self, data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+        """Read one stored event again from the bytes kept of it: the request body, or (`member`)
+        a batch member's own JSON. Pure; used to recompute identities when their rules change."""
+
     def sign(self, body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
         """The headers that sender would send with `body`."""
 
@@ -105,6 +109,7 @@ class SchemeSpec:
     name: str
     event_types: tuple[str, ...]
     verify: Callable[[bytes, Headers, float, SourceConfig], Verified]
+    identify: Callable[[bytes, SourceConfig, bool], ParsedEvent]
     sign: Callable[[bytes, SourceConfig, float], dict[str, str]]
     sample: Callable[[str], bytes]
     new_secret: Callable[[], str]

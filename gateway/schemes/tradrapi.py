@@ -19,11 +19,12 @@ from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
 from gateway.schemes._base import (
     at_path,
-    content_id,
+    event,
     first_at,
     has_wide_int,
     load_json,
     matches_any,
+    occurrence,
     parse_hex,
     quarantined,
     require_header,
@@ -37,6 +38,24 @@ EVENT_TYPES = (
 )
 SECRET_HEADER = "x-webhook-secret"
 DEFAULT_ID_PATHS = ("payload.id",)
+# What tells two occurrences of one entity apart, by event type, first present wins: the
+# platform's operation (deal) id, else the event's own time; updates by their update time.
+OCCURRENCE = {
+    "open_position": ("payload.platformOperationId", "payload.openedAt"),
+    "close_position": ("payload.platformOperationId", "payload.closedAt"),
+    "open_order": ("payload.platformOperationId", "payload.placedAt"),
+    "cancel_order": ("payload.platformOperationId", "payload.cancelledAt"),
+    "balance_operation": ("payload.platformOperationId", "payload.createdAt"),
+    "account_created": ("payload.createdAt",),
+    "account_updated": ("payload.updatedAt",),
+    "challenge_created": ("payload.createdAt",),
+    "challenge_updated": ("payload.updatedAt",),
+}
+OTHER_OCCURRENCE = ("payload.updatedAt", "payload.platformOperationId", "payload.createdAt")
+# Batch members are compared without the batch envelope, where `attempts` sits.
+DEFAULT_IGNORE: tuple[str, ...] = ()
+POSITION_EVENTS = ("open_position", "close_position")
+ORDER_EVENTS = ("open_order", "cancel_order")
 
 
 def sha1_hex(key: bytes) -> str:
@@ -70,20 +89,31 @@ def _member(member: Any, source: SourceConfig, payload: bytes | None) -> ParsedE
     event_type = member.get("eventType")
     if not isinstance(event_type, str) or not event_type.strip():
         return quarantined(data, "batch member has no eventType", payload)
-    if source.dedup_fields:
-        entity = first_at(member, source.dedup_fields)
-    else:
-        entity = first_at(member, DEFAULT_ID_PATHS)
-        updated = scalar(at_path(member, "payload.updatedAt"))
-        if entity is not None and updated is not None:
-            entity = f"{entity}@{updated}"  # an account may be updated many times
-    return ParsedEvent(
-        event_type=event_type,
-        entity_id=entity or content_id(data),
+    return event(
+        event_type, member, data,
+        identity=occurrence(member, source.dedup_fields, DEFAULT_ID_PATHS,
+                            OCCURRENCE.get(event_type, OTHER_OCCURRENCE)),
+        entity=_entity(event_type, member),
+        ignore=DEFAULT_IGNORE if source.dedup_ignore_fields is None else source.dedup_ignore_fields,
         account=scalar(member.get("accountId")) or scalar(member.get("exchangeAccountId")),
         symbol=scalar(at_path(member, "payload.symbol")),
         payload=payload,
     )
+
+
+def _entity(event_type: str, member: dict[str, Any]) -> str | None:
+    """What delivery is ordered by. A position is the platform's trade (`platformTradeId`, the
+    same ticket on its open and its close), else `payload.id`; an order is `payload.id`; every
+    other event (account, challenge, balance) is about the root account."""
+    if event_type in POSITION_EVENTS:
+        position = first_at(member, ("payload.platformTradeId", "payload.id"))
+        return None if position is None else f"position:{position}"
+    if event_type in ORDER_EVENTS:
+        order = first_at(member, ("payload.id",))
+        return None if order is None else f"order:{order}"
+    paths = ("accountId", "exchangeAccountId") + (("payload.id",) if event_type.startswith("account_") else ())
+    account = first_at(member, paths)
+    return None if account is None else f"account:{account}"
 
 
 def parse(body: bytes, source: SourceConfig) -> Verified:
@@ -106,9 +136,21 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
         events = tuple(_member(m, source, _canonical(m)) for m in batch)
         return Verified(events=events, attempt=attempt)
     if "eventType" in obj:
-        return Verified(events=(_member(obj, source, None),), attempt=attempt)
+        # A root event carries the batch's delivery counter itself: left out of what names and
+        # compares the event, else a retry would be a conflict (or, unnamed, a second event).
+        root = {k: v for k, v in obj.items() if k != "attempts"}
+        return Verified(events=(_member(root, source, None),), attempt=attempt)
     reason = "no payload array and no eventType at the root"
     return Verified(events=(quarantined(body, reason),), attempt=attempt)
+
+
+def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
+    """A stored event read again: a batch member from its own JSON (as `parse` wrote it), else
+    the one event of a body stored whole (a root event, or a body quarantined whole)."""
+    if member:
+        return _member(orjson.loads(data), source, data)
+    events = parse(data, source).events
+    return events[0] if len(events) == 1 else quarantined(data, "not one event")
 
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
@@ -150,6 +192,7 @@ scheme: Scheme = SchemeSpec(
     name="tradrapi",
     event_types=EVENT_TYPES,
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=new_secret,

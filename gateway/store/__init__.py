@@ -27,6 +27,7 @@ from gateway.store.records import (
     EventListener,
     EventQuery,
     Receipt,
+    Reidentify,
     Rejection,
     StoredEvent,
 )
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS", "Claim", "CommitListener", "DeliveryRecord", "DeliveryResult", "DeliveryStats", "DeliveryStatus",
-    "EventDetail", "EventListener", "EventQuery", "Receipt", "Rejection", "Store", "StoreFactory", "StoreObserver",
-    "StoredEvent", "iso_utc", "open_store", "prune_in_batches", "register_backend", "url_scheme",
+    "EventDetail", "EventListener", "EventQuery", "Receipt", "Reidentify", "Rejection", "Store", "StoreFactory",
+    "StoreObserver", "StoredEvent", "iso_utc", "open_store", "prune_in_batches", "register_backend", "url_scheme",
 ]
 
 
@@ -94,9 +95,12 @@ class Store(Protocol):
         """Store the request's new events atomically; return once they are durable.
 
         `routes[i]` names the plugins that get `events[i]`: their delivery rows are written
-        in the same transaction. Events already stored (same source, event type and entity
-        id) come back as `duplicate` with the id of the stored copy and are not routed again.
-        Raises `StoreUnavailable`.
+        in the same transaction. An event whose identity (`dedup_key` of source, event type and
+        `ParsedEvent.named_by`) is stored with the same fingerprint comes back as `duplicate`
+        with the id of that version and is not routed again; stored with other fingerprints
+        only, it is stored and routed as a `conflict`, `conflicts_with` the first version's id.
+        Exact under concurrent writers (unique on identity and fingerprint). Ids only grow,
+        across pruning and restarts. Raises `StoreUnavailable`.
         """
         ...
 
@@ -191,6 +195,14 @@ class Store(Protocol):
     async def prune_all(self, before: float, pause: float = 0.0) -> int:
         """Prune in batches, `pause` seconds apart, until nothing is left; returns how many
         events went. Small batches keep ingest from waiting long for the writer."""
+        ...
+
+    async def reidentify(self, identify: Reidentify) -> int:
+        """Recompute the identity, entity and fingerprint of every event stored before the
+        rules that name occurrences changed, from the bytes kept of it, in id order: a later
+        event whose identity is taken by other content becomes a `conflict` of the first.
+        Returns how many events changed (0 on a store that is up to date). The gateway runs it
+        at start, before it takes requests."""
         ...
 
     def size_bytes(self) -> int:

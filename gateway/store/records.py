@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.model import Event, EventRecord, event_json, iso_utc
+from gateway.model import Event, EventRecord, ParsedEvent, event_json, iso_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +176,8 @@ with the names of the plugins concerned."""
 
 EventListener = Callable[[int], None]
 """Called with the newest event id after a commit that stored events."""
+
+
+Reidentify = Callable[[str, str, bytes, bool], ParsedEvent | None]
+"""(source, scheme, the event's bytes, whether they are a batch member's JSON) -> the event read
+again by its scheme, or None when that scheme is not registered (`Store.reidentify`)."""

@@ -20,14 +20,16 @@ from tests import store_reads
 from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
 
 
-def make_event(event_id: int, event_type: str = "position.opened", entity_id: str = "88412231",
+def make_event(event_id: int, event_type: str = "position.opened", position: str = "88412231",
                **changes: Any) -> Event:
-    """An event as the gateway hands it to a plugin (a MetaCopier one unless changed)."""
-    payload = {"type": event_type, "accountId": "acc-1", "position": {"id": entity_id, "symbol": "EURUSD"}}
+    """An event as the gateway hands it to a plugin (a MetaCopier one unless changed): its
+    entity is the position, `position:<id>`."""
+    payload = {"type": event_type, "accountId": "acc-1", "position": {"id": position, "symbol": "EURUSD"}}
     fields: dict[str, Any] = {
         "id": event_id, "source": "metacopier", "scheme": "metacopier", "event_type": event_type,
-        "entity_id": entity_id, "dedup_key": f"metacopier:{event_type}:{entity_id}", "status": "stored",
-        "account": "acc-1", "symbol": "EURUSD", "received_at": 1763633702.5, "payload": payload,
+        "entity_id": f"position:{position}", "dedup_key": f"metacopier:{event_type}:{position}",
+        "status": "stored", "conflicts_with": None, "account": "acc-1", "symbol": "EURUSD",
+        "received_at": 1763633702.5, "payload": payload,
         "body": orjson.dumps(payload),
     }
     return Event(**{**fields, **changes})
@@ -93,13 +95,13 @@ def test_bad_options_are_a_config_error_naming_the_plugin(tmp_path: Path, option
 
 @pytest.mark.anyio
 async def test_open_adds_and_close_removes(ledger: PositionLedger) -> None:
-    await ledger.deliver(make_event(1, entity_id="A"))
-    await ledger.deliver(make_event(2, entity_id="B", symbol="GBPUSD"))
-    await ledger.deliver(make_event(3, "position.closed", entity_id="A"))
+    await ledger.deliver(make_event(1, position="A"))
+    await ledger.deliver(make_event(2, position="B", symbol="GBPUSD"))
+    await ledger.deliver(make_event(3, "position.closed", position="A"))
     assert read_ledger(ledger.path) == {
-        "open": {"metacopier:B": {"symbol": "GBPUSD", "account": "acc-1", "opened_event_id": 2,
-                                  "event_type": "position.opened"}},
-        "applied": {"metacopier:A": 3, "metacopier:B": 2},
+        "open": {"metacopier:position:B": {"symbol": "GBPUSD", "account": "acc-1", "opened_event_id": 2,
+                                           "event_type": "position.opened"}},
+        "applied": {"metacopier:position:A": 3, "metacopier:position:B": 2},
     }
 
 
@@ -112,7 +114,7 @@ async def test_open_adds_and_close_removes(ledger: PositionLedger) -> None:
 ])
 async def test_every_sender_vocabulary(ledger: PositionLedger, source: str, opened: str, closed: str) -> None:
     await ledger.deliver(make_event(1, opened, source=source))
-    assert list(read_ledger(ledger.path)["open"]) == [f"{source}:88412231"]
+    assert list(read_ledger(ledger.path)["open"]) == [f"{source}:position:88412231"]
     await ledger.deliver(make_event(2, closed, source=source))
     assert read_ledger(ledger.path)["open"] == {}
 
@@ -122,7 +124,7 @@ async def test_the_same_entity_id_from_two_sources_is_two_positions(ledger: Posi
     await ledger.deliver(make_event(1, source="metacopier"))
     await ledger.deliver(make_event(2, "trade.opened", source="pipsync"))
     await ledger.deliver(make_event(3, "position.closed", source="metacopier"))
-    assert list(read_ledger(ledger.path)["open"]) == ["pipsync:88412231"]
+    assert list(read_ledger(ledger.path)["open"]) == ["pipsync:position:88412231"]
 
 
 @pytest.mark.anyio
@@ -143,7 +145,7 @@ async def test_an_older_event_replayed_after_the_close_does_not_reopen(ledger: P
     await ledger.deliver(make_event(1))
     await ledger.deliver(make_event(2, "position.closed"))
     await ledger.deliver(make_event(1))
-    assert read_ledger(ledger.path) == {"open": {}, "applied": {"metacopier:88412231": 2}}
+    assert read_ledger(ledger.path) == {"open": {}, "applied": {"metacopier:position:88412231": 2}}
 
 
 @pytest.mark.anyio
@@ -169,9 +171,9 @@ async def test_a_payload_that_is_not_an_object_is_dead_lettered(ledger: Position
 @pytest.mark.anyio
 async def test_concurrent_deliveries_of_different_positions_all_land(ledger: PositionLedger) -> None:
     """The gateway runs up to `concurrency` deliveries at once, for different positions."""
-    await asyncio.gather(*(ledger.deliver(make_event(i, entity_id=f"P{i}")) for i in range(1, 51)))
+    await asyncio.gather(*(ledger.deliver(make_event(i, position=f"P{i}")) for i in range(1, 51)))
     data = read_ledger(ledger.path)
-    assert sorted(data["open"]) == sorted(f"metacopier:P{i}" for i in range(1, 51))
+    assert sorted(data["open"]) == sorted(f"metacopier:position:P{i}" for i in range(1, 51))
     assert [p.name for p in ledger.path.parent.iterdir()] == ["ledger.json"]  # no temporary file left
 
 
@@ -189,7 +191,7 @@ async def test_a_failed_write_is_retried_not_acknowledged(tmp_path: Path) -> Non
         assert plugin.applied == {}
         blocker.unlink()
         await plugin.deliver(make_event(1, attempt=2))
-        assert list(read_ledger(plugin.path)["open"]) == ["metacopier:88412231"]
+        assert list(read_ledger(plugin.path)["open"]) == ["metacopier:position:88412231"]
     finally:
         await plugin.stop()
 
@@ -246,15 +248,15 @@ def test_end_to_end_through_the_gateway(tmp_path: Path, serve: Callable[..., Run
              seen=deliveries)
     assert deliveries() == [(event_id, "ledger", "delivered", 1) for event_id in ids]
     assert read_ledger(ledger_file) == {
-        "open": {"metacopier:B": {"symbol": "GBPUSD", "account": "acc-1", "opened_event_id": ids[1],
-                                  "event_type": "position.opened"}},
-        "applied": {"metacopier:A": ids[2], "metacopier:B": ids[1]},
+        "open": {"metacopier:position:B": {"symbol": "GBPUSD", "account": "acc-1", "opened_event_id": ids[1],
+                                           "event_type": "position.opened"}},
+        "applied": {"metacopier:position:A": ids[2], "metacopier:position:B": ids[1]},
     }
 
     # MetaCopier retrying the open of A: a duplicate for the gateway, never routed to plugins again.
     body = mc_body("position.opened", "A", "EURUSD")
     response = gw.post("/hooks/metacopier", body, mc_sign(body))
     assert response.json()["events"][0] == {"id": ids[0], "status": "duplicate",
-                                            "dedup_key": "metacopier:position.opened:A"}
+                                            "dedup_key": "metacopier:position.opened:A", "conflicts_with": None}
     assert len(deliveries()) == 3  # answered after the commit that would have queued a delivery
-    assert list(read_ledger(ledger_file)["open"]) == ["metacopier:B"]
+    assert list(read_ledger(ledger_file)["open"]) == ["metacopier:position:B"]

@@ -32,7 +32,8 @@ RECORD = (
 def make_event(event_id: int = 9, **changes: Any) -> Event:
     fields: dict[str, Any] = {
         "id": event_id, "source": "tradrapi", "scheme": "tradrapi", "event_type": "open_position",
-        "entity_id": "5561201", "dedup_key": "tradrapi:open_position:5561201", "status": "stored",
+        "entity_id": "position:5561201", "dedup_key": "tradrapi:open_position:5561201", "status": "stored",
+        "conflicts_with": None,
         "account": "99121", "symbol": "EURUSD", "received_at": 1763633702.123, "attempt": 3,
         "payload": {"eventType": "open_position", "payload": {"id": 5561201}}, "body": b"{}",
     }
@@ -79,11 +80,23 @@ async def test_event_on_stdin_and_in_the_environment(make_plugin: Callable[..., 
     assert env["INHERITED_FROM_GATEWAY"] == "yes" and env["EXTRA"] == "x y"
     assert {k: v for k, v in env.items() if k.startswith("GATEWAY_")} == {
         "GATEWAY_EVENT_ID": "9", "GATEWAY_EVENT_TYPE": "open_position", "GATEWAY_SOURCE": "tradrapi",
-        "GATEWAY_SCHEME": "tradrapi", "GATEWAY_ENTITY_ID": "5561201",
-        "GATEWAY_DEDUP_KEY": "tradrapi:open_position:5561201", "GATEWAY_STATUS": "stored",
+        "GATEWAY_SCHEME": "tradrapi", "GATEWAY_ENTITY_ID": "position:5561201",
+        "GATEWAY_DEDUP_KEY": "tradrapi:open_position:5561201", "GATEWAY_STATUS": "stored", "GATEWAY_CONFLICTS_WITH": "",
         "GATEWAY_ACCOUNT": "99121", "GATEWAY_SYMBOL": "", "GATEWAY_RECEIVED_AT": "2025-11-20T10:15:02.123Z",
         "GATEWAY_ATTEMPT": "3", "GATEWAY_PLUGIN": "notify",
     }
+
+
+async def test_a_conflict_reaches_the_command_with_the_version_it_conflicts_with(
+    make_plugin: Callable[..., ExecPlugin], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.json"
+    event = make_event(12, status="conflict", conflicts_with=9)
+    await make_plugin(RECORD, str(out)).deliver(event)
+    seen = orjson.loads(out.read_bytes())
+    sent = orjson.loads(seen["stdin"])
+    assert (sent["id"], sent["status"], sent["conflicts_with"]) == (12, "conflict", 9)
+    assert (seen["env"]["GATEWAY_STATUS"], seen["env"]["GATEWAY_CONFLICTS_WITH"]) == ("conflict", "9")
 
 
 async def test_cwd_is_relative_to_the_config_folder(make_plugin: Callable[..., ExecPlugin], tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ SECRET = "whsec_" + base64.b64encode(KEY).decode()
 def make_event(event_id: int = 41, **changes: Any) -> Event:
     fields: dict[str, Any] = {
         "id": event_id, "source": "pipsync", "scheme": "pipsync", "event_type": "trade.opened",
-        "entity_id": "tr_9f2c", "dedup_key": "pipsync:trade.opened:tr_9f2c", "status": "stored",
+        "entity_id": "trade:tr_9f2c", "dedup_key": "pipsync:trade.opened:tr_9f2c", "status": "stored",
+        "conflicts_with": None,
         "account": "acc_12", "symbol": "EURUSD", "received_at": 1763633702.5,
         "payload": {"data": {"trade_id": "tr_9f2c", "lots": 0.5}}, "body": b"{}",
     }

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.anyio
 def make_event(event_id: int = 1, **changes: Any) -> Event:
     fields: dict[str, Any] = {
         "id": event_id, "source": "metacopier", "scheme": "metacopier", "event_type": "position.opened",
-        "entity_id": f"pos-{event_id}", "dedup_key": f"metacopier:position.opened:pos-{event_id}",
-        "status": "stored", "account": "acc-1", "symbol": "EURUSD", "received_at": 1763633702.123,
+        "entity_id": f"position:pos-{event_id}", "dedup_key": f"metacopier:position.opened:pos-{event_id}",
+        "status": "stored", "conflicts_with": None, "account": "acc-1", "symbol": "EURUSD",
+        "received_at": 1763633702.123,
         "payload": {"position": {"id": f"pos-{event_id}", "volume": 0.5, "note": "line\nbreak é"}},
         "body": b"{}",
     }

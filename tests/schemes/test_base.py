@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 
 from gateway._secret import Secret
 from gateway.errors import CODES, Rejected
-from gateway.model import QUARANTINE_TYPE, ParsedEvent, dedup_key
+from gateway.model import QUARANTINE_TYPE, ParsedEvent, decode_key, dedup_key
 from gateway.schemes import tradrapi
 from gateway.schemes._base import (
     at_path,
     check_window,
-    content_id,
     first_at,
     first_str,
     hmac_sha256_hex,
@@ -36,39 +35,39 @@ from gateway.schemes._base import (
 @pytest.mark.parametrize(
     ("parts", "key"),
     [
-        (("mc", "position.opened", "88412231"), "mc:position.opened:88412231"),
-        (("a", "b:c", "d"), "a:b%3Ac:d"),
-        (("a", "b", "c:d"), "a:b:c%3Ad"),
-        (("a", "50%", "x"), "a:50%25:x"),
-        (("a", "t", "%3A"), "a:t:%253A"),
-        (("a", "t", "%:"), "a:t:%25%3A"),
-        (("a", "", "sha256-ab"), "a:-:sha256-ab"),
+        (("mc", "position.opened", ("88412231",)), "mc:position.opened:88412231"),
+        (("mc", "position.closed", ("555", "2026-11-20T10:15:01Z")), "mc:position.closed:555@2026-11-20T10:15:01Z"),
+        (("a", "b:c", ("d",)), "a:b%3Ac:d"),
+        (("a", "b", ("c:d",)), "a:b:c:d"),
+        (("a", "50%", ("x",)), "a:50%25:x"),
+        (("a", "t", ("%40",)), "a:t:%2540"),
+        (("tr", "account_updated", ("X@5",)), "tr:account_updated:X%405"),
+        (("tr", "account_updated", ("X", "5")), "tr:account_updated:X@5"),
+        (("a", "t", ("#sha256-00",)), "a:t:%23sha256-00"),
+        (("a", "", bytes(32)), "a:-:#sha256-" + "00" * 32),
+        (("a", "-", ("x",)), "a:%2D:x"),
     ],
 )
-def test_dedup_key(parts: tuple[str, str, str], key: str) -> None:
+def test_dedup_key(parts: tuple[str, str, Any], key: str) -> None:
     assert dedup_key(*parts) == key
+    assert decode_key(key) == parts
 
 
-@pytest.mark.parametrize(
-    ("a", "b"),
-    [
-        (("a", "b:c", "d"), ("a", "b", "c:d")),
-        (("a", "b", "c:d"), ("a", "b", "c%3Ad")),
-        (("a", "b%3Ac", "d"), ("a", "b:c", "d")),
-        (("a", "x", "1%25"), ("a", "x", "1%")),
-    ],
-)
-def test_dedup_key_no_collision(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
-    assert dedup_key(*a) != dedup_key(*b)
+def test_dedup_key_needs_an_identity() -> None:
+    with pytest.raises(ValueError, match="at least one part"):
+        dedup_key("a", "t", ())
 
 
-@settings(max_examples=200, deadline=None)
-@given(a=st.tuples(st.just("src"), st.text(min_size=1, max_size=8), st.text(max_size=8)),
-       b=st.tuples(st.just("src"), st.text(min_size=1, max_size=8), st.text(max_size=8)))
-def test_property_dedup_key_is_injective(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
-    if a != b:
-        assert dedup_key(*a) != dedup_key(*b)
-    assert dedup_key(*a).count(":") == 2
+_text = st.text(st.characters(codec="utf-8"), max_size=6) | st.sampled_from(["%", "@", "#", ":", "%40", "\x00", "-"])
+_identity = st.lists(_text, min_size=1, max_size=3).map(tuple) | st.binary(min_size=32, max_size=32)
+_key_parts = st.tuples(st.sampled_from(["src", "s:1", "s%3A1"]), _text, _identity)
+
+
+@settings(max_examples=500, deadline=None)
+@given(a=_key_parts, b=_key_parts)
+def test_property_keys_equal_exactly_when_identities_equal(a: tuple[str, str, Any], b: tuple[str, str, Any]) -> None:
+    assert (dedup_key(*a) == dedup_key(*b)) == (a == b)
+    assert decode_key(dedup_key(*a)) == a
 
 
 # --- check_window ----------------------------------------------------------------------
@@ -167,11 +166,14 @@ def test_first_str() -> None:
 
 # --- content ids, quarantine, events ---------------------------------------------------
 
-def test_content_id_and_quarantined() -> None:
-    assert content_id(b"") == "sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+def test_quarantined_is_named_and_compared_by_its_bytes() -> None:
+    empty = quarantined(b"", "empty body")
+    assert empty.entity_id == "sha256-e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert empty.identity == empty.fingerprint == bytes.fromhex(empty.entity_id[7:])
     event = quarantined(b"abc", "not valid JSON")
     assert event.event_type == QUARANTINE_TYPE == ""
     assert event.entity_id == "sha256-" + hashlib.sha256(b"abc").hexdigest()
+    assert event.identity == event.fingerprint == hashlib.sha256(b"abc").digest()
     assert event.status == "quarantined"
     assert event.payload is None
     assert quarantined(b"abc", "r", b"{}").payload == b"{}"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from gateway._secret import Secret
 from gateway.config import SourceConfig
 from gateway.errors import Rejected
-from gateway.model import ParsedEvent, Verified, dedup_key, load_payload
+from gateway.model import Identity, ParsedEvent, Verified, decode_key, dedup_key, load_payload
 from gateway.schemes import get_scheme
 from gateway.schemes._base import has_wide_int, load_json, scalar
 from tests.conftest import (
@@ -90,10 +90,16 @@ def assert_storable(source: SourceConfig, verified: Verified, body: bytes) -> No
         else:
             assert event.event_type.strip()
         assert event.entity_id
-        for text in (event.event_type, event.entity_id, event.account, event.symbol, event.quarantine_reason):
+        assert event.identity  # never empty: a schemes' event is always named
+        assert len(event.fingerprint) == 32
+        parts = event.identity if isinstance(event.identity, tuple) else ()
+        for text in (event.event_type, event.entity_id, event.account, event.symbol, event.quarantine_reason,
+                     *parts):
             if text is not None:
                 text.encode("utf-8")  # a lone surrogate would fail here, as it would in SQLite
-        dedup_key(source.name, event.event_type, event.entity_id).encode("utf-8")
+        key = dedup_key(source.name, event.event_type, event.identity)
+        key.encode("utf-8")
+        assert decode_key(key) == (source.name, event.event_type, event.identity)
         if event.payload is not None:
             orjson.loads(event.payload)  # a batch member's own JSON is always JSON
         read_back(event, body)
@@ -240,7 +246,7 @@ ids = (st.integers(-(2**70), 2**70) | st.integers(2**53 - 3, 2**53 + 3) | st.int
 @example(source=TR, a=18446744073709551616, b=18446744073709551617)
 @example(source=PS, a=-9223372036854775809, b=-9223372036854775808)
 def test_numeric_ids_are_exact_or_replaced_by_a_hash(source: SourceConfig, a: int, b: int) -> None:
-    """An id is the sender's number exactly, or the body's hash: two different ids never merge.
+    """An id is the sender's number exactly, or the body's digest: two different ids never merge.
 
     orjson reads integers beyond 64 bits as rounded floats; before the fix the rounded value
     became the id, so a second position was answered 'duplicate' and never stored.
@@ -251,10 +257,13 @@ def test_numeric_ids_are_exact_or_replaced_by_a_hash(source: SourceConfig, a: in
         verified = outcome(source, body, sign(source, body))
         assert verified is not None
         (event,) = verified.events
-        assert event.entity_id == str(n) or event.entity_id.startswith("sha256-")
+        assert event.identity == (str(n),) or isinstance(event.identity, bytes)
         if -(2**63) <= n < 2**64:
-            assert event.entity_id == str(n)  # what orjson reads exactly stays the id
-        keys.append(dedup_key(source.name, event.event_type, event.entity_id))
+            assert event.identity == (str(n),)  # what orjson reads exactly stays the id
+        else:
+            # Named and compared by the bytes as sent: the rounded value would merge two ids.
+            assert event.identity == event.fingerprint == hashlib.sha256(body).digest()
+        keys.append(dedup_key(source.name, event.event_type, event.identity))
     assert (keys[0] == keys[1]) == (a == b)
 
 
@@ -295,6 +304,7 @@ def test_tradrapi_batch_with_wide_int_is_kept_whole() -> None:
     assert event.status == "quarantined"
     assert event.quarantine_reason is not None and "64 bits" in event.quarantine_reason
     assert event.entity_id == "sha256-" + hashlib.sha256(body).hexdigest()
+    assert event.identity == event.fingerprint == hashlib.sha256(body).digest()
     assert verified.attempt == 2
 
 
@@ -420,49 +430,41 @@ def test_signed_timestamps_outside_the_window_are_stale_or_future(source: Source
 
 # --- dedup keys ----------------------------------------------------------------------------------
 
-tricky = st.text(":%-2ADad30\x00", max_size=8) | st.text(max_size=8)  # separators, escapes and their look-alikes
-
-
-def _unescape(part: str) -> str:
-    out, i = [], 0
-    while i < len(part):
-        if part[i] == "%":
-            out.append({"%25": "%", "%3A": ":", "%2D": "-", "%00": "\x00"}[part[i:i + 3]])  # nothing else
-            i += 3
-        else:
-            out.append(part[i])
-            i += 1
-    return "".join(out)
-
-
-def _decode(key: str) -> tuple[str, str, str]:
-    """The inverse of dedup_key: the last two parts never hold a bare ':', the source may."""
-    source, kind, entity = key.rsplit(":", 2)
-    return source, "" if kind == "-" else _unescape(kind), _unescape(entity)
+tricky = st.text(":%@#-2ADad30\x00", max_size=8) | st.text(max_size=8)  # separators, escapes, look-alikes
+identities = (st.lists(tricky, min_size=1, max_size=3).map(tuple)
+              | st.binary(min_size=32, max_size=32) | st.sampled_from([bytes(32), b"\xff" * 32]))
 
 
 @settings(max_examples=500, deadline=None)
-@given(source=tricky, event_type=tricky, entity_id=tricky)
-@example(source="a:b", event_type="c", entity_id="d")
-@example(source="a", event_type="-", entity_id="x")
-@example(source="a", event_type="%2D", entity_id="x")
-@example(source="a", event_type="t", entity_id="a\x00b")
-def test_dedup_key_decodes_back_to_its_parts(source: str, event_type: str, entity_id: str) -> None:
-    """Decodable means injective: two different (source, type, entity) never share a key, even with
-    ':' or '%' anywhere (source names are validated, but event types and ids come from senders)."""
-    key = dedup_key(source, event_type, entity_id)
-    assert _decode(key) == (source, event_type, entity_id)
-    assert "\x00" not in key[len(source):]  # SQLite's JSON functions would cut the key there
+@given(source=tricky, event_type=tricky, identity=identities)
+@example(source="a:b", event_type="c", identity=("d",))
+@example(source="a", event_type="-", identity=("x",))
+@example(source="a", event_type="%2D", identity=("x",))
+@example(source="a", event_type="t", identity=("a\x00b",))
+@example(source="a", event_type="t", identity=("X@5",))
+@example(source="a", event_type="t", identity=("#sha256-" + "00" * 32,))
+@example(source="a", event_type="", identity=bytes(32))
+def test_dedup_key_decodes_back_to_its_parts(source: str, event_type: str, identity: Identity) -> None:
+    """Decodable means injective: two different (source, type, identity) never share a key, even with
+    ':', '@', '#' or '%' anywhere (source names are validated, but event types and ids come from senders)."""
+    key = dedup_key(source, event_type, identity)
+    assert decode_key(key) == (source, event_type, identity)
+    assert "\x00" not in key  # SQLite's JSON functions would cut the key there
 
 
 def test_dedup_key_escapes_nul() -> None:
     """Found by the HTTP properties: a retried event whose id held NUL got a 503 for ever (the
     store's duplicate lookup, through SQLite's json_each, cut the key at NUL and missed it)."""
-    assert dedup_key("mc", "a\x00", "b\x00c") == "mc:a%00:b%00c"
-    assert dedup_key("mc", "t", "%00") == "mc:t:%2500"
+    assert dedup_key("mc", "a\x00", ("b\x00c",)) == "mc:a%00:b%00c"
+    assert dedup_key("mc", "t", ("%00",)) == "mc:t:%2500"
+    assert dedup_key("mc", "t", ("\x00", "\x00@")) == "mc:t:%00@%00%40"
+    assert dedup_key("m\x00c", "t", ("1",)) == "m%00c:t:1"
 
 
 @settings(max_examples=300, deadline=None)
-@given(a=st.tuples(tricky, tricky, tricky), b=st.tuples(tricky, tricky, tricky))
-def test_dedup_key_is_injective_with_any_source(a: tuple[str, str, str], b: tuple[str, str, str]) -> None:
+@given(a=st.tuples(tricky, tricky, identities), b=st.tuples(tricky, tricky, identities))
+@example(a=("tr", "account_updated", ("X@5",)), b=("tr", "account_updated", ("X", "5")))
+@example(a=("a", "t", ("x", "")), b=("a", "t", ("x@",)))
+@example(a=("a", "t", ("",)), b=("a", "t", ("", "")))
+def test_dedup_key_is_injective_with_any_source(a: tuple[str, str, Identity], b: tuple[str, str, Identity]) -> None:
     assert (dedup_key(*a) == dedup_key(*b)) == (a == b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway._secret import Secret
 from gateway.config import SourceConfig, parse_config
-from gateway.model import Verified
+from gateway.model import Verified, dedup_key
 from gateway.schemes import get_scheme, metacopier
 from gateway.schemes._base import hmac_sha256_hex
 from tests.conftest import MC_BODY, MC_SECRET, MC_SECRET_NEW, mc_sign, source_table
@@ -43,6 +44,18 @@ MC = Reference(metacopier.verify, MC_BODY, MC_NOW, HMAC, mc_sign, MC_SECRET, MC_
 signed, rejected, verify_signed, outcome = MC.signed, MC.rejected, MC.verify_signed, MC.outcome
 
 
+def content_digest(obj: dict[str, Any], ignore: str | None = None) -> bytes:
+    """SHA-256 of the canonical JSON, less the field `ignore`: the fingerprint leaves out the
+    root `timestamp`; what names an event without an id does not."""
+    kept = {k: v for k, v in obj.items() if k != ignore}
+    return hashlib.sha256(orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+# The reference body's occurrence: position 88412231 opened at its own openTime.
+MC_IDENTITY = ("88412231", "2026-11-20T10:15:01Z")
+MC_ENTITY = "position:88412231"
+
+
 # --- test vectors ----------------------------------------------------------------------
 
 def test_vector_over_timestamp_and_body() -> None:
@@ -61,7 +74,7 @@ def test_sign_reproduces_vector_and_verifies() -> None:
     assert headers["X-MetaCopier-Delivery-Attempt"] == "1"
     verified = metacopier.verify(MC_BODY, lower(headers), MC_NOW, HMAC)
     assert verified.attempt == 1
-    assert verified.events[0].entity_id == "88412231"
+    assert verified.events[0].identity == MC_IDENTITY
 
 
 def test_sign_bearer_and_none() -> None:
@@ -89,7 +102,8 @@ def test_reference_request_verifies() -> None:
     assert verified.sent_at == 1763633702.331  # seconds, not milliseconds
     (event,) = verified.events
     assert event.event_type == "position.opened"
-    assert event.entity_id == "88412231"
+    assert event.identity == MC_IDENTITY  # the position id and the event's own time
+    assert event.entity_id == MC_ENTITY  # delivery is ordered per position
     assert event.account == ACCOUNT
     assert event.symbol == "EURUSD"
     assert event.payload is None
@@ -100,7 +114,7 @@ def test_reference_request_verifies() -> None:
 @pytest.mark.parametrize("name", ["x-metacopier-signature", "x-webhook-signature"])
 def test_both_signature_header_names(name: str) -> None:
     headers = {name: SIG_TS, "x-metacopier-timestamp": str(MC_TS)}
-    assert metacopier.verify(MC_BODY, headers, MC_NOW, HMAC).events[0].entity_id == "88412231"
+    assert metacopier.verify(MC_BODY, headers, MC_NOW, HMAC).events[0].identity == MC_IDENTITY
 
 
 @pytest.mark.parametrize(
@@ -160,7 +174,7 @@ def test_body_only_signature_with_timestamp_header_is_bad() -> None:
 def test_rotation(secret: str, source: SourceConfig, ok: bool) -> None:
     headers = signed(secret=secret)
     if ok:
-        assert metacopier.verify(MC_BODY, headers, MC_NOW, source).events[0].entity_id == "88412231"
+        assert metacopier.verify(MC_BODY, headers, MC_NOW, source).events[0].identity == MC_IDENTITY
     else:
         assert rejected(MC_BODY, headers, source=source).code == "bad_signature"
 
@@ -266,7 +280,7 @@ def test_body_only_signature_when_timestamp_not_required() -> None:
     verified = metacopier.verify(MC_BODY, headers, 0.0, NO_TS)  # no timestamp: no window
     assert verified.sent_at is None
     assert verified.attempt is None
-    assert verified.events[0].entity_id == "88412231"
+    assert verified.events[0].identity == MC_IDENTITY
 
 
 def test_timestamp_not_required_but_signature_over_timestamp_is_bad() -> None:
@@ -346,7 +360,7 @@ def test_bearer_token_outside_latin1_is_rejected_not_crashing() -> None:
 def test_auth_none_passes_without_credentials(headers: dict[str, str]) -> None:
     verified = metacopier.verify(MC_BODY, headers, 0.0, NONE)
     assert verified.sent_at is None
-    assert verified.events[0].entity_id == "88412231"
+    assert verified.events[0].identity == MC_IDENTITY
 
 
 # --- delivery attempt ------------------------------------------------------------------
@@ -368,7 +382,7 @@ def test_delivery_attempt(value: str | None, attempt: int | None) -> None:
 # --- payload parsing -------------------------------------------------------------------
 
 @pytest.mark.parametrize(
-    ("obj", "event_type", "entity", "account", "symbol"),
+    ("obj", "event_type", "position", "account", "symbol"),
     [
         ({"type": "position.closed", "accountId": "a1", "position": {"id": "p1", "symbol": "GBPUSD"},
           "ticket": "t1"}, "position.closed", "p1", "a1", "GBPUSD"),
@@ -391,39 +405,65 @@ def test_delivery_attempt(value: str | None, attempt: int | None) -> None:
         ({"type": "some.new.event", "ticket": "x"}, "some.new.event", "x", None, None),
     ],
 )
-def test_payload_fields(obj: dict[str, Any], event_type: str, entity: str, account: str | None,
+def test_payload_fields(obj: dict[str, Any], event_type: str, position: str, account: str | None,
                         symbol: str | None) -> None:
+    """Without its own time an event is named by the position id alone, ordered per position."""
     (event,) = verify_signed(orjson.dumps(obj)).events
-    assert (event.event_type, event.entity_id, event.account, event.symbol) == (
-        event_type, entity, account, symbol)
+    assert (event.event_type, event.identity, event.entity_id, event.account, event.symbol) == (
+        event_type, (position,), f"position:{position}", account, symbol)
     assert event.status == "stored"
 
 
 @pytest.mark.parametrize(
-    "obj",
-    [{"type": "history.updated", "accountId": "a"},
-     {"type": "position.opened", "position": {"id": 5.5}},
-     {"type": "position.opened", "position": {"id": [1]}, "ticket": {"n": 1}},
-     {"type": "position.opened", "position": {"id": "   "}}],
+    ("obj", "entity"),
+    [({"type": "history.updated", "accountId": "a", "timestamp": "2026-11-20T10:15:02.331Z"}, "account:a"),
+     ({"type": "position.opened", "position": {"id": 5.5}}, None),
+     ({"type": "position.opened", "position": {"id": [1]}, "ticket": {"n": 1}}, None),
+     ({"type": "position.opened", "position": {"id": "   "}, "accountId": 7}, "account:7")],
 )
-def test_entity_falls_back_to_body_hash(obj: dict[str, Any]) -> None:
+def test_identity_falls_back_to_content_digest(obj: dict[str, Any], entity: str | None) -> None:
+    """No usable position id: the event is named by its whole canonical content and ordered per
+    account, or on its own; its fingerprint still leaves the root `timestamp` out."""
     body = orjson.dumps(obj)
     (event,) = verify_signed(body).events
-    assert event.entity_id == sha256_id(body)
+    assert event.identity == content_digest(obj)
+    assert event.fingerprint == content_digest(obj, "timestamp")
+    assert event.entity_id == (entity or "sha256-" + content_digest(obj).hex())
     assert event.status == "stored"
 
 
-def test_body_hash_is_of_raw_bytes() -> None:
-    a = b'{"type":"history.updated","accountId":"a"}'
-    b = b'{"accountId":"a", "type":"history.updated"}'
-    assert verify_signed(a).events[0].entity_id != verify_signed(b).events[0].entity_id
+def test_history_updates_told_apart_only_by_their_timestamp_are_two_events() -> None:
+    """Found while writing these tests: the ignored `timestamp` was left out of the digest that
+    names an event without an id, so every later `history.updated` of an account was answered
+    `duplicate` of the first, for ever. The timestamp is all that tells them apart."""
+    first = verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T10:00:00Z","accountId":"a"}')
+    later = verify_signed(b'{"type":"history.updated","timestamp":"2026-11-20T11:00:00Z","accountId":"a"}')
+    retry = verify_signed(b'{"accountId":"a","type":"history.updated","timestamp":"2026-11-20T10:00:00Z"}')
+    assert first.events[0].identity != later.events[0].identity
+    assert first.events[0].identity == retry.events[0].identity
+    assert first.events[0].entity_id == later.events[0].entity_id == "account:a"
+
+
+def test_content_identity_is_canonical() -> None:
+    """Formerly the raw bytes were hashed, so key order and whitespace made two events of one
+    body; now canonically identical bodies are one occurrence and any other content is another."""
+    a = verify_signed(b'{"type":"history.updated","accountId":"a"}').events[0]
+    b = verify_signed(b'{"accountId":"a", "type":"history.updated"}').events[0]
+    c = verify_signed(b'{"type":"history.updated","accountId":"b"}').events[0]
+    assert a.identity == b.identity and a.fingerprint == b.fingerprint
+    assert c.identity != a.identity
 
 
 def test_open_and_close_of_one_position_are_distinct_events() -> None:
-    opened = verify_signed(b'{"type":"position.opened","position":{"id":"7"}}').events[0]
-    closed = verify_signed(b'{"type":"position.closed","position":{"id":"7"}}').events[0]
-    assert (opened.event_type, opened.entity_id) == ("position.opened", "7")
-    assert (closed.event_type, closed.entity_id) == ("position.closed", "7")
+    """One position, two occurrences: told apart by type (and each by its own time), one entity."""
+    opened = verify_signed(b'{"type":"position.opened","position":{"id":"7","openTime":"T1"}}').events[0]
+    closed = verify_signed(b'{"type":"position.closed","position":{"id":"7","openTime":"T1",'
+                            b'"closeTime":"T2"}}').events[0]
+    assert (opened.event_type, opened.identity) == ("position.opened", ("7", "T1"))
+    assert (closed.event_type, closed.identity) == ("position.closed", ("7", "T2"))
+    assert opened.entity_id == closed.entity_id == "position:7"
+    assert dedup_key("mc", opened.event_type, opened.identity) != dedup_key("mc", closed.event_type,
+                                                                           closed.identity)
 
 
 @pytest.mark.parametrize(
@@ -453,21 +493,24 @@ def test_quarantine(body: bytes, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "entity"),
+    ("fields", "identity"),
     [(("position.magicNumber",), "7001"), (("nope.x", "position.symbol"), "EURUSD"),
      (("accountId",), ACCOUNT), (("ticket",), None)],
 )
-def test_dedup_fields_override(fields: tuple[str, ...], entity: str | None) -> None:
+def test_dedup_fields_override(fields: tuple[str, ...], identity: str | None) -> None:
+    """`dedup_fields` names the occurrence by the first id found there, alone (no time); the
+    order key stays the position."""
     source = SourceConfig(name="mc", scheme="metacopier", secrets=(Secret(MC_SECRET),), dedup_fields=fields)
     (event,) = verify_signed(MC_BODY, source).events
-    assert event.entity_id == (entity or sha256_id(MC_BODY))
+    assert event.identity == ((identity,) if identity else content_digest(orjson.loads(MC_BODY)))
+    assert event.entity_id == MC_ENTITY
 
 
 def test_source_from_parse_config(tmp_path: Path) -> None:
     table = source_table("mc", "metacopier", tolerance_seconds=60, dedup_fields=["position.magicNumber"])
     source = parse_config({"sources": [table]}, origin="test.toml", base_dir=tmp_path).sources["mc"]
     verified = metacopier.verify(MC_BODY, signed(secret=MC_SECRET_NEW), MC_NOW + 60, source)
-    assert verified.events[0].entity_id == "7001"
+    assert verified.events[0].identity == ("7001",)
     exc = rejected(MC_BODY, signed(), MC_NOW + 61, source)
     assert exc.code == "stale_timestamp"
     assert "61 s in the past; tolerance is 60 s" in exc.detail
@@ -476,12 +519,18 @@ def test_source_from_parse_config(tmp_path: Path) -> None:
 def test_sample_bodies_parse() -> None:
     for event_type in metacopier.EVENT_TYPES:
         body = metacopier.sample(event_type)
+        obj = orjson.loads(body)
         (event,) = verify_signed(body).events
         assert event.event_type == event_type
         if event_type == "history.updated":
-            assert event.entity_id == sha256_id(body)
+            assert event.identity == content_digest(obj)
+            assert event.fingerprint == content_digest(obj, "timestamp")
+            assert event.entity_id == f"account:{obj['accountId']}"
         else:
-            assert event.entity_id == orjson.loads(body)["position"]["id"]
+            position = obj["position"]
+            when = position["closeTime" if event_type == "position.closed" else "openTime"]
+            assert event.identity == (position["id"], when)
+            assert event.entity_id == f"position:{position['id']}"
 
 
 # --- properties ------------------------------------------------------------------------
@@ -531,6 +580,8 @@ def test_property_authentic_body_never_raises(body: bytes) -> None:
     if event.status == "quarantined":
         assert event.event_type == ""
         assert event.entity_id == sha256_id(body)
+        assert event.identity == event.fingerprint == hashlib.sha256(body).digest()
     else:
         assert event.event_type.strip()
         assert event.entity_id
+        assert event.identity and len(event.fingerprint) == 32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ REF = Reference(pipsync.verify, PS_BODY, T, PS, ps_sign, PS_SECRET, T, one_event
 signed, rejected, verify_signed, outcome = REF.signed, REF.rejected, REF.verify_signed, REF.outcome
 
 
+def content_digest(obj: Any) -> bytes:
+    """What names an event without any id: its canonical JSON (PipSync ignores no field)."""
+    return hashlib.sha256(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+PS_IDENTITY = ("evt_01JD3W8K2M",)  # the event's own id, the same on every retry
+PS_ENTITY = "position:771203"
+
+
 # --- test vectors ----------------------------------------------------------------------
 
 def test_vector() -> None:
@@ -72,7 +82,8 @@ def test_reference_request_verifies() -> None:
     assert verified.attempt is None
     (event,) = verified.events
     assert event.event_type == "trade.opened"
-    assert event.entity_id == "771203"
+    assert event.identity == PS_IDENTITY
+    assert event.entity_id == PS_ENTITY
     assert event.account == "acc_12"
     assert event.symbol == "EURUSD"
     assert event.payload is None
@@ -100,7 +111,7 @@ def test_reference_request_verifies() -> None:
          "unknown-keys", "key-case", "upper-hex", "empty-parts", "rotated", "rotated-second-v1"],
 )
 def test_header_variants_accepted(value: str) -> None:
-    assert pipsync.verify(PS_BODY, hdr(value), T, PS).events[0].entity_id == "771203"
+    assert pipsync.verify(PS_BODY, hdr(value), T, PS).events[0].identity == PS_IDENTITY
 
 
 # --- authentication failures -----------------------------------------------------------
@@ -133,7 +144,7 @@ def test_bad_signature(value: str) -> None:
 )
 def test_rotation(secret: str, source: SourceConfig, ok: bool) -> None:
     if ok:
-        assert pipsync.verify(PS_BODY, signed(secret=secret), T, source).events[0].entity_id == "771203"
+        assert pipsync.verify(PS_BODY, signed(secret=secret), T, source).events[0].identity == PS_IDENTITY
     else:
         assert rejected(PS_BODY, signed(secret=secret), source=source).code == "bad_signature"
 
@@ -260,24 +271,33 @@ DATA = {"trade_id": "tr_1", "position_id": "pos_1", "signal_id": "sig_1"}
 
 
 @pytest.mark.parametrize(
-    ("obj", "entity"),
+    ("obj", "identity", "entity"),
     [
-        ({"id": "evt_1", "type": "trade.opened", "data": DATA}, "pos_1"),
-        ({"id": "evt_1", "type": "trade.opened", "data": {**DATA, "position_id": None}}, "tr_1"),
-        ({"id": "evt_1", "type": "trade.opened", "data": {**DATA, "position_id": ""}}, "tr_1"),
-        ({"id": "evt_1", "type": "trade.opened", "data": {**DATA, "position_id": True}}, "tr_1"),
-        ({"id": "evt_1", "type": "trade.opened", "data": {"trade_id": "tr_1", "signal_id": "s"}}, "tr_1"),
-        ({"id": "evt_1", "type": "signal.received", "data": {"signal_id": "sig_1"}}, "sig_1"),
-        ({"id": "evt_1", "type": "signal.received", "data": {"other": 1}}, "evt_1"),
-        ({"id": "evt_1", "type": "signal.received", "data": "not-an-object"}, "evt_1"),
-        ({"id": "evt_1", "type": "signal.received"}, "evt_1"),
-        ({"id": 77, "type": "signal.received"}, "77"),
-        ({"type": "trade.closed", "data": {"position_id": 771203}}, "771203"),
-        ({"type": "trade.closed", "data": {"position_id": 771203.0}}, "771203"),
+        ({"id": "evt_1", "type": "trade.opened", "data": DATA}, "evt_1", "position:pos_1"),
+        ({"id": "evt_1", "type": "trade.opened", "data": {**DATA, "position_id": None}}, "evt_1", "trade:tr_1"),
+        ({"id": "evt_1", "type": "trade.opened", "data": {**DATA, "position_id": ""}}, "evt_1", "trade:tr_1"),
+        ({"id": "evt_1", "type": "trade.opened", "data": {**DATA, "position_id": True}}, "evt_1", "trade:tr_1"),
+        ({"id": "evt_1", "type": "trade.opened", "data": {"trade_id": "tr_1", "signal_id": "s"}}, "evt_1",
+         "trade:tr_1"),
+        ({"id": "evt_1", "type": "signal.received", "data": {"signal_id": "sig_1", "account_id": "acc_1"}},
+         "evt_1", "account:acc_1"),
+        ({"id": "evt_1", "type": "signal.received", "data": {"signal_id": "sig_1"}}, "evt_1", "evt_1"),
+        ({"id": "evt_1", "type": "signal.received", "data": {"other": 1}}, "evt_1", "evt_1"),
+        ({"id": "evt_1", "type": "signal.received", "data": "not-an-object"}, "evt_1", "evt_1"),
+        ({"id": "evt_1", "type": "signal.received"}, "evt_1", "evt_1"),
+        ({"id": 77, "type": "signal.received"}, "77", "77"),
+        ({"id": "", "type": "trade.closed", "data": DATA}, "pos_1", "position:pos_1"),
+        ({"type": "trade.closed", "data": {"position_id": 771203}}, "771203", "position:771203"),
+        ({"type": "trade.closed", "data": {"position_id": 771203.0}}, "771203", "position:771203"),
+        ({"type": "trade.closed", "data": {"trade_id": "tr_1", "signal_id": "s"}}, "tr_1", "trade:tr_1"),
+        ({"type": "signal.received", "data": {"signal_id": "sig_1", "account_id": 12}}, "sig_1", "account:12"),
     ],
 )
-def test_entity_id_precedence(obj: dict[str, Any], entity: str) -> None:
+def test_identity_and_entity_precedence(obj: dict[str, Any], identity: str, entity: str) -> None:
+    """The root `id` names the occurrence, else the entity ids as before; delivery is ordered per
+    position, else trade, else account, else each event on its own."""
     (event,) = verify_signed(orjson.dumps(obj)).events
+    assert event.identity == (identity,)
     assert event.entity_id == entity
     assert event.event_type == obj["type"]
     assert event.status == "stored"
@@ -288,9 +308,11 @@ def test_entity_id_precedence(obj: dict[str, Any], entity: str) -> None:
     [{"type": "trade.closed"}, {"type": "trade.closed", "id": None, "data": {"position_id": [1]}},
      {"type": "trade.closed", "id": "  ", "data": {"trade_id": False}}],
 )
-def test_entity_falls_back_to_body_hash(obj: dict[str, Any]) -> None:
+def test_identity_falls_back_to_content_digest(obj: dict[str, Any]) -> None:
     body = orjson.dumps(obj)
-    assert verify_signed(body).events[0].entity_id == sha256_id(body)
+    (event,) = verify_signed(body).events
+    assert event.identity == event.fingerprint == content_digest(obj)
+    assert event.entity_id == "sha256-" + content_digest(obj).hex()
 
 
 @pytest.mark.parametrize(
@@ -329,20 +351,21 @@ def test_quarantine(body: bytes, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "entity"),
+    ("fields", "identity"),
     [(("id",), "evt_01JD3W8K2M"), (("data.platform",), "ctrader"), (("x", "data.trade_id"), "tr_9f2c"),
      (("missing",), None)],
 )
-def test_dedup_fields_override(fields: tuple[str, ...], entity: str | None) -> None:
+def test_dedup_fields_override(fields: tuple[str, ...], identity: str | None) -> None:
     source = SourceConfig(name="ps", scheme="pipsync", secrets=(Secret(PS_SECRET),), dedup_fields=fields)
-    assert verify_signed(PS_BODY, source).events[0].entity_id == (entity or sha256_id(PS_BODY))
+    event = verify_signed(PS_BODY, source).events[0]
+    assert event.identity == ((identity,) if identity else content_digest(orjson.loads(PS_BODY)))
+    assert event.entity_id == PS_ENTITY  # the order key does not follow dedup_fields
 
 
 def test_source_from_parse_config(tmp_path: Path) -> None:
-    table = source_table("ps", "pipsync", tolerance_seconds=30, dedup_fields=["id"])
+    table = source_table("ps", "pipsync", tolerance_seconds=30, dedup_fields=["data.trade_id"])
     source = parse_config({"sources": [table]}, origin="test.toml", base_dir=tmp_path).sources["ps"]
-    assert pipsync.verify(PS_BODY, signed(secret=PS_SECRET_NEW), T - 30, source).events[0].entity_id == (
-        "evt_01JD3W8K2M")
+    assert pipsync.verify(PS_BODY, signed(secret=PS_SECRET_NEW), T - 30, source).events[0].identity == ("tr_9f2c",)
     exc = rejected(PS_BODY, signed(), T - 31, source)
     assert exc.code == "future_timestamp"
     assert "31 s in the future; tolerance is 30 s" in exc.detail
@@ -352,9 +375,14 @@ def test_sample_bodies_parse() -> None:
     for event_type in pipsync.EVENT_TYPES:
         body = pipsync.sample(event_type)
         (event,) = verify_signed(body).events
-        data = orjson.loads(body)["data"]
+        obj = orjson.loads(body)
+        data = obj["data"]
         assert event.event_type == event_type
-        assert event.entity_id == data.get("position_id", data.get("signal_id"))
+        assert event.identity == (obj["id"],)
+        if "position_id" in data:
+            assert event.entity_id == f"position:{data['position_id']}"
+        else:
+            assert event.entity_id == f"account:{data['account_id']}"
 
 
 # --- properties ------------------------------------------------------------------------
@@ -422,6 +450,8 @@ def test_property_authentic_body_never_raises(body: bytes) -> None:
     if event.status == "quarantined":
         assert event.event_type == ""
         assert event.entity_id == sha256_id(body)
+        assert event.identity == event.fingerprint == hashlib.sha256(body).digest()
     else:
         assert event.event_type.strip()
         assert event.entity_id
+        assert event.identity and len(event.fingerprint) == 32

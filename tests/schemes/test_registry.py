@@ -83,8 +83,8 @@ def test_the_schemes_own_keys_are_checked_and_refused_elsewhere(tmp_path: Path) 
         "test.toml: sources[0] (toys).type_field: must be str, got int 7",
         "test.toml: sources[1] (mc).type_field: applies to toy sources only",
         "test.toml: sources[2] (t2).auth: applies to metacopier sources only",
-        "test.toml: sources[2].typefield: unknown key (known: allow_ips, auth, dedup_fields, name, rate_burst, "
-        "rate_limit, require_timestamp, scheme, secret, secrets, tolerance_seconds, type_field)",
+        "test.toml: sources[2].typefield: unknown key (known: allow_ips, auth, dedup_fields, dedup_ignore_fields, "
+        "name, rate_burst, rate_limit, require_timestamp, scheme, secret, secrets, tolerance_seconds, type_field)",
     ]
     unknown = config_errors(tmp_path, {"name": "x", "scheme": "lego", "secret": TOY_TOKEN})
     assert unknown == ["test.toml: sources[0] (x).scheme: must be one of metacopier, pipsync, tradrapi, toy, "
@@ -104,8 +104,8 @@ def test_a_registered_schemes_sample_verifies_as_signed(tmp_path: Path) -> None:
 def test_an_object_that_does_not_fit_the_protocol_is_refused(tmp_path: Path) -> None:
     register_scheme("broken", "tests.schemes.toy_scheme:broken")
     expected = ("scheme 'broken' (tests.schemes.toy_scheme:broken) does not fit the Scheme protocol: missing "
-                "event_types, options, credential_headers, secret_form, dedup_fields, secret_rule, check, sign, "
-                "sample, new_secret")
+                "event_types, options, credential_headers, secret_form, dedup_fields, secret_rule, check, identify, "
+                "sign, sample, new_secret")
     with pytest.raises(SchemeError) as info:
         get_scheme("broken")
     assert str(info.value) == expected

@@ -38,6 +38,16 @@ def canonical(member: Any) -> bytes:
     return orjson.dumps(member, option=orjson.OPT_SORT_KEYS)
 
 
+def digest(member: Any) -> bytes:
+    """What names a member without an id: the SHA-256 of its canonical JSON."""
+    return hashlib.sha256(canonical(member)).digest()
+
+
+# The reference member: payload.id plus the platform's operation id; ordered per platform trade.
+TR_IDENTITY = ("5561201", "op-1")
+TR_ENTITY = "position:t-1"
+
+
 def member(event_type: Any = "open_position", **payload: Any) -> dict[str, Any]:
     return {"brandId": 12, "serverId": 3, "accountId": 99121, "eventType": event_type, "platform": "MT5",
             "payload": payload}
@@ -58,7 +68,7 @@ def test_vector() -> None:
 def test_sign_reproduces_vector() -> None:
     headers = tradrapi.sign(TR_BODY, TR, NOW)
     assert headers["x-webhook-secret"] == TR_HDR
-    assert tradrapi.verify(TR_BODY, headers, NOW, TR).events[0].entity_id == "5561201"
+    assert tradrapi.verify(TR_BODY, headers, NOW, TR).events[0].identity == TR_IDENTITY
 
 
 def test_registry_resolves_the_scheme_object() -> None:
@@ -76,7 +86,8 @@ def test_reference_request_verifies() -> None:
     assert verified.sent_at is None
     (event,) = verified.events
     assert event.event_type == "open_position"
-    assert event.entity_id == "5561201"
+    assert event.identity == TR_IDENTITY
+    assert event.entity_id == TR_ENTITY
     assert event.account == "99121"
     assert event.symbol == "EURUSD"
     assert event.status == "stored"
@@ -86,7 +97,7 @@ def test_reference_request_verifies() -> None:
 
 @pytest.mark.parametrize("now", [0.0, NOW - 10**7, NOW + 10**7, 4e9])
 def test_no_timestamp_check(now: float) -> None:
-    assert tradrapi.verify(TR_BODY, AUTH, now, TR).events[0].entity_id == "5561201"
+    assert tradrapi.verify(TR_BODY, AUTH, now, TR).events[0].identity == TR_IDENTITY
 
 
 @pytest.mark.parametrize(
@@ -96,7 +107,7 @@ def test_no_timestamp_check(now: float) -> None:
     ids=["lower", "upper", "spaces", "rotated", "single", "mixed-case"],
 )
 def test_header_accepted(value: str, source: SourceConfig) -> None:
-    assert tradrapi.verify(TR_BODY, {"x-webhook-secret": value}, NOW, source).events[0].entity_id == "5561201"
+    assert tradrapi.verify(TR_BODY, {"x-webhook-secret": value}, NOW, source).events[0].identity == TR_IDENTITY
 
 
 @pytest.mark.parametrize(
@@ -165,7 +176,8 @@ def test_batch_yields_one_event_per_member_in_order() -> None:
     assert verified.attempt == 3
     assert [e.event_type for e in verified.events] == [
         "open_position", "close_position", "balance_operation", "account_updated"]
-    assert [e.entity_id for e in verified.events] == ["1", "1", "9", "5@1763633702000"]
+    assert [e.identity for e in verified.events] == [("1",), ("1",), ("9",), ("5", "1763633702000")]
+    assert [e.entity_id for e in verified.events] == ["position:1", "position:1", "account:99121", "account:ex-5"]
     assert [e.account for e in verified.events] == ["99121", "99121", "99121", "ex-5"]
     assert [e.symbol for e in verified.events] == ["EURUSD", "EURUSD", None, None]
     assert [e.payload for e in verified.events] == [canonical(m) for m in members]
@@ -180,10 +192,11 @@ def test_malformed_members_are_quarantined_others_stored() -> None:
     verified = verify({"payload": members, "attempts": 1})
     assert len(verified.events) == len(members)
     assert [e.status for e in verified.events] == ["stored"] + ["quarantined"] * 9 + ["stored"]
-    assert (verified.events[0].entity_id, verified.events[-1].entity_id) == ("1", "2")
+    assert (verified.events[0].identity, verified.events[-1].identity) == (("1",), ("2",))
     for event, raw in zip(verified.events[1:-1], members[1:-1], strict=True):
         assert event.event_type == ""
         assert event.entity_id == sha256_id(canonical(raw))
+        assert event.identity == event.fingerprint == digest(raw)
         assert event.payload == canonical(raw)
         assert event.quarantine_reason
     assert "not an object" in (verified.events[1].quarantine_reason or "")
@@ -201,8 +214,8 @@ def test_root_single_event() -> None:
     verified = verify(obj)
     assert verified.attempt == 4
     (event,) = verified.events
-    assert (event.event_type, event.entity_id, event.account, event.symbol) == (
-        "open_position", "5561201", "99121", "EURUSD")
+    assert (event.event_type, event.identity, event.entity_id, event.account, event.symbol) == (
+        "open_position", ("5561201",), "position:5561201", "99121", "EURUSD")
     assert event.payload is None  # the body itself is the event
     assert event.status == "stored"
 
@@ -210,7 +223,20 @@ def test_root_single_event() -> None:
 def test_root_single_event_fallback_is_canonical_hash() -> None:
     obj = member("open_position", symbol="EURUSD")
     (event,) = verify(obj).events
-    assert event.entity_id == sha256_id(canonical(obj))
+    assert event.identity == event.fingerprint == digest(obj)
+    assert event.entity_id == "sha256-" + digest(obj).hex()
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_root_single_event_retry_with_another_attempt_count_is_the_same(named: bool) -> None:
+    """Found while updating these tests: a root event's `attempts` (the delivery counter, in the
+    envelope for a batch) was part of its content, so a retry was a conflict or, without an id,
+    a second event."""
+    obj = member("open_position", symbol="EURUSD", **({"id": 5} if named else {}))
+    first, again = (verify({**obj, "attempts": n}).events[0] for n in (1, 2))
+    assert (first.identity, first.fingerprint) == (again.identity, again.fingerprint)
+    other = verify({**obj, "lots": 2, "attempts": 1}).events[0]
+    assert other.fingerprint != first.fingerprint
 
 
 @pytest.mark.parametrize(
@@ -226,27 +252,36 @@ def test_attempts_absent() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "entity"),
+    ("payload", "identity"),
     [
-        ({"id": 77, "updatedAt": 1763633702000}, "77@1763633702000"),
-        ({"id": 77, "updatedAt": "2026-11-20T10:15:01.000Z"}, "77@2026-11-20T10:15:01.000Z"),
-        ({"id": "acc-77", "updatedAt": 5.0}, "acc-77@5"),
-        ({"id": 77, "updatedAt": None}, "77"),
-        ({"id": 77, "updatedAt": ""}, "77"),
-        ({"id": 77, "updatedAt": True}, "77"),
-        ({"id": 77}, "77"),
-        ({"id": 0}, "0"),
+        ({"id": 77, "updatedAt": 1763633702000}, ("77", "1763633702000")),
+        ({"id": 77, "updatedAt": "2026-11-20T10:15:01.000Z"}, ("77", "2026-11-20T10:15:01.000Z")),
+        ({"id": "acc-77", "updatedAt": 5.0}, ("acc-77", "5")),
+        ({"id": "acc-77", "updatedAt": 5.25}, ("acc-77", "5.25")),
+        ({"id": 77, "updatedAt": None}, ("77",)),
+        ({"id": 77, "updatedAt": ""}, ("77",)),
+        ({"id": 77, "updatedAt": True}, ("77",)),
+        ({"id": 77, "updatedAt": {"ms": 5}}, ("77",)),
+        ({"id": 77}, ("77",)),
+        ({"id": 0}, ("0",)),
+        ({"id": "X@5"}, ("X@5",)),
     ],
 )
-def test_entity_id_with_updated_at(payload: dict[str, Any], entity: str) -> None:
-    assert verify({"payload": [member("account_updated", **payload)]}).events[0].entity_id == entity
+def test_identity_of_updates(payload: dict[str, Any], identity: tuple[str, ...]) -> None:
+    """An update is named by the entity and its `updatedAt` as separate parts (not `id@time`);
+    every update of the account is ordered per that account."""
+    (event,) = verify({"payload": [member("account_updated", **payload)]}).events
+    assert event.identity == identity
+    assert event.entity_id == "account:99121"
 
 
 def test_repeated_updates_are_distinct_and_retries_identical() -> None:
     first = member("account_updated", id=77, updatedAt=1)
     second = member("account_updated", id=77, updatedAt=2)
-    ids = [e.entity_id for e in verify({"payload": [first, second, first]}).events]
-    assert ids == ["77@1", "77@2", "77@1"]
+    events = verify({"payload": [first, second, first]}).events
+    assert [e.identity for e in events] == [("77", "1"), ("77", "2"), ("77", "1")]
+    assert events[0].fingerprint == events[2].fingerprint != events[1].fingerprint
+    assert {e.entity_id for e in events} == {"account:99121"}
 
 
 @pytest.mark.parametrize(
@@ -254,33 +289,34 @@ def test_repeated_updates_are_distinct_and_retries_identical() -> None:
     [{"symbol": "EURUSD"}, {"id": None, "updatedAt": 5}, {"id": True}, {"id": 1.5}, {"id": "  "},
      {"id": {"nested": 1}}],
 )
-def test_fallback_entity_is_canonical_member_hash(payload: dict[str, Any]) -> None:
+def test_fallback_identity_is_canonical_member_hash(payload: dict[str, Any]) -> None:
     m = member("open_position", **payload)
     (event,) = verify({"payload": [m]}).events
-    assert event.entity_id == sha256_id(canonical(m))
+    assert event.identity == event.fingerprint == digest(m)
+    assert event.entity_id == "sha256-" + digest(m).hex()  # no position: ordered on its own
     assert event.status == "stored"
 
 
-def test_fallback_entity_ignores_key_order_and_whitespace() -> None:
+def test_fallback_identity_ignores_key_order_and_whitespace() -> None:
     a = b'{"payload":[{"eventType":"open_position","payload":{"symbol":"EURUSD","lots":1}}]}'
     b = b'{"payload": [ {"payload": {"lots": 1, "symbol": "EURUSD"}, "eventType": "open_position"} ]}'
     ea = tradrapi.verify(a, AUTH, NOW, TR).events[0]
     eb = tradrapi.verify(b, AUTH, NOW, TR).events[0]
-    assert ea.entity_id == eb.entity_id == sha256_id(b'{"eventType":"open_position","payload":{"lots":1,'
-                                                     b'"symbol":"EURUSD"}}')
+    assert ea.identity == eb.identity == hashlib.sha256(b'{"eventType":"open_position","payload":{"lots":1,'
+                                                        b'"symbol":"EURUSD"}}').digest()
     assert ea.payload == eb.payload
 
 
 def test_payload_not_object_member() -> None:
     m = {"eventType": "open_position", "accountId": "a", "payload": [1, 2]}
     (event,) = verify({"payload": [m]}).events
-    assert (event.status, event.event_type, event.entity_id) == ("stored", "open_position",
-                                                                 sha256_id(canonical(m)))
+    assert (event.status, event.event_type, event.identity) == ("stored", "open_position", digest(m))
 
 
 def test_unknown_event_type_is_stored() -> None:
     (event,) = verify({"payload": [member("challenge_exploded", id=3)]}).events
-    assert (event.status, event.event_type, event.entity_id) == ("stored", "challenge_exploded", "3")
+    assert (event.status, event.event_type, event.identity, event.entity_id) == (
+        "stored", "challenge_exploded", ("3",), "account:99121")
 
 
 @pytest.mark.parametrize(
@@ -324,30 +360,37 @@ def test_deeply_nested_authentic_body_does_not_raise(shape: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "entity"),
+    ("fields", "identity"),
     [(("payload.platformTradeId",), "t-1"), (("nope", "payload.platformOperationId"), "op-1"),
      (("accountId",), "99121")],
 )
-def test_dedup_fields_override(fields: tuple[str, ...], entity: str) -> None:
+def test_dedup_fields_override(fields: tuple[str, ...], identity: str) -> None:
     source = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY),), dedup_fields=fields)
-    assert tradrapi.verify(TR_BODY, AUTH, NOW, source).events[0].entity_id == entity
+    event = tradrapi.verify(TR_BODY, AUTH, NOW, source).events[0]
+    assert event.identity == (identity,)
+    assert event.entity_id == TR_ENTITY  # the order key does not follow dedup_fields
 
 
 def test_dedup_fields_override_uses_path_as_is() -> None:
+    """The override names the occurrence by that id alone: no time part is added."""
     source = SourceConfig(name="tr", scheme="tradrapi", secrets=(Secret(TR_KEY),),
                           dedup_fields=("payload.id",))
     m = member("account_updated", id=77, updatedAt=1)
-    assert verify({"payload": [m]}, source).events[0].entity_id == "77"
+    assert verify({"payload": [m]}, source).events[0].identity == ("77",)
     m = member("account_updated", other=1)
-    assert verify({"payload": [m]}, source).events[0].entity_id == sha256_id(canonical(m))
+    assert verify({"payload": [m]}, source).events[0].identity == digest(m)
 
 
 def test_source_from_parse_config(tmp_path: Path) -> None:
     table = source_table("tr", "tradrapi", dedup_fields=["payload.platformTradeId"])
     source = parse_config({"sources": [table]}, origin="test.toml", base_dir=tmp_path).sources["tr"]
-    assert tradrapi.verify(TR_BODY, tr_sign(TR_KEY_NEW), NOW, source).events[0].entity_id == "t-1"
+    assert tradrapi.verify(TR_BODY, tr_sign(TR_KEY_NEW), NOW, source).events[0].identity == ("t-1",)
     exc = rejected(TR_BODY, tr_sign(UNCONFIGURED), source=source)
     assert exc.code == "bad_signature"
+
+
+SAMPLE_TIME = {"account_created": "createdAt", "account_updated": "updatedAt", "challenge_created": None,
+               "challenge_updated": None}
 
 
 def test_sample_bodies_parse() -> None:
@@ -357,10 +400,15 @@ def test_sample_bodies_parse() -> None:
         assert verified.attempt == 1
         assert [e.event_type for e in verified.events] == [event_type] * 3
         for event, raw in zip(verified.events, orjson.loads(body)["payload"], strict=True):
-            expected = str(raw["payload"]["id"])
-            if "updatedAt" in raw["payload"]:
-                expected += f"@{raw['payload']['updatedAt']}"
-            assert event.entity_id == expected
+            payload = raw["payload"]
+            when = SAMPLE_TIME.get(event_type, "platformOperationId")
+            assert event.identity == (str(payload["id"]),) + ((str(payload[when]),) if when else ())
+            if event_type in ("open_position", "close_position"):
+                assert event.entity_id == f"position:{payload['platformTradeId']}"
+            elif event_type in ("open_order", "cancel_order"):
+                assert event.entity_id == f"order:{payload['id']}"
+            else:
+                assert event.entity_id == "account:99121"
 
 
 # --- properties ------------------------------------------------------------------------
@@ -405,11 +453,15 @@ def test_property_authentic_body_never_raises(body: bytes) -> None:
             assert event.payload == canonical(raw)
             if not good:
                 assert event.entity_id == sha256_id(canonical(raw))
+                assert event.identity == digest(raw)
+            else:
+                assert event.identity and event.fingerprint
     else:
         assert len(verified.events) == 1
         if obj is None or "eventType" not in obj:
             assert verified.events[0].status == "quarantined"
             assert verified.events[0].entity_id == sha256_id(body)
+            assert verified.events[0].identity == hashlib.sha256(body).digest()
 
 
 def _load(body: bytes) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
 from gateway.schemes import Option, Scheme, SchemeSpec, SecretRule
-from gateway.schemes._base import content_id, load_json, matches_any, quarantined, require_header
+from gateway.schemes._base import event, first_at, load_json, matches_any, quarantined, require_header
 
 TOKEN_HEADER = "X-Toy-Token"
 OPTIONS = {"type_field": Option(str, "kind")}
@@ -25,13 +25,19 @@ def verify(body: bytes, headers: Mapping[str, str], now: float, source: SourceCo
     token = require_header(headers, (TOKEN_HEADER,)).strip().encode("latin-1")
     if not matches_any((s.key for s in source.secrets), token):
         raise Rejected("bad_signature", f"{TOKEN_HEADER} matches no configured token")
+    return Verified(events=(identify(body, source, False),))
+
+
+def identify(body: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
     obj, reason = load_json(body)
     if reason is not None:
-        return Verified(events=(quarantined(body, reason),))
+        return quarantined(body, reason)
     event_type = obj.get(source.options.get("type_field", "kind"))
     if not isinstance(event_type, str):
-        return Verified(events=(quarantined(body, "no event type"),))
-    return Verified(events=(ParsedEvent(event_type=event_type, entity_id=str(obj.get("id") or content_id(body))),))
+        return quarantined(body, "no event type")
+    toy = first_at(obj, ("id",))
+    return event(event_type, obj, body, identity=None if toy is None else (toy,), entity=None, ignore=(),
+                 account=None, symbol=None)
 
 
 def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
@@ -46,6 +52,7 @@ scheme: Scheme = SchemeSpec(
     name="toy",
     event_types=("toy.made", "toy.broken"),
     verify=verify,
+    identify=identify,
     sign=sign,
     sample=sample,
     new_secret=lambda: secrets.token_urlsafe(24),

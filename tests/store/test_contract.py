@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from gateway.errors import StoreUnavailable
-from gateway.model import Outcome, dedup_key
-from gateway.store import EventQuery, Store, StoredEvent
+from gateway.model import Outcome, ParsedEvent, dedup_key
+from gateway.store import DeliveryResult, EventQuery, Store, StoredEvent
 from tests.store.conftest import RECEIVED_AT, event, one, receipt
 
 pytestmark = pytest.mark.anyio
@@ -33,7 +33,8 @@ async def test_ingest_one_event_and_read_it_back(store: Store) -> None:
         StoredEvent(
             id=outcome.id, source="src", scheme="metacopier", event_type="position.opened",
             entity_id="88412231", dedup_key="src:position.opened:88412231", status="stored",
-            account="acc-1", symbol="EURUSD", received_at=RECEIVED_AT, request_id="req-1", attempt=2,
+            conflicts_with=None, account="acc-1", symbol="EURUSD", received_at=RECEIVED_AT, request_id="req-1",
+            attempt=2,
             remote_addr="203.0.113.7",
             payload={"type": "position.opened", "position": {"id": "88412231"}},  # the receipt body
             quarantine_reason=None,
@@ -86,6 +87,7 @@ async def test_to_json_is_the_public_shape(store: Store) -> None:
         "entity_id": "88412231",
         "dedup_key": "src:position.opened:88412231",
         "status": "stored",
+        "conflicts_with": None,
         "account": "acc-1",
         "symbol": "EURUSD",
         "received_at": "2025-11-20T10:15:02.123Z",
@@ -138,8 +140,8 @@ async def test_different_key_is_a_new_event(
         "quarantined" if not second[1] else "stored",
     ]
     assert outcomes[0].id != outcomes[1].id
-    assert outcomes[0].dedup_key == dedup_key(*first)
-    assert outcomes[1].dedup_key == dedup_key(*second)
+    assert outcomes[0].dedup_key == dedup_key(first[0], first[1], (first[2],))
+    assert outcomes[1].dedup_key == dedup_key(second[0], second[1], (second[2],))
     assert len(await store.list_events()) == 2
 
 
@@ -157,6 +159,146 @@ async def test_dedup_survives_a_restart(backend: Any) -> None:
     assert [e.id for e in await reopened.list_events()] == [fresh.id, first.id]
 
 
+# --- conflicts: one identity, other content -----------------------------------------------------
+
+OPENED_AT = "2026-11-20T10:15:01Z"
+KEY = f"src:position.opened:88412231@{OPENED_AT}"
+
+
+def version(fingerprint: bytes, entity: str = "88412231", **extra: Any) -> ParsedEvent:
+    """An occurrence named by (position id, open time), with the digest of its content."""
+    return event(entity, identity=(entity, OPENED_AT), fingerprint=fingerprint, **extra)
+
+
+async def test_a_conflicting_version_is_stored_beside_the_first(store: Store) -> None:
+    first = await one(store, receipt("req-1"), version(b"volume 0.5"))
+    assert first == Outcome(first.id, "stored", KEY, None)
+
+    second = await one(store, receipt("req-2"), version(b"volume 5.0"))
+    assert second == Outcome(second.id, "conflict", KEY, first.id)
+    assert second.id > first.id
+    # A retry of either version is a duplicate of that version, not another conflict.
+    assert await one(store, receipt("req-3"), version(b"volume 5.0")) == Outcome(second.id, "duplicate", KEY)
+    assert await one(store, receipt("req-4"), version(b"volume 0.5")) == Outcome(first.id, "duplicate", KEY)
+    # A third version points at the first stored version too, never at another conflict.
+    third = await one(store, receipt("req-5"), version(b"volume 9.9"))
+    assert third == Outcome(third.id, "conflict", KEY, first.id)
+
+    listed = await store.list_events()
+    assert [(e.id, e.status, e.conflicts_with, e.request_id) for e in listed] == [
+        (third.id, "conflict", first.id, "req-5"), (second.id, "conflict", first.id, "req-2"),
+        (first.id, "stored", None, "req-1")]
+    assert {e.dedup_key for e in listed} == {KEY}
+    assert [e.id for e in await store.list_events(status="conflict")] == [third.id, second.id]
+    assert listed[1].to_json()["conflicts_with"] == first.id
+    assert listed[2].to_json()["conflicts_with"] is None
+    detail = await store.get_event(second.id)
+    assert detail is not None
+    assert (detail.event.status, detail.event.conflicts_with) == ("conflict", first.id)
+    assert await store.event_stats(None, None) == [
+        ("src", "position.opened", "conflict", 2), ("src", "position.opened", "stored", 1)]
+
+
+async def test_conflicts_within_one_batch_and_across_calls(store: Store) -> None:
+    earlier = await one(store, receipt("req-0"), version(b"A", "1"))
+    batch = [
+        version(b"B", "1"),  # conflicts with the earlier request's version
+        version(b"A", "1"),  # a retry of the earlier version
+        version(b"B", "1"),  # a retry of the conflict just above, in the same batch
+        version(b"A", "2"),  # a new identity...
+        version(b"C", "2"),  # ...and its conflicting version, both new in this batch
+        version(b"A", "2"),
+        version(b"C", "2"),
+    ]
+    outcomes = await store.ingest(receipt("req-batch", scheme="tradrapi"), batch)
+    assert [(o.status, o.conflicts_with) for o in outcomes] == [
+        ("conflict", earlier.id), ("duplicate", None), ("duplicate", None),
+        ("stored", None), ("conflict", outcomes[3].id), ("duplicate", None), ("duplicate", None)]
+    assert [o.id for o in outcomes[1:3]] == [earlier.id, outcomes[0].id]
+    assert [o.id for o in outcomes[5:]] == [outcomes[3].id, outcomes[4].id]
+    assert len({outcomes[0].id, outcomes[3].id, outcomes[4].id, earlier.id}) == 4
+
+    stored = {e.id: e for e in await store.list_events()}
+    assert {i: (e.status, e.conflicts_with) for i, e in stored.items()} == {
+        earlier.id: ("stored", None), outcomes[0].id: ("conflict", earlier.id),
+        outcomes[3].id: ("stored", None), outcomes[4].id: ("conflict", outcomes[3].id)}
+
+    # The next call sees both versions of each identity.
+    again = await store.ingest(receipt("req-again"), [version(b"C", "2"), version(b"B", "1"), version(b"D", "1")])
+    assert [(o.id, o.status, o.conflicts_with) for o in again] == [
+        (outcomes[4].id, "duplicate", None), (outcomes[0].id, "duplicate", None),
+        (again[2].id, "conflict", earlier.id)]
+
+
+async def test_two_versions_racing_give_one_stored_and_one_conflict(store: Store) -> None:
+    for n in range(5):  # whatever the grouping of the two requests
+        results = await asyncio.gather(one(store, receipt(f"req-{n}-a"), version(b"A", f"race-{n}")),
+                                       one(store, receipt(f"req-{n}-b"), version(b"B", f"race-{n}")))
+        winner, loser = sorted(results, key=lambda o: o.id)
+        assert (winner.status, winner.conflicts_with) == ("stored", None)
+        assert (loser.status, loser.conflicts_with) == ("conflict", winner.id)
+
+
+async def test_conflicts_are_found_after_a_restart(backend: Any) -> None:
+    store = await backend.open()
+    first = await one(store, receipt("req-1"), version(b"A"))
+    await store.close()
+    reopened = await backend.open()
+    assert await one(reopened, receipt("req-2"), version(b"A")) == Outcome(first.id, "duplicate", KEY)
+    conflict = await one(reopened, receipt("req-3"), version(b"B"))
+    assert (conflict.status, conflict.conflicts_with) == ("conflict", first.id)
+
+
+async def test_claimed_events_carry_their_conflict(store: Store) -> None:
+    first = await store.ingest(receipt("req-1"), [version(b"A")], [["p"]])
+    second = await store.ingest(receipt("req-2"), [version(b"B")], [["p"]])
+    [head] = await store.claim_due("p", RECEIVED_AT + 3600, 10, 30)  # one entity: one line
+    assert (head.event.id, head.event.status, head.event.conflicts_with) == (first[0].id, "stored", None)
+    assert await store.finish_deliveries([DeliveryResult(head.delivery_id, head.claim_id, "delivered")]) == []
+    [claim] = await store.claim_due("p", RECEIVED_AT + 3600, 10, 30)
+    assert (claim.event.id, claim.event.status, claim.event.conflicts_with) == (second[0].id, "conflict", first[0].id)
+    assert claim.event.dedup_key == KEY
+    assert claim.event.to_json()["conflicts_with"] == first[0].id
+
+
+# --- ids are never reused ---------------------------------------------------------------------
+
+
+async def test_ids_are_never_reused_after_a_prune_of_everything(store: Store, backend: Any) -> None:
+    later = RECEIVED_AT + 3600
+    old = [(await store.ingest(receipt(f"req-{n}"), [event(str(n))], [["p"]]))[0].id for n in range(3)]
+    claims = await store.claim_due("p", later, 10, 30)
+    assert len(claims) == 3
+    await store.finish_deliveries([DeliveryResult(c.delivery_id, c.claim_id, "delivered") for c in claims])
+    old_deliveries = {c.delivery_id for c in claims}
+    old_receipts = backend.receipt_ids()
+    assert len(old_receipts) == 3
+
+    assert await store.prune_all(later) == 3
+    assert await store.list_events() == []
+    assert await store.list_deliveries() == []
+    assert backend.receipt_ids() == []
+
+    [new] = await store.ingest(receipt("req-new"), [event("0")], [["p"]])  # the same entity as before
+    assert new.status == "stored"
+    assert new.id > max(old)
+    [delivery] = await store.list_deliveries()
+    assert delivery.id > max(old_deliveries)
+    [receipt_id] = backend.receipt_ids()
+    assert receipt_id > max(old_receipts)
+    assert await store.latest_event_id() == new.id
+
+
+async def test_ids_are_never_reused_after_a_prune_and_a_restart(backend: Any) -> None:
+    store = await backend.open()
+    old = [o.id for o in await store.ingest(receipt("req-old"), [event("1"), event("2"), event("3")])]
+    assert await store.prune_all(RECEIVED_AT + 1) == 3
+    await store.close()
+    reopened = await backend.open()
+    [new] = await reopened.ingest(receipt("req-new"), [event("1")], [["p"]])
+    assert new.id > max(old)
+
+
 # --- batches ----------------------------------------------------------------------------------
 
 
@@ -166,7 +308,7 @@ async def test_batch_statuses_come_back_in_order(store: Store) -> None:
         event("2", payload=b'{"n":2}'),
         event("1", payload=b'{"n":1}'),           # stored by an earlier request
         event("3", payload=b'{"n":3}'),
-        event("3", payload=b'{"n":"3 again"}'),  # same key as the member before
+        event("3", payload=b'{"n":"3 again"}'),  # same key, no fingerprint: the key alone decides
         event("sha256-x", "", payload=b"{broken", quarantine_reason="member is not JSON"),
         event("4", "position.closed", payload=b'{"n":4}'),
     ]
@@ -175,7 +317,7 @@ async def test_batch_statuses_come_back_in_order(store: Store) -> None:
     assert [o.status for o in outcomes] == ["stored", "duplicate", "stored", "duplicate", "quarantined", "stored"]
     assert outcomes[1].id == earlier.id
     assert outcomes[3].id == outcomes[2].id
-    assert [o.dedup_key for o in outcomes] == [dedup_key("src", e.event_type, e.entity_id) for e in batch]
+    assert [o.dedup_key for o in outcomes] == [dedup_key("src", e.event_type, (e.entity_id,)) for e in batch]
     new_ids = [outcomes[i].id for i in (0, 2, 4, 5)]
     assert len(set(new_ids)) == 4
     assert earlier.id not in new_ids
@@ -478,3 +620,43 @@ async def test_latest_event_id_and_event_listeners(store: Store) -> None:
     await one(store, receipt("dup"), event("1"))  # a duplicate stores nothing: no call
     assert heard == [first.id, outcomes[1].id]
     assert await store.latest_event_id() == outcomes[1].id
+
+
+# --- recomputing identities (an upgraded store) -----------------------------------------------
+
+def _named_by_body(source: str, scheme: str, data: bytes, member: bool) -> ParsedEvent | None:
+    """A stand-in scheme reader: names each event by its body's `id` and its `at`, ordered by `id`."""
+    if scheme == "gone":
+        return None
+    doc = orjson.loads(data)
+    return ParsedEvent(event_type="t", entity_id=f"position:{doc['id']}", identity=(doc["id"], doc["at"]),
+                       fingerprint=orjson.dumps(doc["v"]))
+
+
+async def test_reidentify_names_old_events_again_in_id_order(backend: Any) -> None:
+    store = await backend.open()
+    bodies = [{"id": "1", "at": "a", "v": 1}, {"id": "1", "at": "b", "v": 2}, {"id": "2", "at": "a", "v": 3},
+              {"id": "2", "at": "a", "v": 4}]  # the last shares an identity with the third: a conflict
+    ids = []
+    for n, doc in enumerate(bodies):  # written under old rules: named by a per-request entity
+        ids.append((await one(store, receipt(f"r{n}", body=orjson.dumps(doc)), event(f"old-{n}", "t"))).id)
+    gone = (await one(store, receipt("g", scheme="gone", body=b"{}"), event("old-gone", "t"))).id
+    await store.close()
+    backend.forget_identities()
+
+    store = await backend.open()
+    assert await store.reidentify(_named_by_body) == 5
+    by_id = {e.id: e for e in await store.list_events()}
+    assert [by_id[i].dedup_key for i in ids] == ["src:t:1@a", "src:t:1@b", "src:t:2@a", "src:t:2@a"]
+    assert [by_id[i].entity_id for i in ids] == ["position:1", "position:1", "position:2", "position:2"]
+    assert [(by_id[i].status, by_id[i].conflicts_with) for i in ids] == [
+        ("stored", None), ("stored", None), ("stored", None), ("conflict", ids[2])]
+    assert (by_id[gone].dedup_key, by_id[gone].status) == ("src:t:old-gone", "stored")  # no reader: kept as is
+    assert await store.reidentify(_named_by_body) == 0  # once
+
+    # retries now deduplicate against the new identities, each against its own version
+    again = ParsedEvent(event_type="t", entity_id="position:2", identity=("2", "a"), fingerprint=orjson.dumps(4))
+    assert (await one(store, receipt("retry"), again)).status == "duplicate"
+    assert (await one(store, receipt("retry"), again)).id == ids[3]
+    fresh = ParsedEvent(event_type="t", entity_id="position:1", identity=("1", "c"), fingerprint=b"x")
+    assert (await one(store, receipt("new"), fresh)).id > gone

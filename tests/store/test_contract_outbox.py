@@ -59,7 +59,7 @@ async def test_claims_carry_ready_events(store: Store) -> None:
     assert claim.lease_until == LATER + LEASE
     assert claim.event == Event(
         id=outcome.id, source="src", scheme="metacopier", event_type="position.opened", entity_id="9",
-        dedup_key="src:position.opened:9", status="stored", account="acc", symbol="EURUSD",
+        dedup_key="src:position.opened:9", status="stored", conflicts_with=None, account="acc", symbol="EURUSD",
         received_at=RECEIVED_AT, payload={"type": "position.opened", "position": {"id": "9"}}, body=body, attempt=1,
     )
     assert claim.event.to_json()["received_at"] == "2025-11-20T10:15:02.123Z"

@@ -48,8 +48,11 @@ def post_event(gw: RunningGateway, n: int, padding: int = 0) -> tuple[int, dict[
 
 
 def stored_positions(db: Path) -> set[str]:
+    """The position ids of the stored events (their entity is `position:<id>`)."""
     with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True) as conn:
-        return {row[0] for row in conn.execute("SELECT entity_id FROM events")}
+        entities = {row[0] for row in conn.execute("SELECT entity_id FROM events")}
+    assert all(entity.startswith("position:") for entity in entities), entities
+    return {entity.removeprefix("position:") for entity in entities}
 
 
 def until_ok(gw: RunningGateway, n: int, seconds: float = 10) -> tuple[int, dict[str, Any]]:

@@ -48,15 +48,47 @@ def test_migrate_twice_is_idempotent(conn: sqlite3.Connection) -> None:
     assert conn.execute("SELECT count(*) FROM receipts").fetchone() == (1,)
 
 
-def test_dedup_key_is_unique(conn: sqlite3.Connection) -> None:
+def test_identity_and_content_are_unique_together(conn: sqlite3.Connection) -> None:
+    """One row per (dedup key, fingerprint): a retry is refused, another version of the same
+    occurrence (a conflict) is kept beside the first."""
     migrate(conn)
     conn.execute("INSERT INTO receipts (id, request_id, source, received_at, headers, body)"
                  " VALUES (1, 'r', 's', 1, '[]', x'')")
-    insert = ("INSERT INTO events (receipt_id, source, scheme, event_type, entity_id, dedup_key, status,"
-              " received_at) VALUES (1, 's', 'metacopier', 't', 'e', 's:t:e', 'stored', 1)")
-    conn.execute(insert)
+    insert = ("INSERT INTO events (receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
+              " status, conflicts_with, received_at) VALUES (1, 's', 'metacopier', 't', 'e', 's:t:e@1', ?, ?, ?, 1)")
+    first = conn.execute(insert, (b"\x01", "stored", None)).lastrowid
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
-        conn.execute(insert)
+        conn.execute(insert, (b"\x01", "stored", None))
+    conn.execute(insert, (b"\x02", "conflict", first))
+    assert conn.execute("SELECT fingerprint, status, conflicts_with FROM events ORDER BY id").fetchall() == [
+        (b"\x01", "stored", None), (b"\x02", "conflict", first)]
+    conn.rollback()
+
+
+def test_ids_are_not_reused_once_deleted(conn: sqlite3.Connection) -> None:
+    """Receipt, event and delivery ids only grow, even once every row is gone (AUTOINCREMENT)."""
+    migrate(conn)
+
+    def insert(sql: str, *args: object) -> int:
+        row_id = conn.execute(sql, args).lastrowid
+        assert row_id is not None
+        return row_id
+
+    def one_of_each(key: str) -> tuple[int, int, int]:
+        receipt = insert("INSERT INTO receipts (request_id, source, received_at, headers, body)"
+                         " VALUES ('r', 's', 1, '[]', x'')")
+        event = insert("INSERT INTO events (receipt_id, source, scheme, event_type, entity_id, dedup_key,"
+                       " fingerprint, status, received_at) VALUES (?, 's', 'metacopier', 't', 'e', ?, x'',"
+                       " 'stored', 1)", receipt, key)
+        delivery = insert("INSERT INTO deliveries (event_id, plugin, source, entity_id, status, next_attempt_at,"
+                          " created_at, updated_at) VALUES (?, 'p', 's', 'e', 'delivered', 0, 1, 1)", event)
+        return receipt, event, delivery
+
+    old = [one_of_each("s:t:a"), one_of_each("s:t:b")]
+    for table in ("deliveries", "events", "receipts"):
+        conn.execute(f"DELETE FROM {table}")
+    new = one_of_each("s:t:a")
+    assert all(n > max(column) for n, column in zip(new, zip(*old, strict=True), strict=True)), (old, new)
     conn.rollback()
 
 

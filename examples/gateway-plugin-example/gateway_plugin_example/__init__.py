@@ -2,9 +2,9 @@
 
 It keeps a JSON file of the positions open right now, keyed `source:entity_id`:
 
-    {"open": {"metacopier:88412231": {"symbol": "EURUSD", "account": "6f1c2d7e-...",
+    {"open": {"metacopier:position:88412231": {"symbol": "EURUSD", "account": "6f1c2d7e-...",
                                       "opened_event_id": 12, "event_type": "position.opened"}},
-     "applied": {"metacopier:88412231": 12}}
+     "applied": {"metacopier:position:88412231": 12}}
 
 An "opened" event adds its position, a "closed" event removes it, any other event is
 acknowledged and ignored. `applied` holds the last event id applied per position: the gateway

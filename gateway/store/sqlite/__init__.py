@@ -36,10 +36,12 @@ from gateway.store.records import (
     EventListener,
     EventQuery,
     Receipt,
+    Reidentify,
     Rejection,
     StoredEvent,
 )
-from gateway.store.sqlite import _forensics, _outbox
+from gateway.store.sqlite import _forensics, _identity, _outbox
+from gateway.store.sqlite._schema import MIGRATIONS
 from gateway.store.sqlite._writer import SQLiteTransactor
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyon
 _SELECT_EVENTS = """
     SELECT e.id, e.source, e.scheme, e.event_type, e.entity_id, e.dedup_key, e.status,
            e.account, e.symbol, e.received_at, r.request_id, r.attempt, r.remote_addr,
-           coalesce(e.payload, r.body), e.quarantine_reason
+           coalesce(e.payload, r.body), e.quarantine_reason, e.conflicts_with
     FROM events e JOIN receipts r ON r.id = e.receipt_id
 """
 
@@ -141,11 +143,17 @@ class SQLiteStore:
         await self._reader.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         if self.readonly:
             try:
-                await self._reader.execute_fetchall("SELECT 1 FROM events LIMIT 1")
+                rows = await self._reader.execute_fetchall("SELECT max(version) FROM schema_version")
             except sqlite3.DatabaseError as exc:  # no schema, or not a database at all
                 await self._reader.close()
                 self._reader = None
                 raise FileNotFoundError(f"{self.path} holds no event store") from exc
+            version = next(iter(rows))[0] or 0
+            if version < len(MIGRATIONS):  # only a writer upgrades: this one cannot read it
+                await self._reader.close()
+                self._reader = None
+                raise StoreUnavailable(f"the store at {self.path} has schema {version}, older than this gateway's "
+                                       f"{len(MIGRATIONS)}: start the gateway once to upgrade it")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -215,6 +223,12 @@ class SQLiteStore:
 
     async def prune_all(self, before: float, pause: float = 0.0) -> int:
         return await prune_in_batches(self, before, pause)
+
+    async def reidentify(self, identify: Reidentify, batch: int = 2000) -> int:
+        total = 0
+        while done := await self._write(lambda db: _identity.reidentify_batch(db, identify, batch), size=batch):
+            total += done
+        return total
 
     def size_bytes(self) -> int:
         files = (self.path, self.path.with_name(self.path.name + "-wal"))
@@ -370,7 +384,7 @@ class SQLiteStore:
         row = next(iter(await self._read().execute_fetchall(sql, (event_id,))), None)
         if row is None:
             return None
-        return EventDetail(event=_event(row), body=row[15], headers=[tuple(h) for h in orjson.loads(row[16])])
+        return EventDetail(event=_event(row), body=row[16], headers=[tuple(h) for h in orjson.loads(row[17])])
 
     async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
         sql = "SELECT source, event_type, status, count(*) FROM events WHERE received_at >= ? AND received_at < ?"
@@ -396,6 +410,6 @@ class SQLiteStore:
 def _event(r: Any) -> StoredEvent:
     return StoredEvent(
         id=r[0], source=r[1], scheme=r[2], event_type=r[3], entity_id=r[4], dedup_key=r[5], status=r[6],
-        account=r[7], symbol=r[8], received_at=r[9] / 1_000_000, request_id=r[10], attempt=r[11],
+        conflicts_with=r[15], account=r[7], symbol=r[8], received_at=r[9] / 1_000_000, request_id=r[10], attempt=r[11],
         remote_addr=r[12], payload=load_payload(r[13]), quarantine_reason=r[14],
     )

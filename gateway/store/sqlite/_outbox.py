@@ -27,7 +27,7 @@ INSERT = (
 # (claimed or not), and not itself claimed under a lease that still holds.
 _DUE = """
     SELECT d.id, d.attempts, e.id, e.source, e.scheme, e.event_type, e.entity_id, e.dedup_key,
-           e.status, e.account, e.symbol, e.received_at, coalesce(e.payload, r.body)
+           e.status, e.account, e.symbol, e.received_at, coalesce(e.payload, r.body), e.conflicts_with
     FROM deliveries d
     JOIN events e ON e.id = d.event_id
     JOIN receipts r ON r.id = e.receipt_id
@@ -79,7 +79,7 @@ def claim(db: sqlite3.Connection, plugin: str, now: float, limit: int, lease_unt
             delivery_id=r[0], claim_id=claim_id, plugin=plugin, lease_until=lease_until,
             event=Event(
                 id=r[2], source=r[3], scheme=r[4], event_type=r[5], entity_id=r[6], dedup_key=r[7],
-                status=r[8], account=r[9], symbol=r[10], received_at=r[11] / US,
+                status=r[8], conflicts_with=r[13], account=r[9], symbol=r[10], received_at=r[11] / US,
                 payload=load_payload(r[12]),  # None when unparseable, or too deep to serialise again
                 body=r[12], attempt=r[1] + 1,
             ),

@@ -93,6 +93,82 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     "ALTER TABLE deliveries ADD COLUMN claim_id INTEGER",
     "ALTER TABLE deliveries ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
     ),
+    # 7: identities (issue 12). A key may now hold several versions of one occurrence: unique on
+    # (dedup_key, fingerprint), a `conflict` pointing at the first version. Ids are never reused
+    # (AUTOINCREMENT: sqlite_sequence keeps the highest id ever handed out, across pruning).
+    # SQLite can neither drop an inline UNIQUE nor add AUTOINCREMENT: the tables are rebuilt.
+    # `fingerprint` is NULL on the rows moved over until the gateway recomputes their
+    # identities from the bytes it kept (`SQLiteStore.reidentify`, at the first start).
+    (
+    """CREATE TABLE receipts_v7 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id  TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        received_at INTEGER NOT NULL,      -- Unix time, microseconds
+        remote_addr TEXT,
+        attempt     INTEGER,               -- the sender's own delivery attempt counter
+        headers     BLOB NOT NULL,         -- JSON [[name, value], ...], credentials removed
+        body        BLOB NOT NULL          -- the raw request body, byte for byte
+    )""",
+    "INSERT INTO receipts_v7 SELECT id, request_id, source, received_at, remote_addr, attempt, headers, body"
+    " FROM receipts",
+    "DROP TABLE receipts",
+    "ALTER TABLE receipts_v7 RENAME TO receipts",
+    """CREATE TABLE events_v7 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        receipt_id  INTEGER NOT NULL REFERENCES receipts(id),
+        source      TEXT NOT NULL,
+        scheme      TEXT NOT NULL,
+        event_type  TEXT NOT NULL,         -- '' when quarantined without a readable type
+        entity_id   TEXT NOT NULL,         -- the business entity: orders delivery
+        dedup_key   TEXT NOT NULL,         -- the identity of one occurrence, kept forever
+        fingerprint BLOB,                  -- SHA-256 of the canonical content; NULL: not yet recomputed
+        status      TEXT NOT NULL,         -- stored | quarantined | conflict
+        conflicts_with INTEGER,            -- a conflict: the first stored version's id
+        account     TEXT,
+        symbol      TEXT,
+        received_at INTEGER NOT NULL,
+        payload     BLOB,                  -- this event's JSON; NULL: the receipt body is the event
+        quarantine_reason TEXT
+    )""",
+    "INSERT INTO events_v7 (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, status, account,"
+    " symbol, received_at, payload, quarantine_reason) SELECT id, receipt_id, source, scheme, event_type,"
+    " entity_id, dedup_key, status, account, symbol, received_at, payload, quarantine_reason FROM events",
+    "DROP TABLE events",
+    "ALTER TABLE events_v7 RENAME TO events",
+    "CREATE UNIQUE INDEX events_identity ON events(dedup_key, fingerprint)",
+    "CREATE INDEX events_source ON events(source, id)",
+    "CREATE INDEX events_receipt ON events(receipt_id)",
+    "CREATE INDEX events_type ON events(event_type, id)",
+    "CREATE INDEX events_account ON events(account, id) WHERE account IS NOT NULL",
+    "CREATE INDEX events_symbol ON events(symbol, id) WHERE symbol IS NOT NULL",
+    "CREATE INDEX events_received ON events(received_at)",
+    "CREATE INDEX events_unidentified ON events(id) WHERE fingerprint IS NULL",
+    """CREATE TABLE deliveries_v7 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id        INTEGER NOT NULL REFERENCES events(id),
+        plugin          TEXT NOT NULL,
+        source          TEXT NOT NULL,     -- with entity_id: the ordering key per plugin
+        entity_id       TEXT NOT NULL,
+        status          TEXT NOT NULL,     -- pending | delivered | dead
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,  -- Unix time, microseconds
+        created_at      INTEGER NOT NULL,  -- the event's receive time
+        updated_at      INTEGER NOT NULL,
+        last_error      TEXT,
+        claim_id        INTEGER,
+        lease_until     INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (plugin, event_id)          -- replay reuses the row: never a second copy
+    )""",
+    "INSERT INTO deliveries_v7 SELECT id, event_id, plugin, source, entity_id, status, attempts, next_attempt_at,"
+    " created_at, updated_at, last_error, claim_id, lease_until FROM deliveries",
+    "DROP TABLE deliveries",
+    "ALTER TABLE deliveries_v7 RENAME TO deliveries",
+    "CREATE INDEX deliveries_pending ON deliveries(plugin, id) WHERE status = 'pending'",
+    "CREATE INDEX deliveries_order ON deliveries(plugin, source, entity_id, id) WHERE status = 'pending'",
+    "CREATE INDEX deliveries_status ON deliveries(plugin, status, id)",
+    "CREATE INDEX deliveries_event ON deliveries(event_id)",
+    ),
 )
 
 

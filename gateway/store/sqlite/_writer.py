@@ -29,12 +29,19 @@ _INSERT_RECEIPT = (
     " body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT = (
-    "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key,"
-    " status, account, symbol, received_at, payload, quarantine_reason)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
+    " status, conflicts_with, account, symbol, received_at, payload, quarantine_reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_EXISTING = "SELECT dedup_key, id FROM events WHERE dedup_key IN (SELECT value FROM json_each(?))"
-_NEXT_IDS = "SELECT (SELECT coalesce(max(id), 0) FROM receipts), (SELECT coalesce(max(id), 0) FROM events)"
+# Every stored version of the group's identities, first version first.
+_EXISTING = (
+    "SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key IN (SELECT value FROM json_each(?)) ORDER BY id"
+)
+# The highest ids ever handed out (AUTOINCREMENT keeps them across pruning): ids are never reused.
+_NEXT_IDS = (
+    "SELECT (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'receipts'),"
+    " (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events')"
+)
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -123,9 +130,12 @@ def transaction(conn: sqlite3.Connection, group: Sequence[Item]) -> Committed:
 
 
 def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Committed) -> list[list[Outcome]]:
-    keys = [[dedup_key(i.receipt.source, e.event_type, e.entity_id) for e in i.events] for i in items]
+    keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
     flat = [k for ks in keys for k in ks]
-    known: dict[str, int] = dict(conn.execute(_EXISTING, (orjson.dumps(flat),)).fetchall())
+    # identity -> {fingerprint: id} of its stored versions, the first version first
+    known: dict[str, dict[bytes, int]] = {}
+    for key, fingerprint, stored_id in conn.execute(_EXISTING, (orjson.dumps(flat),)):
+        known.setdefault(key, {})[fingerprint] = stored_id
     receipt_id, event_id = conn.execute(_NEXT_IDS).fetchone()
     receipt_rows: list[tuple[Any, ...]] = []
     event_rows: list[tuple[Any, ...]] = []
@@ -137,9 +147,13 @@ def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Comm
         this_receipt: int | None = None
         received_us = round(receipt.received_at * 1_000_000)
         for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
-            if key in known:
-                outcomes.append(Outcome(known[key], "duplicate", key))
+            versions = known.get(key)
+            if versions is not None and event.fingerprint in versions:
+                outcomes.append(Outcome(versions[event.fingerprint], "duplicate", key))
                 continue
+            # The identity is stored with other content: no retry, a second version, kept.
+            first = next(iter(versions.values())) if versions else None
+            status = event.status if first is None else "conflict"
             if this_receipt is None:
                 receipt_id += 1
                 this_receipt = receipt_id
@@ -148,17 +162,17 @@ def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Comm
                     receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body,
                 ))
             event_id += 1
-            known[key] = event_id
+            known.setdefault(key, {})[event.fingerprint] = event_id
             event_rows.append((
                 event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
-                event.entity_id, key, event.status, event.account, event.symbol,
+                event.entity_id, key, event.fingerprint, status, first, event.account, event.symbol,
                 received_us, event.payload, event.quarantine_reason,
             ))
             for plugin in item.routes[index] if item.routes else ():
                 delivery_rows.append((event_id, plugin, receipt.source, event.entity_id,
                                       received_us, received_us, received_us))
                 committed.plugins.add(plugin)
-            outcomes.append(Outcome(event_id, event.status, key))
+            outcomes.append(Outcome(event_id, status, key, first))
         results.append(outcomes)
     if receipt_rows:
         conn.executemany(_INSERT_RECEIPT, receipt_rows)
