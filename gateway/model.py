@@ -3,6 +3,7 @@ split into events), and the one event record the store hands back to plugins and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -79,6 +80,10 @@ _TYPE_ESCAPES = ("%", ":", "\x00")
 _PART_ESCAPES = ("%", "@", "#", "\x00")
 
 
+# One search tells whether a joined identity needs escaping: nearly none does (the hot path).
+_PART_SPECIAL = re.compile("[%#\x00]")  # and "@", counted apart: it also joins the parts
+
+
 def _escape(part: str, special: tuple[str, ...]) -> str:
     # NUL too: SQLite's JSON functions, which the store's duplicate lookup goes through,
     # cut text at NUL, so a key holding one would never be found again.
@@ -103,12 +108,15 @@ def dedup_key(source: str, event_type: str, identity: Identity) -> str:
         kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
     else:
         kind = _escape(event_type, _TYPE_ESCAPES)
-    if isinstance(identity, str):  # a plain string would split into one part per character
-        raise TypeError("an identity is a tuple of parts or a digest, not a str")
-    if isinstance(identity, bytes):
+    if type(identity) is tuple and identity:
+        named = "@".join(identity)
+        # a part holding "@" (more of them than separators) or another special character
+        if named.count("@") >= len(identity) or _PART_SPECIAL.search(named):
+            named = "@".join(_escape(part, _PART_ESCAPES) for part in identity)
+    elif isinstance(identity, bytes):
         named = "#sha256-" + identity.hex()
-    elif identity:
-        named = "@".join(_escape(part, _PART_ESCAPES) for part in identity)
+    elif isinstance(identity, str):  # a plain string would split into one part per character
+        raise TypeError("an identity is a tuple of parts or a digest, not a str")
     else:
         raise ValueError("an identity has at least one part")
     return f"{_escape(source, _TYPE_ESCAPES)}:{kind}:{named}"

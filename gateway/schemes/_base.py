@@ -24,6 +24,10 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 _EXACT_FLOAT = 2.0**53
 # 2**64 has 20 digits and -2**63 19: integers with fewer digits fit in 64 bits.
 _LONG_DIGITS = re.compile(rb"-[0-9]{19}|[0-9]{20}")
+# Every digit as "9": a run of 19 digits (in an integer of 20, or of 19 with a sign) is then found
+# by bytes.find, ten times faster than the regular expression on bodies that have none.
+_DIGITS_AS_NINE = bytes.maketrans(b"0123456789", b"9" * 10)
+_NINETEEN = b"9" * 19
 
 
 class _WideInt(Exception):
@@ -120,7 +124,9 @@ def has_wide_int(body: bytes) -> bool:
     orjson reads such an integer as a float, rounding it, so JSON written back from the
     parsed value would differ from what the sender sent.
     """
-    if not _LONG_DIGITS.search(body):  # nearly every body: no long run of digits at all
+    if body.translate(_DIGITS_AS_NINE).find(_NINETEEN) < 0:  # nearly every body: no long digit run
+        return False
+    if not _LONG_DIGITS.search(body):
         return False
 
     def check(text: str) -> int:
@@ -153,8 +159,14 @@ def scalar(value: Any) -> str | None:
     return None
 
 
+_PARTS: dict[str, tuple[str, ...]] = {}  # dotted paths, split once (a few dozen: the schemes' and the config's)
+
+
 def at_path(obj: Any, path: str) -> Any:
-    for part in path.split("."):
+    parts = _PARTS.get(path)
+    if parts is None:
+        parts = _PARTS[path] = tuple(path.split("."))
+    for part in parts:
         if not isinstance(obj, dict):
             return None
         obj = obj.get(part)
@@ -233,11 +245,13 @@ def occurrence(obj: Any, override: Sequence[str] | None, id_paths: Iterable[str]
     return (entity,) if when is None else (entity, when)
 
 
-def event(event_type: str, obj: Any, raw: bytes, *, identity: tuple[str, ...] | None, entity: str | None,
+def event(event_type: str, obj: Any, raw: bytes | None, *, identity: tuple[str, ...] | None, entity: str | None,
           ignore: Sequence[str], account: str | None, symbol: str | None,
           payload: bytes | None = None) -> ParsedEvent:
     """A readable event: named by `identity`, or by its content digest when that is None;
-    ordered per `entity` (the position, account or order), or per its own identity.
+    ordered per `entity` (the position, account or order), or per its own identity. `raw` is
+    the bytes `obj` was read from (see `fingerprint`), None where the caller has ruled out
+    integers beyond 64 bits in them already.
 
     The content digest that names an event covers the ignored fields too: with no id, a field
     such as MetaCopier's root `timestamp` may be all that tells two occurrences apart (two

@@ -90,7 +90,7 @@ def _member(member: Any, source: SourceConfig, payload: bytes | None) -> ParsedE
     if not isinstance(event_type, str) or not event_type.strip():
         return quarantined(data, "batch member has no eventType", payload)
     return event(
-        event_type, member, data,
+        event_type, member, None,  # `parse` quarantined any body with an integer beyond 64 bits
         identity=occurrence(member, source.dedup_fields, DEFAULT_ID_PATHS,
                             OCCURRENCE.get(event_type, OTHER_OCCURRENCE)),
         entity=_entity(event_type, member),

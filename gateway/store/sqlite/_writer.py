@@ -143,17 +143,22 @@ def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Comm
     results: list[list[Outcome]] = []
     for item, event_keys in zip(items, keys, strict=True):
         receipt = item.receipt
+        routes = item.routes
         outcomes: list[Outcome] = []
         this_receipt: int | None = None
         received_us = round(receipt.received_at * 1_000_000)
         for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
+            fingerprint = event.fingerprint
             versions = known.get(key)
-            if versions is not None and event.fingerprint in versions:
-                outcomes.append(Outcome(versions[event.fingerprint], "duplicate", key))
+            if versions is None:
+                first = None
+                status = event.status
+            elif fingerprint in versions:
+                outcomes.append(Outcome(versions[fingerprint], "duplicate", key))
                 continue
-            # The identity is stored with other content: no retry, a second version, kept.
-            first = next(iter(versions.values())) if versions else None
-            status = event.status if first is None else "conflict"
+            else:  # the identity is stored with other content: no retry, a second version, kept
+                first = next(iter(versions.values()))
+                status = "conflict"
             if this_receipt is None:
                 receipt_id += 1
                 this_receipt = receipt_id
@@ -162,16 +167,20 @@ def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Comm
                     receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body,
                 ))
             event_id += 1
-            known.setdefault(key, {})[event.fingerprint] = event_id
+            if versions is None:
+                known[key] = {fingerprint: event_id}
+            else:
+                versions[fingerprint] = event_id
             event_rows.append((
                 event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
-                event.entity_id, key, event.fingerprint, status, first, event.account, event.symbol,
+                event.entity_id, key, fingerprint, status, first, event.account, event.symbol,
                 received_us, event.payload, event.quarantine_reason,
             ))
-            for plugin in item.routes[index] if item.routes else ():
-                delivery_rows.append((event_id, plugin, receipt.source, event.entity_id,
-                                      received_us, received_us, received_us))
-                committed.plugins.add(plugin)
+            if routes:
+                for plugin in routes[index]:
+                    delivery_rows.append((event_id, plugin, receipt.source, event.entity_id,
+                                          received_us, received_us, received_us))
+                    committed.plugins.add(plugin)
             outcomes.append(Outcome(event_id, status, key, first))
         results.append(outcomes)
     if receipt_rows:
