@@ -47,15 +47,26 @@ class Ingest:
 @dataclass(slots=True)
 class Op(Generic[C]):
     """Any other write: a function of the backend's connection, run inside the group's
-    transaction. `wakes(result)` names the plugins whose deliveries it made due."""
+    transaction. `wakes(result)` names the plugins whose deliveries it made due.
+
+    `durable=False` marks bookkeeping whose loss in a power cut is harmless (delivery claims,
+    leases, outcomes: at worst an event is delivered once more): a group of nothing else may
+    commit without waiting for the disk. A group with any durable item (every `Ingest`) waits."""
 
     run: Callable[[C], Any]
     future: asyncio.Future[Any]
     size: int = 1
     wakes: Callable[[Any], Collection[str]] | None = None
+    durable: bool = True
+
 
 
 Item = Ingest | Op[Any]
+
+
+def needs_sync(group: Sequence[Item]) -> bool:
+    """Whether the group's commit must reach the disk before its callers are answered."""
+    return any(not isinstance(item, Op) or item.durable for item in group)
 
 
 @dataclass(slots=True)

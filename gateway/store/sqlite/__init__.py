@@ -189,8 +189,8 @@ class SQLiteStore:
         return outcomes
 
     async def _write(self, run: Callable[[sqlite3.Connection], Any], size: int = 1,
-                     wakes: Callable[[Any], Collection[str]] | None = None) -> Any:
-        return await self._submit(Op(run, asyncio.get_running_loop().create_future(), size, wakes))
+                     wakes: Callable[[Any], Collection[str]] | None = None, *, durable: bool = True) -> Any:
+        return await self._submit(Op(run, asyncio.get_running_loop().create_future(), size, wakes, durable))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -313,25 +313,25 @@ class SQLiteStore:
     async def claim_due(self, plugin: str, now: float, limit: int, lease_seconds: float) -> list[Claim]:
         claim_id = secrets.randbits(62)  # unique across runners and processes sharing the store
         claims: list[Claim] = await self._write(
-            lambda db: _outbox.claim(db, plugin, now, limit, now + lease_seconds, claim_id))
+            lambda db: _outbox.claim(db, plugin, now, limit, now + lease_seconds, claim_id), durable=False)
         return claims
 
     async def renew(self, claims: Sequence[Claim], lease_seconds: float) -> list[Claim]:
         if not claims:
             return []
         until = time.time() + lease_seconds
-        held = set(await self._write(lambda db: _outbox.renew(db, claims, until), size=len(claims)))
+        held = set(await self._write(lambda db: _outbox.renew(db, claims, until), size=len(claims), durable=False))
         return [replace(c, lease_until=until) for c in claims if c.delivery_id in held]
 
     async def release(self, claims: Sequence[Claim]) -> None:
         if claims:
-            await self._write(lambda db: _outbox.release(db, claims), size=len(claims))
+            await self._write(lambda db: _outbox.release(db, claims), size=len(claims), durable=False)
 
     async def finish_deliveries(self, results: Sequence[DeliveryResult]) -> list[int]:
         if not results:
             return []
         refused: list[int] = await self._write(lambda db: _outbox.finish(db, results, time.time()),
-                                                size=len(results))
+                                                size=len(results), durable=False)
         return refused
 
     async def replay(self, plugin: str, *, event_id: int | None = None, dead: bool = False) -> int:

@@ -18,7 +18,7 @@ import orjson
 
 from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, dedup_key
-from gateway.store.committer import Committed, Ingest, Item
+from gateway.store.committer import Committed, Ingest, Item, needs_sync
 from gateway.store.sqlite import _outbox
 from gateway.store.sqlite._schema import migrate
 
@@ -87,7 +87,17 @@ class SQLiteTransactor:
             log.error("the event store is not writable yet (%s); ingest answers 503 until it is", exc)
 
     def transaction(self, group: Sequence[Item]) -> Committed:
-        return transaction(self._connection(), group)
+        conn = self._connection()
+        if needs_sync(group) or self.synchronous != "FULL":
+            return transaction(conn, group)
+        # Only bookkeeping (claims, outcomes): commit without waiting for the disk. In WAL mode
+        # the database stays consistent; a power cut may lose these rows, and the next durable
+        # commit syncs them along with its own.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return transaction(conn, group)
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
 
     def reset(self) -> None:
         if self._conn is not None:
