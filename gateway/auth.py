@@ -9,7 +9,6 @@ removed from the config, or whose scopes were narrowed, stops working at once.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
-from gateway.config import ApiConfig, ClientConfig
+from gateway._files import create_private
+from gateway.config import ApiConfig, ClientConfig, ConfigError
 from gateway.errors import GatewayError
 
 KEY_FILE = "api-signing.key"
+MIN_KEY_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +33,19 @@ class Principal:
 
 
 def load_or_create_key(folder: Path) -> bytes:
-    """The token signing key, created (mode 0600) on first use."""
+    """The token signing key, created (mode 0600, atomically) on first use. Raises ConfigError
+    for a key shorter than MIN_KEY_BYTES: anyone could sign tokens with an empty key."""
     path = folder / KEY_FILE
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
-        pass
-    folder.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it meanwhile
-        return path.read_bytes()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
+        create_private(path, secrets.token_bytes(MIN_KEY_BYTES))  # False: another process made it
+        key = path.read_bytes()
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError([
+            f"{path}: the API token signing key is {len(key)} bytes long, it must be at least {MIN_KEY_BYTES} "
+            f"(a start was interrupted while writing it, or the file was altered): delete {path} and start the "
+            "gateway again to generate a new key; tokens issued so far then stop working"])
     return key
 
 
