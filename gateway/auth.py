@@ -3,11 +3,13 @@
 Tokens are signed with itsdangerous and carry the client id, its scopes and the time of
 issue; they expire after `[api] token_ttl_seconds`. The signing key is generated once into
 the store's folder (mode 0600), so tokens survive restarts. A token whose client was
-removed from the config, or whose scopes were narrowed, stops working at once.
+removed from the config, whose secret was changed (rotated), or whose scopes were narrowed,
+stops working at once: a token names the secret it was issued under, by a keyed hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -58,6 +60,7 @@ class Tokens:
             def get_timestamp(self) -> int:
                 return int(clock())
 
+        self._key = key
         self._tokens = URLSafeTimedSerializer(key, salt="gateway-access-token", signer=Signer)
         self._cursors = URLSafeSerializer(key, salt="gateway-cursor")
 
@@ -69,8 +72,13 @@ class Tokens:
             raise GatewayError("invalid_client", "unknown client or wrong secret")
         return client
 
+    def _secret_stamp(self, client: ClientConfig) -> str:
+        """Which secret `client` has: a keyed hash (a token's payload is readable, so never a
+        plain hash of the secret), short, and different for every signing key."""
+        return hmac.new(self._key, b"client-secret\0" + client.secret.key, hashlib.sha256).hexdigest()[:16]
+
     def issue(self, client: ClientConfig, scopes: tuple[str, ...]) -> str:
-        return self._tokens.dumps({"c": client.id, "s": list(scopes)})
+        return self._tokens.dumps({"c": client.id, "s": list(scopes), "k": self._secret_stamp(client)})
 
     def verify(self, token: str) -> Principal:
         try:
@@ -82,6 +90,8 @@ class Tokens:
         client = self.api.clients.get(str(data.get("c"))) if isinstance(data, dict) else None
         if client is None:
             raise GatewayError("invalid_token", "the access token's client is no longer configured")
+        if not hmac.compare_digest(str(data.get("k", "")), self._secret_stamp(client)):
+            raise GatewayError("invalid_token", "the client's secret has changed since this token was issued")
         return Principal(client.id, frozenset(data.get("s", ())) & frozenset(client.scopes))
 
     def cursor(self, data: dict[str, Any]) -> str:

@@ -75,6 +75,18 @@ def test_a_removed_client_invalidates_its_tokens() -> None:
         Tokens(api(OPS), KEY, clock=FakeClock()).verify(token)
 
 
+def test_a_rotated_secret_invalidates_the_tokens_issued_under_the_old_one() -> None:
+    token = Tokens(api(READER), KEY, clock=FakeClock()).issue(READER, READER.scopes)
+    rotated = ClientConfig(id="reader", secret=Secret("reader-rotated-0123456789"), scopes=READER.scopes)
+    with raises("invalid_token"):
+        Tokens(api(rotated), KEY, clock=FakeClock()).verify(token)
+    assert Tokens(api(rotated), KEY, clock=FakeClock()).verify(
+        Tokens(api(rotated), KEY, clock=FakeClock()).issue(rotated, READER.scopes)).client_id == "reader"
+    # the token's payload is readable: it holds no plain hash of the secret, only a keyed one
+    payload = token.split(".")[0]
+    assert READER.secret.reveal() not in token and len(payload) < 120
+
+
 def test_expiry_follows_the_injected_clock() -> None:
     clock = FakeClock()
     tokens = Tokens(api(READER, ttl=60), KEY, clock=clock)
