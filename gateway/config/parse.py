@@ -31,7 +31,7 @@ from gateway.config.model import (
     SourceConfig,
 )
 from gateway.config.plugin_secrets import literal_option_secrets
-from gateway.config.sources import parse_source
+from gateway.config.sources import parse_source, shared_secrets
 from gateway.config.store import parse_store
 
 
@@ -180,6 +180,7 @@ def parse_config(
     store = parse_store(c, data, base_dir)
 
     sources: dict[str, SourceConfig] = {}
+    indexed: list[tuple[int, SourceConfig]] = []
     raw_sources = data.get("sources", [])
     if not isinstance(raw_sources, list) or not raw_sources:
         c.error("sources", "at least one [[sources]] table is required")
@@ -191,6 +192,8 @@ def parse_config(
         if source.name in sources:
             c.error(f"sources[{i}].name", f"{source.name!r} is used by another source")
         sources[source.name] = source
+        indexed.append((i, source))
+    warnings = shared_secrets(c, indexed)
 
     plugins: list[PluginConfig] = []
     raw_plugins = data.get("plugins", [])
@@ -211,7 +214,7 @@ def parse_config(
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
                   api=api, metrics=metrics, origin=origin, base_dir=base_dir,
-                  literal_secrets=tuple(c.literal_secrets))
+                  literal_secrets=tuple(c.literal_secrets), warnings=tuple(warnings))
 
 
 def permission_warning(path: Path, mode: int, literal_secrets: tuple[str, ...]) -> str | None:
@@ -239,4 +242,4 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     config = parse_config(data, origin=str(path), base_dir=path.resolve().parent, environ=environ)
     warning = permission_warning(path, mode, config.literal_secrets)
-    return replace(config, warnings=(warning,)) if warning else config
+    return replace(config, warnings=(*config.warnings, warning)) if warning else config
