@@ -1,7 +1,7 @@
 """One secret on two sources (issue 13, item 8): a MetaCopier request captured at one source
 would verify at a PipSync source that shares its secret, since both sign `<ts>.<body>`.
 `check-config` and `run` refuse it, naming both sources and never the secret;
-`allow_shared_secret = true` on every source sharing it allows it, with a warning at start."""
+`allow_shared_secret = true` on one of the two allows it, with a warning at start."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def test_a_shared_secret_is_an_error_naming_both_sources_and_not_the_secret(tmp_
     (error,) = caught.value.errors
     assert "sources[1] (ps-live).secrets[0]: is the same secret as sources[0] (mc-live).secrets[1]" in error
     assert "allow_shared_secret = true" in error and SHARED not in error
+    with pytest.raises(ConfigError, match="same secret"):
+        load_config(write(tmp_path, "allow_shared_secret = false", "allow_shared_secret = false"))
 
 
 @pytest.mark.parametrize("command", ["check-config", "run"])
@@ -61,16 +63,19 @@ def test_check_config_and_run_refuse_a_shared_secret(tmp_path: Path, command: st
     assert not (tmp_path / "gateway.db").exists()
 
 
-def test_allowing_on_one_source_only_is_not_enough(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="same secret"):
-        load_config(write(tmp_path, first="allow_shared_secret = true"))
+@pytest.mark.parametrize(("first", "second"), [("allow_shared_secret = true", ""), ("", "allow_shared_secret = true"),
+                                             ("allow_shared_secret = false", "allow_shared_secret = true")])
+def test_allowed_on_either_source_it_loads_with_a_warning(tmp_path: Path, first: str, second: str) -> None:
+    config = load_config(write(tmp_path, first, second))
+    (warning,) = config.warnings
+    assert "'mc-live' and 'ps-live' share a secret" in warning and SHARED not in warning
+    assert config.sources["mc-live"].allow_shared_secret is (first == "allow_shared_secret = true")
 
 
-def test_allowed_on_both_sources_it_loads_with_a_warning_run_logs(tmp_path: Path) -> None:
+def test_allowed_it_starts_and_logs_the_warning(tmp_path: Path) -> None:
     port = free_port()
-    path = write(tmp_path, "allow_shared_secret = true", "allow_shared_secret = true", port=port)
+    path = write(tmp_path, second="allow_shared_secret = true", port=port)
     config = load_config(path)
-    assert config.sources["ps-live"].allow_shared_secret and config.sources["mc-live"].allow_shared_secret
     (warning,) = config.warnings
     assert "'mc-live' and 'ps-live' share a secret" in warning and SHARED not in warning
 

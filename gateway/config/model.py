@@ -39,7 +39,7 @@ class SourceConfig:
     rate_burst: int = 0
     # The keys only this source's scheme takes (`Scheme.options`), every one of them once loaded.
     options: Mapping[str, Any] = field(default_factory=dict)
-    # True: another source may have the same secret (each source sharing it must say so).
+    # True: another source may have the same secret (a request captured at one verifies at the other).
     allow_shared_secret: bool = False
 
     def allows(self, address: str | None) -> bool:

@@ -149,7 +149,7 @@ def parse_source(c: Checker, raw: Any, index: int) -> SourceConfig | None:
 def shared_secrets(c: Checker, sources: list[tuple[int, SourceConfig]]) -> list[str]:
     """A secret on two sources lets a request captured at one verify at the other (MetaCopier
     and PipSync both sign `<ts>.<body>`): an error naming both sources (never the secret),
-    unless every source sharing it sets `allow_shared_secret = true`; then a warning, returned."""
+    unless one of the two sets `allow_shared_secret = true`; then a warning, returned."""
     first: dict[bytes, tuple[int, SourceConfig, int]] = {}
     warnings: list[str] = []
     for index, source in sources:
@@ -159,12 +159,12 @@ def shared_secrets(c: Checker, sources: list[tuple[int, SourceConfig]]) -> list[
                 continue
             other_index, other, other_i = seen
             where = f"sources[{other_index}] ({other.name}).secrets[{other_i}]"
-            if source.allow_shared_secret and other.allow_shared_secret:
+            if source.allow_shared_secret or other.allow_shared_secret:
                 warnings.append(f"{c.origin}: sources {other.name!r} and {source.name!r} share a secret "
                                 "(allow_shared_secret = true): a request captured at one of them verifies at the "
                                 "other; give each source its own secret")
             else:
                 c.error(f"sources[{index}] ({source.name}).secrets[{i}]",
                         f"is the same secret as {where}: a request captured at one source would verify at the "
-                        "other; give each source its own secret, or set allow_shared_secret = true on both")
+                        "other; give each source its own secret (or set allow_shared_secret = true on one of them)")
     return warnings
