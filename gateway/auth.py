@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,39 @@ class Tokens:
         if not isinstance(data, dict):
             raise GatewayError("invalid_cursor", "the cursor is not valid")
         return data
+
+
+class FailureThrottle:
+    """At most `limit` failed client authentications a minute for each key (a client id, an
+    address); past that the key is refused, whatever it sends, until its oldest failure in the
+    window is a minute old: answering a right secret then would tell a guesser that it is right.
+    Pure (the clock is passed in) and bounded: `max_keys` keys, the least recently failed first
+    forgotten."""
+
+    WINDOW = 60.0
+
+    def __init__(self, limit: int, max_keys: int = 10_000) -> None:
+        self.limit = limit
+        self.max_keys = max_keys
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+
+    def wait(self, keys: Iterable[tuple[str, str]], now: float) -> float:
+        """Seconds until every key may try again; 0.0 when none is throttled."""
+        longest = 0.0
+        for key in keys:
+            stamps = self._failures.get(key)
+            if stamps is not None and len(stamps) >= self.limit:
+                longest = max(longest, stamps[0] + self.WINDOW - now)
+        return longest
+
+    def failed(self, keys: Iterable[tuple[str, str]], now: float) -> None:
+        for key in keys:
+            stamps = self._failures.pop(key, None)  # re-inserted last: the most recently failed
+            if stamps is None:
+                stamps = deque(maxlen=self.limit)
+            while stamps and stamps[0] <= now - self.WINDOW:
+                stamps.popleft()
+            stamps.append(now)
+            self._failures[key] = stamps
+        while len(self._failures) > self.max_keys:
+            del self._failures[next(iter(self._failures))]

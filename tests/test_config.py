@@ -555,7 +555,8 @@ max_in_flight = 1
 max_connections = 1
 max_header_bytes = 1024
 client_timeout_seconds = 2.5
-""" + MC_SOURCE + 'rate_limit = 0.5\n' + MC_SOURCE.replace('"mc"', '"mc2"') + 'rate_limit = 20\nrate_burst = 1\nallow_shared_secret = true\n')
+""" + MC_SOURCE + 'rate_limit = 0.5\n' + MC_SOURCE.replace('"mc"', '"mc2"')
+        + 'rate_limit = 20\nrate_burst = 1\nallow_shared_secret = true\n')
     config = load_config(path, environ={})
     net = ipaddress.ip_network
     assert config.server == ServerConfig(

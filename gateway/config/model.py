@@ -86,6 +86,9 @@ class ClientConfig:
 class ApiConfig:
     public: bool = False  # true: reads need no token (a trusted network only)
     token_ttl_seconds: int = 3600
+    # Failed client authentications at /oauth/token a minute, per client id and per address,
+    # before that id or address gets 429 until a minute has passed since its oldest failure.
+    token_failures_per_minute: int = 10
     clients: Mapping[str, ClientConfig] = field(default_factory=dict)
 
 

@@ -115,10 +115,13 @@ def _limits(c: Checker, srv: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
-    raw = c.table(data, "api", {"public", "token_ttl_seconds"})
+    raw = c.table(data, "api", {"public", "token_ttl_seconds", "token_failures_per_minute"})
     ttl = c.get(raw, "api.token_ttl_seconds", "token_ttl_seconds", int, 3600)
     if not 60 <= ttl <= 7 * 86400:
         c.error("api.token_ttl_seconds", f"must be between 60 and 604800, got {ttl}")
+    failures = c.get(raw, "api.token_failures_per_minute", "token_failures_per_minute", int, 10)
+    if not 1 <= failures <= 10_000:
+        c.error("api.token_failures_per_minute", f"must be between 1 and 10000, got {failures}")
     clients: dict[str, ClientConfig] = {}
     raw_clients = data.get("clients", [])
     if not isinstance(raw_clients, list):
@@ -149,6 +152,7 @@ def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
     return ApiConfig(
         public=c.get(raw, "api.public", "public", bool, False),
         token_ttl_seconds=ttl,
+        token_failures_per_minute=failures,
         clients=MappingProxyType(clients),
     )
 
