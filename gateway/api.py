@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,14 +22,19 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import Principal, Tokens
-from gateway.config import SCOPES
+from gateway._secret import SecretScanner
+from gateway.auth import FailureThrottle, Principal, Tokens
+from gateway.config import SCOPES, IPNetwork
 from gateway.errors import GatewayError
+from gateway.limits import client_address
+from gateway.metrics import Metrics
 from gateway.model import STORED_STATUSES, iso_utc
 from gateway.schemes import scheme_names
-from gateway.store import EventQuery, Store
+from gateway.store import EventQuery, Rejection, Store
 
 MAX_LIMIT = 1000
+TOKEN_ENDPOINT = "/oauth/token"  # the rejection log's source for refused token requests (no source has a '/')
+log = logging.getLogger("gateway")
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -64,15 +71,20 @@ def _choice(request: HTTPConnection, name: str, choices: tuple[str, ...]) -> str
 
 
 class Api:
-    def __init__(self, store: Store, tokens: Tokens, public: bool, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, tokens: Tokens, public: bool, clock: Callable[[], float] = time.time, *,
+                 metrics: Metrics | None = None, trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.store = store
         self.tokens = tokens
         self.public = public
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.trusted_proxies = trusted_proxies
+        self.throttle = FailureThrottle(tokens.api.token_failures_per_minute)
+        self._secrets = SecretScanner([c.secret for c in tokens.api.clients.values()], forms=())
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/oauth/token", self.token, methods=["POST"]),
+            Route(TOKEN_ENDPOINT, self.token, methods=["POST"]),
             Route("/api/v1/events", self.events),
             Route("/api/v1/events/{event_id:int}", self.event),
             Route("/api/v1/deliveries", self.deliveries),
@@ -131,9 +143,22 @@ class Api:
             client_id, secret = unquote_plus(user), unquote_plus(password)  # RFC 6749 2.3.1 form-encodes them
         if not client_id or secret is None:
             raise GatewayError("invalid_client", "send client_id and client_secret (form body or HTTP Basic)", 400)
+        now = self.clock()
+        address = client_address(request.client.host if request.client else None,
+                                 [v for k, v in request.scope["headers"] if k == b"x-forwarded-for"],
+                                 self.trusted_proxies)
+        keys = (("client", client_id), ("address", address or "?"))
+        wait = self.throttle.wait(keys, now)
+        if wait > 0:  # refused unchecked: a right secret answered now would tell a guesser it is right
+            error = GatewayError("rate_limited", "too many failed client authentications; try again later",
+                                 retry_after=math.ceil(wait))
+            self._refused(request, error, "throttled", client_id, address, len(body), now)
+            raise error
         try:
             client = self.tokens.authenticate(client_id, secret)
         except GatewayError as exc:
+            self.throttle.failed(keys, now)
+            self._refused(request, exc, "invalid_client", client_id, address, len(body), now)
             # RFC 6749 5.2: 401 with a Basic challenge only when the client used Basic; a form
             # failure is a 400, so that browsers do not pop up a credentials dialog.
             raise GatewayError(exc.code, exc.detail, None if used_basic else 400) from None
@@ -146,6 +171,22 @@ class Api:
                                   "scope": " ".join(wanted)})
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def _refused(self, request: Request, error: GatewayError, reason: str, client_id: str, address: str | None,
+                 body_size: int, now: float) -> None:
+        """A failed or throttled client authentication: counted, logged and kept in the rejection
+        log (in a bucket of its own, TOKEN_ENDPOINT). Names the client id only if it is configured:
+        a mistyped secret may have been sent in its place."""
+        who = client_id if client_id in self.tokens.api.clients else "an unknown client id"
+        detail = f"{error.detail} ({who})"
+        self.metrics.token_failures.labels(reason).inc()
+        log.warning("token request refused", extra={"code": error.code, "remote": address, "detail": detail})
+        self.store.record_rejection(Rejection(
+            received_at=now, request_id=request.scope.get("state", {}).get("request_id", ""),
+            source=TOKEN_ENDPOINT, code=error.code, detail=detail, remote_addr=address,
+            header_names=tuple(self._secrets.redact(k.decode("latin-1")) for k, _ in request.scope["headers"]),
+            body_size=body_size, body_sha256=None,  # the body holds a guessed secret: not even its hash
+        ))
 
     def query(self, request: HTTPConnection, since_may_be_id: bool = False) -> EventQuery:
         """The /events filters, shared with the live streams (where a numeric `since` is the

@@ -106,7 +106,10 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
         log.info("plugin %s (%s): sources %s, events %s", plugin.name, plugin.use, ",".join(plugin.sources),
                  ",".join(plugin.events))
     deadline = config.server.shutdown_timeout_seconds
-    app = GatewayApp(config, plugins=plugins, shutdown_grace=deadline / 2)
+    try:
+        app = GatewayApp(config, plugins=plugins, shutdown_grace=deadline / 2)
+    except ConfigError as exc:  # the token signing key is unusable
+        _exit_config_error(exc)
     server = GatewayServer(uvicorn_config(
         app, config.server, host=host, port=port,
         # in-flight requests get half the deadline (live streams never end by themselves);

@@ -70,6 +70,12 @@ class Metrics:
         self.rejections_dropped = Counter(
             "gateway_rejections_dropped", "Rejections whose forensics were not kept: more arrived than the "
             "store's writer took (they are still counted in gateway_rejections_total).", registry=r)
+        self.token_failures = Counter(
+            "gateway_token_failures", "Refused client authentications at /oauth/token, by reason: invalid_client "
+            "(unknown id or wrong secret) or throttled ([api] token_failures_per_minute reached).", ["reason"],
+            registry=r)
+        for reason in ("invalid_client", "throttled"):
+            self.token_failures.labels(reason)
         self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
                                 registry=r)
         self._types: dict[str, set[str]] = {}

@@ -221,7 +221,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     """One gateway for the read-only tests, with events that differ from `base` in one field each,
     sent as real signed webhooks."""
     config = build_config(tmp_path_factory.mktemp("corpus"), clients=[*CLIENTS, *BASIC_CLIENTS],
-                          extra_sources=[source_table("mc-second", "metacopier")])
+                          extra_sources=[source_table("mc-second", "metacopier", allow_shared_secret=True)])
     with RunningGateway(GatewayApp(config)) as gw:
         ids = {
             "base": mc(gw, "position.opened", "p1"),
@@ -847,7 +847,7 @@ HOUR = 3600.0
 def test_stats_counts_by_source_type_and_status_in_a_window(api_config: MakeConfig, serve: Serve) -> None:
     now = 1_790_000_000.0  # TradrAPI has no timestamp, so its events can be received at any time
     clock = FakeClock(now - 25 * HOUR)
-    gw = serve(api_config(extra_sources=[source_table("tr-second", "tradrapi")]), clock=clock)
+    gw = serve(api_config(extra_sources=[source_table("tr-second", "tradrapi", allow_shared_secret=True)]), clock=clock)
     tr(gw, [tr_member(1)])
     clock.now = now - 2 * HOUR
     tr(gw, [tr_member(2), tr_member(3), tr_member(2, "close_position")])

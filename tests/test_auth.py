@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway._secret import Secret
-from gateway.auth import KEY_FILE, Principal, Tokens, load_or_create_key
+from gateway.auth import KEY_FILE, FailureThrottle, Principal, Tokens, load_or_create_key
 from gateway.config import ApiConfig, ClientConfig, Config, ConfigError, parse_config
 from gateway.errors import GatewayError
 from tests.conftest import source_table
@@ -73,6 +73,18 @@ def test_a_removed_client_invalidates_its_tokens() -> None:
     token = Tokens(api(READER, OPS), KEY, clock=FakeClock()).issue(READER, READER.scopes)
     with raises("invalid_token"):
         Tokens(api(OPS), KEY, clock=FakeClock()).verify(token)
+
+
+def test_a_rotated_secret_invalidates_the_tokens_issued_under_the_old_one() -> None:
+    token = Tokens(api(READER), KEY, clock=FakeClock()).issue(READER, READER.scopes)
+    rotated = ClientConfig(id="reader", secret=Secret("reader-rotated-0123456789"), scopes=READER.scopes)
+    with raises("invalid_token"):
+        Tokens(api(rotated), KEY, clock=FakeClock()).verify(token)
+    assert Tokens(api(rotated), KEY, clock=FakeClock()).verify(
+        Tokens(api(rotated), KEY, clock=FakeClock()).issue(rotated, READER.scopes)).client_id == "reader"
+    # the token's payload is readable: it holds no plain hash of the secret, only a keyed one
+    payload = token.split(".")[0]
+    assert READER.secret.reveal() not in token and len(payload) < 120
 
 
 def test_expiry_follows_the_injected_clock() -> None:
@@ -140,6 +152,30 @@ def test_tampered_or_foreign_cursors_are_invalid() -> None:
         tokens.read_cursor(tokens.cursor([1, 2]))  # type: ignore[arg-type]
     with raises("invalid_cursor"):  # a token is not a cursor
         tokens.read_cursor(Tokens(api(OPS), KEY).issue(OPS, OPS.scopes))
+
+
+# --- the /oauth/token failure throttle ---------------------------------------------------------
+
+def test_failure_throttle_counts_failures_per_key_over_a_sliding_minute() -> None:
+    throttle = FailureThrottle(limit=2)
+    keys = (("client", "reader"), ("address", "192.0.2.1"))
+    assert throttle.wait(keys, T0) == 0.0
+    throttle.failed(keys, T0)
+    throttle.failed(keys, T0 + 10)
+    assert throttle.wait(keys, T0 + 10) == 50.0
+    assert throttle.wait([("client", "reader")], T0 + 20) == 40.0
+    assert throttle.wait([("client", "other"), ("address", "192.0.2.2")], T0 + 20) == 0.0
+    assert throttle.wait(keys, T0 + 60) == 0.0  # the first failure left the window
+    throttle.failed(keys, T0 + 60)
+    assert throttle.wait(keys, T0 + 60) == 10.0  # the second one has not
+
+
+def test_failure_throttle_forgets_the_least_recently_failed_keys_beyond_its_bound() -> None:
+    throttle = FailureThrottle(limit=1, max_keys=3)
+    for n in range(5):
+        throttle.failed([("address", f"192.0.2.{n}")], T0 + n)
+    assert [throttle.wait([("address", f"192.0.2.{n}")], T0 + 5) > 0 for n in range(5)] == [False, False, True,
+                                                                                             True, True]
 
 
 # --- the signing key ------------------------------------------------------------------------
@@ -238,13 +274,14 @@ def test_client_secrets_never_show() -> None:
         (None, {"token_ttl_seconds": 604801}, "api.token_ttl_seconds", "must be between 60 and 604800, got 604801"),
         (None, {"token_ttl_seconds": "1h"}, "api.token_ttl_seconds", "must be int, got str '1h'"),
         (None, {"public": "yes"}, "api.public", "must be bool, got str 'yes'"),
-        (None, {"open": True}, "api.open", "unknown key (known: public, token_ttl_seconds)"),
+        (None, {"token_failures_per_minute": 0}, "api.token_failures_per_minute", "must be between 1 and 10000, got 0"),
+        (None, {"open": True}, "api.open", "unknown key (known: public, token_failures_per_minute, token_ttl_seconds)"),
         (None, [], "api", "must be a table, got list"),
     ],
     ids=["unknown-scope", "no-scopes", "scopes-not-list", "short-secret", "duplicate-id", "missing-id", "bad-id",
          "missing-secret", "empty-secret", "env-unset", "env-empty", "env-short", "unknown-key",
          "client-not-table", "clients-not-array", "ttl-too-short", "ttl-too-long", "ttl-not-int", "public-not-bool",
-         "api-unknown-key", "api-not-table"],
+         "failures-zero", "api-unknown-key", "api-not-table"],
 )
 def test_api_config_errors(clients: Any, api_table: Any, key: str, message: str) -> None:
     environ = {"EMPTY_SECRET": "", "SHORT_SECRET": "too-short"}

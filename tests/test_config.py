@@ -250,7 +250,7 @@ def test_env_secret_is_length_checked(write: Callable[[str], Path]) -> None:
 SOURCE_ERRORS: list[tuple[str, str, str, str]] = [
     # (id, the [[sources]] table, key, fragment of the message)
     ("unknown-key-typo", f'name = "mc"\nscheme = "metacopier"\nsecret = "{MC_SECRET}"\nallow_ip = []',
-     "sources[0].allow_ip", "unknown key (known: allow_ips, auth,"),
+     "sources[0].allow_ip", "unknown key (known: allow_ips, allow_shared_secret, auth,"),
     ("missing-name", f'scheme = "metacopier"\nsecret = "{MC_SECRET}"',
      "sources[0].name", "is required"),
     ("name-not-a-string", f'name = 7\nscheme = "metacopier"\nsecret = "{MC_SECRET}"',
@@ -555,7 +555,8 @@ max_in_flight = 1
 max_connections = 1
 max_header_bytes = 1024
 client_timeout_seconds = 2.5
-""" + MC_SOURCE + 'rate_limit = 0.5\n' + MC_SOURCE.replace('"mc"', '"mc2"') + 'rate_limit = 20\nrate_burst = 1\n')
+""" + MC_SOURCE + 'rate_limit = 0.5\n' + MC_SOURCE.replace('"mc"', '"mc2"')
+        + 'rate_limit = 20\nrate_burst = 1\nallow_shared_secret = true\n')
     config = load_config(path, environ={})
     net = ipaddress.ip_network
     assert config.server == ServerConfig(

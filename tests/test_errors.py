@@ -32,7 +32,7 @@ def gw(tmp_path: Path, serve: Callable[[Config], RunningGateway]) -> RunningGate
     """One source per case: open, rate-limited to one request per 100 s; an API client; a small head cap."""
     return serve(parse_config({
         "sources": [source_table("metacopier", "metacopier"),
-                    source_table("limited", "metacopier", rate_limit=0.01, rate_burst=1)],
+                    source_table("limited", "metacopier", rate_limit=0.01, rate_burst=1, allow_shared_secret=True)],
         "store": {"path": str(tmp_path / "gateway.db")},
         "clients": [{"id": "reader", "secret": READER_SECRET, "scopes": ["events:read"]}],
         "server": {"max_header_bytes": 4096},

@@ -98,7 +98,7 @@ def test_reference_body_is_stored_then_duplicate(
 def test_stored_row_keeps_raw_body_headers_and_fields_but_no_credentials(
     make_config: Callable[..., Config], serve: Serve
 ) -> None:
-    gw = serve(make_config(source_table("mc-bearer", "metacopier", auth="bearer")))
+    gw = serve(make_config(source_table("mc-bearer", "metacopier", auth="bearer", allow_shared_secret=True)))
     r = gw.post("/hooks/tradrapi", TR_BODY, {**tr_sign(), "X-Custom": "kept"})
     assert r.status_code == 200
     token_body = unique_mc("b-1")
@@ -223,7 +223,7 @@ def test_other_paths_are_problem_json_with_request_id(gateway: RunningGateway) -
 
 def test_allow_ips(make_config: Callable[..., Config], serve: Serve) -> None:
     gw = serve(make_config(
-        source_table("walled", "metacopier", allow_ips=["10.0.0.0/8", "fd00::/8"]),
+        source_table("walled", "metacopier", allow_ips=["10.0.0.0/8", "fd00::/8"], allow_shared_secret=True),
         {"name": "open-lan", "scheme": "metacopier", "auth": "none", "allow_ips": ["127.0.0.0/8"]},
     ))
     problem = assert_problem(gw.post("/hooks/walled", MC_BODY, mc_sign(MC_BODY)), 403, "ip_denied")

@@ -59,7 +59,7 @@ def _config(folder: Path) -> Config:
     """One source per scheme, one open to all (auth = "none"), one walled off; reads need no token."""
     sources = [source_table(name, scheme) for name, scheme in SCHEME_OF.items() if name not in ("open", "walled")]
     sources += [{"name": "open", "scheme": "metacopier", "auth": "none", "allow_ips": ["127.0.0.0/8"]},
-                source_table("walled", "pipsync", allow_ips=["10.0.0.0/8"])]
+                source_table("walled", "pipsync", allow_ips=["10.0.0.0/8"], allow_shared_secret=True)]
     data = {"sources": sources, "store": {"path": str(folder / "gateway.db")}, "api": {"public": True},
             "server": {"max_body_bytes": MAX_BODY}}
     return parse_config(data, origin="test.toml", base_dir=folder)

@@ -39,6 +39,8 @@ class SourceConfig:
     rate_burst: int = 0
     # The keys only this source's scheme takes (`Scheme.options`), every one of them once loaded.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # True: another source may have the same secret (a request captured at one verifies at the other).
+    allow_shared_secret: bool = False
 
     def allows(self, address: str | None) -> bool:
         """True when `address` may send to this source (no allowlist allows any)."""
@@ -84,6 +86,9 @@ class ClientConfig:
 class ApiConfig:
     public: bool = False  # true: reads need no token (a trusted network only)
     token_ttl_seconds: int = 3600
+    # Failed client authentications at /oauth/token a minute, per client id and per address,
+    # before that id or address gets 429 until a minute has passed since its oldest failure.
+    token_failures_per_minute: int = 10
     clients: Mapping[str, ClientConfig] = field(default_factory=dict)
 
 

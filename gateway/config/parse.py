@@ -31,7 +31,7 @@ from gateway.config.model import (
     SourceConfig,
 )
 from gateway.config.plugin_secrets import literal_option_secrets
-from gateway.config.sources import parse_source
+from gateway.config.sources import parse_source, shared_secrets
 from gateway.config.store import parse_store
 
 
@@ -115,10 +115,13 @@ def _limits(c: Checker, srv: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
-    raw = c.table(data, "api", {"public", "token_ttl_seconds"})
+    raw = c.table(data, "api", {"public", "token_ttl_seconds", "token_failures_per_minute"})
     ttl = c.get(raw, "api.token_ttl_seconds", "token_ttl_seconds", int, 3600)
     if not 60 <= ttl <= 7 * 86400:
         c.error("api.token_ttl_seconds", f"must be between 60 and 604800, got {ttl}")
+    failures = c.get(raw, "api.token_failures_per_minute", "token_failures_per_minute", int, 10)
+    if not 1 <= failures <= 10_000:
+        c.error("api.token_failures_per_minute", f"must be between 1 and 10000, got {failures}")
     clients: dict[str, ClientConfig] = {}
     raw_clients = data.get("clients", [])
     if not isinstance(raw_clients, list):
@@ -149,6 +152,7 @@ def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
     return ApiConfig(
         public=c.get(raw, "api.public", "public", bool, False),
         token_ttl_seconds=ttl,
+        token_failures_per_minute=failures,
         clients=MappingProxyType(clients),
     )
 
@@ -180,6 +184,7 @@ def parse_config(
     store = parse_store(c, data, base_dir)
 
     sources: dict[str, SourceConfig] = {}
+    indexed: list[tuple[int, SourceConfig]] = []
     raw_sources = data.get("sources", [])
     if not isinstance(raw_sources, list) or not raw_sources:
         c.error("sources", "at least one [[sources]] table is required")
@@ -191,6 +196,8 @@ def parse_config(
         if source.name in sources:
             c.error(f"sources[{i}].name", f"{source.name!r} is used by another source")
         sources[source.name] = source
+        indexed.append((i, source))
+    warnings = shared_secrets(c, indexed)
 
     plugins: list[PluginConfig] = []
     raw_plugins = data.get("plugins", [])
@@ -211,7 +218,7 @@ def parse_config(
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
                   api=api, metrics=metrics, origin=origin, base_dir=base_dir,
-                  literal_secrets=tuple(c.literal_secrets))
+                  literal_secrets=tuple(c.literal_secrets), warnings=tuple(warnings))
 
 
 def permission_warning(path: Path, mode: int, literal_secrets: tuple[str, ...]) -> str | None:
@@ -239,4 +246,4 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     config = parse_config(data, origin=str(path), base_dir=path.resolve().parent, environ=environ)
     warning = permission_warning(path, mode, config.literal_secrets)
-    return replace(config, warnings=(warning,)) if warning else config
+    return replace(config, warnings=(*config.warnings, warning)) if warning else config

@@ -16,7 +16,7 @@ from gateway.config.model import DEFAULT_TOLERANCE, SOURCE_NAME, SourceConfig
 
 # The keys every source takes, whatever its scheme.
 KEYS = {"name", "scheme", "secret", "secrets", "tolerance_seconds", "allow_ips", "dedup_fields",
-        "dedup_ignore_fields", "rate_limit", "rate_burst"}
+        "dedup_ignore_fields", "rate_limit", "rate_burst", "allow_shared_secret"}
 
 
 def _scheme(c: Checker, raw: Mapping[str, Any], key: str) -> registry.Scheme | None:
@@ -138,8 +138,33 @@ def parse_source(c: Checker, raw: Any, index: int) -> SourceConfig | None:
         rate_limit=rate,
         rate_burst=burst if rate else 0,
         options=MappingProxyType(options),
+        allow_shared_secret=c.get(raw, f"{key}.allow_shared_secret", "allow_shared_secret", bool, False),
     )
     if scheme is not None:
         for sub, message in scheme.check(source):
             c.error(f"{key}.{sub}", message)
     return None if len(c.errors) > before else source
+
+
+def shared_secrets(c: Checker, sources: list[tuple[int, SourceConfig]]) -> list[str]:
+    """A secret on two sources lets a request captured at one verify at the other (MetaCopier
+    and PipSync both sign `<ts>.<body>`): an error naming both sources (never the secret),
+    unless one of the two sets `allow_shared_secret = true`; then a warning, returned."""
+    first: dict[bytes, tuple[int, SourceConfig, int]] = {}
+    warnings: list[str] = []
+    for index, source in sources:
+        for i, secret in enumerate(source.secrets):
+            seen = first.setdefault(secret.key, (index, source, i))
+            if seen[1] is source:
+                continue
+            other_index, other, other_i = seen
+            where = f"sources[{other_index}] ({other.name}).secrets[{other_i}]"
+            if source.allow_shared_secret or other.allow_shared_secret:
+                warnings.append(f"{c.origin}: sources {other.name!r} and {source.name!r} share a secret "
+                                "(allow_shared_secret = true): a request captured at one of them verifies at the "
+                                "other; give each source its own secret")
+            else:
+                c.error(f"sources[{index}] ({source.name}).secrets[{i}]",
+                        f"is the same secret as {where}: a request captured at one source would verify at the "
+                        "other; give each source its own secret (or set allow_shared_secret = true on one of them)")
+    return warnings
