@@ -502,3 +502,30 @@ def test_nothing_unauthenticated_is_stored_under_mixed_abuse(make_config: Callab
     wait_for(lambda: len(rejections(gw.app.config)) >= 20, what="20 rejections recorded")
     assert len(rejections(gw.app.config)) <= 40  # bounded: 20 per bucket (metacopier, unknown names)
     assert_serves(gw, "after-mixed-abuse")
+
+
+# --- connections reserved for webhooks ----------------------------------------------------------
+
+
+def test_connections_in_the_reserve_serve_only_hooks(make_config: Callable[..., Config], serve: Serve) -> None:
+    """Read clients (API, streams, WebSocket handshakes) cannot take the last
+    `reserved_hook_connections` connections: webhooks still get through (issue 13, item 4)."""
+    gw = serve(make_config(server={"max_connections": 20, "reserved_hook_connections": 8}))
+    idle = [connect(gw) for _ in range(12)]  # 12 open: every further connection is in the reserve
+    try:
+        wait_for(lambda: len(gw.server.server_state.connections) == 12)
+        for request in (b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+                        b"GET /api/v1/stream HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n",
+                        b"GET /api/v1/ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"):
+            with connect(gw) as sock:
+                sock.sendall(request)
+                reply = read_all(sock)  # answered, then closed by the server
+            assert status_of(reply) == 503 and problem_of(reply)["code"] == "overloaded", reply[:300]
+            assert header_of(reply, b"retry-after") == b"1" and b"reserved for webhooks" in reply
+        assert_serves(gw, "in-the-reserve")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: len(gw.server.server_state.connections) == 0)
+    assert gw.client.get("/healthz").status_code == 200
