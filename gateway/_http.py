@@ -104,7 +104,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         app = self.app  # uvicorn starts this request with its app; this one refuses it instead
-        self.app = _refuse_for_hooks  # type: ignore[assignment]
+        self.app = _refuse_for_hooks
         try:
             super().on_headers_complete()
         finally:
