@@ -12,7 +12,10 @@ timed out: uvicorn's only timer is the keep-alive one, armed after a response. T
   client gets 408 `request_timeout` and the connection is closed (the app's receive() then sees
   a disconnect, so nothing of that request is stored);
 - a cap on open connections: beyond `max_connections` a new one gets 503 `overloaded` with
-  Retry-After and is closed (every sender retries a 5xx).
+  Retry-After and is closed (every sender retries a 5xx);
+- a reserve for webhooks: while more than `max_connections - reserved_hook_connections` are
+  open, a request for anything but /hooks/ (the API, a stream, a WebSocket handshake) gets 503
+  `overloaded` and its connection is closed, so read clients can never take every connection.
 
 Deadlines are not timers: a request only notes a `time.monotonic()` value (a timer per request
 costs ~8 µs, a tenth of a request), and `GatewayServer` sweeps the connections once a second, so
@@ -28,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterable
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway._asgi import new_request_id
-from gateway.errors import GatewayError, problem_bytes
+from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
+from gateway.errors import GatewayError, problem, problem_bytes
 
 log = logging.getLogger("gateway.http")
 NEVER = float("inf")
@@ -45,8 +50,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 16384
     client_timeout = 30.0
     max_connections = 2048
+    reserved_hook_connections = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._for_hooks_only = False
         self._start_head()  # a new connection owes us a request head, within the deadline
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
@@ -92,7 +99,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._deadline = time.monotonic() + self.client_timeout  # now for the body
-        super().on_headers_complete()
+        self._for_hooks_only = self._in_reserve() and not self._is_hook()
+        if not self._for_hooks_only:
+            super().on_headers_complete()
+            return
+        app = self.app  # uvicorn starts this request with its app; this one refuses it instead
+        self.app = _refuse_for_hooks
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def _in_reserve(self) -> bool:
+        return len(self.connections) > self.max_connections - self.reserved_hook_connections
+
+    def _is_hook(self) -> bool:
+        try:
+            path = httptools.parse_url(self.url).path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False  # uvicorn refuses it too
+        return urllib.parse.unquote(path).startswith("/hooks/")  # as the app routes it
+
+    def _should_upgrade(self) -> bool:
+        return not self._for_hooks_only and super()._should_upgrade()  # a refused handshake stays HTTP
+
+    def _unsupported_upgrade_warning(self) -> None:
+        if not self._for_hooks_only:
+            super()._unsupported_upgrade_warning()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -121,6 +154,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         log.info("connection refused: %s: %s", code, detail, extra={"remote": self.client[0] if self.client else None})
         self.transport.write(problem_bytes(GatewayError(code, detail, retry_after=retry_after), new_request_id()))
         self.transport.close()
+
+
+async def _refuse_for_hooks(scope: Scope, receive: Receive, send: Send) -> None:
+    error = GatewayError("overloaded", "the remaining connections are reserved for webhooks; retry shortly",
+                         retry_after=1)
+    log.info("request refused: %s: %s", error.code, error.detail, extra={"path": scope["path"][:64]})
+    status, headers, body = problem(error, request_id := new_request_id())
+    await send_response(send, status, body, b"application/problem+json", request_id,
+                        [*headers, (b"connection", b"close")])
 
 
 def sweep(connections: Iterable[object], now: float) -> None:

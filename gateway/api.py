@@ -50,16 +50,26 @@ def _int(request: HTTPConnection, name: str, default: int, low: int, high: int) 
     return int(raw)
 
 
+# Every time parameter lies within these bounds (UTC): later, a time cannot be converted to UTC
+# nor shifted by a day (stats' default window); earlier, it means nothing to a gateway.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 def _time(request: HTTPConnection, name: str) -> float | None:
+    """The one parser of every time parameter (`since`, `until`, on every endpoint and stream)."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
     try:
         stamp = datetime.fromisoformat(raw)
+        stamp = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
     except ValueError:
         raise GatewayError("invalid_parameter", f"{name} must be an ISO 8601 time, e.g. 2026-11-20T10:15:00Z") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
+        stamp = LATEST + timedelta(days=1)
+    if not EARLIEST <= stamp <= LATEST:
+        raise GatewayError("invalid_parameter", f"{name} must lie from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC)")
     return stamp.timestamp()
 
 

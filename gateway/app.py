@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
 from gateway.api import Api
 from gateway.auth import Tokens, load_or_create_key
+from gateway.browser_headers import BrowserHeadersMiddleware
 from gateway.config import Config, ip_allowed
 from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.errors import GatewayError
@@ -76,7 +77,7 @@ class GatewayApp:
         self.api = Api(self.store, self.tokens, config.api.public, clock=clock, metrics=self.metrics,
                        trusted_proxies=config.server.trusted_proxies)
         self.streams = Streams(self.api, self.store)
-        self.router = RequestIdMiddleware(
+        self.router = RequestIdMiddleware(BrowserHeadersMiddleware(
             Starlette(
                 routes=[
                     Route("/healthz", healthz),
@@ -90,7 +91,7 @@ class GatewayApp:
                 lifespan=self._lifespan,
                 exception_handlers=EXCEPTION_HANDLERS,
             )
-        )
+        ))
 
     async def _readyz(self, request: Request) -> Response:
         """Ready when the store takes a write within 2 s and every plugin runner is alive."""

@@ -6,12 +6,13 @@ once, headers decoded once, one future awaited for the group commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -20,12 +21,13 @@ from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
 from gateway._secret import SecretScanner
 from gateway.budget import ByteBudget
 from gateway.config import Config, SourceConfig
-from gateway.errors import GatewayError, send_problem
+from gateway.errors import GatewayError, Rejected, send_problem
 from gateway.limits import TokenBucket, client_address
 from gateway.metrics import UNKNOWN_SOURCE, Metrics
 from gateway.model import Outcome, Verified
 from gateway.routing import Router
 from gateway.schemes import all_schemes, get_scheme
+from gateway.schemes.spec import Headers
 from gateway.store import Receipt, Rejection, Store
 
 log = logging.getLogger("gateway.ingest")
@@ -37,6 +39,8 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 # of 500 events (75 KB each) in flight, several full groups, or 2,000 single events. Measured
 # under 128 concurrent batches: peak RSS 107 MB with it, 331 MB without.
 BODY_BUDGET_BYTES = 2 * 1024 * 1024
+# What a verifier run on an empty body can only have read from the headers.
+HEADER_CODES = frozenset({"missing_signature", "malformed_signature"})
 
 
 class ClientGone(Exception):
@@ -54,8 +58,8 @@ class _Seen:
         self.remote = remote  # the client's address (behind trusted proxies: from X-Forwarded-For)
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, seen: _Seen | None = None) -> bytes:
-    """The whole body, refused as soon as it is known to exceed `limit` bytes."""
+def check_declared(scope: Scope, limit: int, seen: _Seen | None = None) -> None:
+    """Refuse a body whose Content-Length exceeds `limit` bytes, before it is read."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if not value.isdigit():
@@ -67,6 +71,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int, seen: _Seen | No
                     "payload_too_large", f"body is {int(value)} bytes; the limit is {limit} bytes"
                 )
             break
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, seen: _Seen | None = None) -> bytes:
+    """The whole body, refused as soon as it is known to exceed `limit` bytes."""
+    check_declared(scope, limit, seen)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -110,7 +119,9 @@ class IngestApp:
         # Abuse limits (gateway/limits.py says where each applies and why).
         self.trusted_proxies = config.server.trusted_proxies
         self.max_in_flight = config.server.max_in_flight
+        self.client_share = max(1, self.max_in_flight // 2)  # what one client address may hold of it
         self.in_flight = 0
+        self.in_flight_by_client: dict[str | None, int] = {}
         now = clock()
         self.buckets = {name: TokenBucket(s.rate_limit, s.rate_burst, now)
                         for name, s in config.sources.items() if s.rate_limit}
@@ -119,11 +130,42 @@ class IngestApp:
         self._latency = {name: self.metrics.ingest_latency.labels(name) for name in self.sources}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.in_flight += 1  # counted until answered, whatever the answer
+        await self._serve(scope, receive, send)
+
+    @contextlib.contextmanager
+    def _admitted(self, remote: str | None) -> Iterator[None]:
+        """A place in flight while the body is read and stored, or 503 `overloaded` (gateway/limits.py)."""
+        if self.in_flight >= self.max_in_flight:  # 503, not 429: every sender retries a 5xx
+            raise GatewayError("overloaded", f"more than {self.max_in_flight} requests in flight; retry shortly",
+                               retry_after=1)
+        held = self.in_flight_by_client.get(remote, 0)
+        if held >= self.client_share:
+            raise GatewayError("overloaded", f"{held} requests from this client are in flight, its share of "
+                               f"max_in_flight; retry shortly", retry_after=1)
+        self.in_flight += 1
+        self.in_flight_by_client[remote] = held + 1
         try:
-            await self._serve(scope, receive, send)
+            yield
         finally:
             self.in_flight -= 1
+            if (left := self.in_flight_by_client[remote] - 1) > 0:
+                self.in_flight_by_client[remote] = left
+            else:
+                del self.in_flight_by_client[remote]
+
+    def _check_credential_shape(self, name: str, headers: Headers, now: float) -> None:
+        """Refuse a request whose credential header is missing or malformed, before its body.
+
+        The verifier is pure and reads its headers before the body, so run on an empty body it
+        raises `missing_signature` or `malformed_signature` only for what the headers alone show;
+        any other outcome (most often `bad_signature`: the body is not there) waits for the body."""
+        try:
+            self.verifiers[name](b"", headers, now, self.sources[name])
+        except Rejected as exc:
+            if exc.code in HEADER_CODES:
+                raise
+        except Exception:  # a verifier that needs the body to say anything: it is asked again with it
+            return
 
     def _remote(self, scope: Scope) -> str | None:
         client = scope.get("client")
@@ -188,9 +230,8 @@ class IngestApp:
             m.sender_clock_skew.labels(source).observe(verified.sent_at - received_at)
 
     async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str, seen: _Seen) -> bytes:
-        if self.in_flight > self.max_in_flight:  # 503, not 429: every sender retries a 5xx
-            raise GatewayError("overloaded", f"more than {self.max_in_flight} requests in flight; retry shortly",
-                               retry_after=1)
+        # Everything the head alone shows is answered at once, before the request takes a place
+        # in flight: only requests that may be authentic wait for their bodies there.
         source = self.sources.get(name)
         if source is None:
             raise GatewayError("unknown_source", f"no source named {name[:64]!r} is configured")
@@ -199,14 +240,17 @@ class IngestApp:
         remote = seen.remote
         if not source.allows(remote):
             raise GatewayError("ip_denied", f"{remote} is not in allow_ips for source {name!r}")
-        body = await read_body(scope, receive, self.max_body, seen)
-        seen.body = body
-        async with self.budget.hold(len(body)):
-            return await self._store(name, source, scope, body, remote, request_id)
-
-    async def _store(self, name: str, source: SourceConfig, scope: Scope, body: bytes, remote: str | None,
-                     request_id: str) -> bytes:
+        check_declared(scope, self.max_body, seen)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self._check_credential_shape(name, headers, self.clock())
+        with self._admitted(remote):
+            body = await read_body(scope, receive, self.max_body, seen)
+            seen.body = body
+            async with self.budget.hold(len(body)):
+                return await self._store(name, source, headers, body, remote, request_id)
+
+    async def _store(self, name: str, source: SourceConfig, headers: dict[str, str], body: bytes,
+                     remote: str | None, request_id: str) -> bytes:
         received_at = self.clock()
         verified = self.verifiers[name](body, headers, received_at, source)
         bucket = self.buckets.get(name)

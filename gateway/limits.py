@@ -5,13 +5,21 @@ gateway runs one event loop, so a plain attribute update is atomic with respect 
 
 Where each limit applies, and why there:
 
-- the global cap on requests in flight (`IngestApp`) is checked before a body is read: it is
-  the only limit that costs nothing and needs no trust, and it bounds buffered bodies to
-  `max_in_flight * max_body_bytes` whoever sends them;
+- what the request head alone shows is answered before the request takes a place in flight:
+  an unknown source, a wrong method, an address outside `allow_ips`, a declared body over the
+  limit, and a credential header that is missing or malformed for the source's scheme (the
+  verifier, run on an empty body, says `missing_signature` or `malformed_signature`). A flood
+  without well-formed credentials never waits for its bodies;
+- the global cap on requests in flight (`IngestApp`) is checked before a body is read: it costs
+  nothing and needs no trust, and it bounds buffered bodies to `max_in_flight * max_body_bytes`
+  whoever sends them. One client address (after `trusted_proxies`) may hold at most half of it,
+  so a slow-body flood from one address with forged but well-formed credentials leaves the
+  other half to everyone else;
 - a source's token bucket is charged only *after* the request authenticated: anyone can POST
   to `/hooks/metacopier`, and if forged requests drew from that bucket, a flood without the
   secret would make the real sender get 429s. Unauthenticated floods are bounded by the
-  in-flight cap instead, and leave nothing on disk but the bounded rejection log.
+  in-flight cap and its per-client share instead, and leave nothing on disk but the bounded
+  rejection log.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ def uvicorn_config(app: Any, server: ServerConfig, *, host: str, port: int, **op
         max_head_bytes = server.max_header_bytes
         client_timeout = server.client_timeout_seconds
         max_connections = server.max_connections
+        reserved_hook_connections = server.reserved_hook_connections
 
     settings: dict[str, Any] = {
         "lifespan": "on", "access_log": False, "server_header": False, "log_config": None,

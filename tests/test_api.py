@@ -917,3 +917,19 @@ def test_every_response_has_its_own_request_id(api_config: MakeConfig, serve: Se
     for r in responses:
         if r.status_code >= 400:
             assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/stats", "/api/v1/events"])
+@pytest.mark.parametrize(("name", "value"), [
+    ("until", "0001-01-01T00:00:00Z"), ("since", "9999-12-31T23:59:59-23:59"), ("since", "0001-01-01T00:00:00+00:01"),
+    ("until", "9999-12-31T23:59:59Z"), ("since", "1969-12-31T23:59:59Z"),
+])
+def test_out_of_range_times_are_400_on_every_endpoint(api_config: MakeConfig, serve: Serve, path: str, name: str,
+                                                      value: str) -> None:
+    """Times that overflow on conversion or on stats' one-day window were a plain-text 500
+    (issue 13, item 15); one parser checks every time parameter."""
+    gw = serve(api_config())
+    caller = reader(gw)
+    problem = assert_problem(caller.get(path, **{name: value}), 400, "invalid_parameter")
+    assert name in problem["detail"]
+    assert caller.get(path, since="1970-01-01T00:00:00Z", until="9999-12-30T00:00:00+05:00").status_code == 200

@@ -561,7 +561,8 @@ client_timeout_seconds = 2.5
     net = ipaddress.ip_network
     assert config.server == ServerConfig(
         trusted_proxies=(net("127.0.0.1/32"), net("10.0.0.0/8"), net("::1/128")), max_in_flight=1,
-        max_connections=1, max_header_bytes=1024, client_timeout_seconds=2.5)
+        max_connections=1, max_header_bytes=1024, client_timeout_seconds=2.5,
+        reserved_hook_connections=0)  # an eighth of max_connections unless set
     assert (config.sources["mc"].rate_limit, config.sources["mc"].rate_burst) == (0.5, 5)  # 10 s worth
     assert (config.sources["mc2"].rate_limit, config.sources["mc2"].rate_burst) == (20.0, 1)
 
@@ -575,6 +576,8 @@ LIMIT_ERRORS: list[tuple[str, str, str, str]] = [
      "must be between 1 and 100000, got 0"),
     ("connections-zero", "[server]\nmax_connections = 0\n" + MC_SOURCE, "server.max_connections",
      "must be between 1 and 1000000, got 0"),
+    ("reserve-all", "[server]\nmax_connections = 64\nreserved_hook_connections = 64\n" + MC_SOURCE,
+     "server.reserved_hook_connections", "must be from 0 to max_connections - 1, got 64"),
     ("header-too-small", "[server]\nmax_header_bytes = 1023\n" + MC_SOURCE, "server.max_header_bytes",
      "must be between 1024 and 1048576, got 1023"),
     ("header-float", "[server]\nmax_header_bytes = 2048.0\n" + MC_SOURCE, "server.max_header_bytes",

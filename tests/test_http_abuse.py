@@ -27,9 +27,11 @@ Serve = Callable[..., RunningGateway]
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def connect(gw: RunningGateway) -> socket.socket:
+def connect(gw: RunningGateway, source_address: str | None = None) -> socket.socket:
+    """A connection to the gateway, from `source_address` (any of 127.0.0.0/8) if given."""
     host, port = gw.url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
+    return socket.create_connection((host, int(port)), timeout=10,
+                                    source_address=None if source_address is None else (source_address, 0))
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> bool:
@@ -341,7 +343,8 @@ def test_requests_beyond_max_in_flight_get_503_then_succeed(make_config: Callabl
                                                            serve: Serve) -> None:
     gw = serve(make_config(server={"max_in_flight": 2}))
     requests = [mc_request(f"held-{i}") for i in range(2)]
-    with connect(gw) as first, connect(gw) as second:
+    # From two addresses: one client may hold only half of max_in_flight.
+    with connect(gw, "127.0.0.2") as first, connect(gw, "127.0.0.3") as second:
         held = [first, second]
         for sock, request in zip(held, requests, strict=True):
             sock.sendall(request[:-5])  # all but the last bytes of the body: the request stays in flight
@@ -502,3 +505,86 @@ def test_nothing_unauthenticated_is_stored_under_mixed_abuse(make_config: Callab
     wait_for(lambda: len(rejections(gw.app.config)) >= 20, what="20 rejections recorded")
     assert len(rejections(gw.app.config)) <= 40  # bounded: 20 per bucket (metacopier, unknown names)
     assert_serves(gw, "after-mixed-abuse")
+
+
+# --- connections reserved for webhooks ----------------------------------------------------------
+
+
+def test_connections_in_the_reserve_serve_only_hooks(make_config: Callable[..., Config], serve: Serve) -> None:
+    """Read clients (API, streams, WebSocket handshakes) cannot take the last
+    `reserved_hook_connections` connections: webhooks still get through (issue 13, item 4)."""
+    gw = serve(make_config(server={"max_connections": 20, "reserved_hook_connections": 8}))
+    idle = [connect(gw) for _ in range(12)]  # 12 open: every further connection is in the reserve
+    try:
+        wait_for(lambda: len(gw.server.server_state.connections) == 12)
+        for request in (b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+                        b"GET /api/v1/stream HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n",
+                        b"GET /api/v1/ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"):
+            with connect(gw) as sock:
+                sock.sendall(request)
+                reply = read_all(sock)  # answered, then closed by the server
+            assert status_of(reply) == 503 and problem_of(reply)["code"] == "overloaded", reply[:300]
+            assert header_of(reply, b"retry-after") == b"1" and b"reserved for webhooks" in reply
+        assert_serves(gw, "in-the-reserve")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: len(gw.server.server_state.connections) == 0)
+    assert gw.client.get("/healthz").status_code == 200
+
+
+# --- slow-body floods ---------------------------------------------------------------------------
+
+
+def _sender(gw: RunningGateway, position: str, budget: float) -> int | None:
+    """A real sender: signed, retried on 5xx with backoff (MetaCopier gives up after seconds)
+    until `budget` seconds have passed; the last status."""
+    deadline = time.monotonic() + budget
+    delay = 0.2
+    status = None
+    while True:
+        with connect(gw) as sock:
+            sock.sendall(mc_request(position))
+            status = status_of(read_all(sock, timeout=budget))
+        if (status is not None and status < 500) or time.monotonic() + delay > deadline:
+            return status
+        time.sleep(delay)
+        delay *= 2
+
+
+def test_a_slow_body_flood_does_not_starve_real_senders(make_config: Callable[..., Config], serve: Serve) -> None:
+    """300 connections send a head and then trickle their bodies, while real senders post: the
+    senders all get 200 within their retry budget (issue 13, item 2). Half the flood has no
+    credential header (refused at once, before the body), half a well-formed forged one from a
+    single address (it may hold only its share of max_in_flight)."""
+    gw = serve(make_config(server={"max_in_flight": 64}))
+    body = b'{"type": "position.opened", "position": {"id": "flood"}}' + b" " * 200
+    bare = (b"POST /hooks/metacopier HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(body))
+    forged = (b"POST /hooks/metacopier HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n" % len(body)
+              + b"X-MetaCopier-Timestamp: %d\r\n" % int(time.time() * 1000)
+              + b"X-MetaCopier-Signature: " + b"ab" * 32 + b"\r\n\r\n")
+    flood = [connect(gw, "127.0.0.2") for _ in range(300)]
+    try:
+        for i, sock in enumerate(flood):
+            sock.sendall((bare if i % 2 else forged) + body[:1])
+        wait_for(lambda: gw.app.ingest.in_flight >= 32, what="the forged half to hold its share")
+        with dribbling(flood, body[1:], interval=0.5):
+            results: dict[int, int | None] = {}
+
+            def send_one(i: int) -> None:
+                results[i] = _sender(gw, f"through-the-flood-{i}", budget=6)
+
+            senders = [threading.Thread(target=send_one, args=(i,)) for i in range(40)]
+            for thread in senders:
+                thread.start()
+            for thread in senders:
+                thread.join(30)
+            assert results == dict.fromkeys(range(40), 200)
+            assert gw.app.ingest.in_flight_by_client == {"127.0.0.2": 32}  # still holding, still trickling
+        bare_replies = [read_reply(sock, timeout=5) for sock in flood[1::2]]
+        assert all(status_of(r) == 401 and b"missing_signature" in r for r in bare_replies)
+    finally:
+        for sock in flood:
+            sock.close()
+    assert stored(gw) == 40

@@ -259,7 +259,9 @@ def test_declared_oversize_body_is_refused_before_it_is_sent(make_config: Callab
 def test_streamed_oversize_body_is_refused_while_streaming(make_config: Callable[..., Config],
                                                             serve: Serve) -> None:
     gw = serve(make_config(server={"max_body_bytes": 4096}))
-    head = b"POST /hooks/tradrapi HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # A well-formed (if wrong) credential: a request without one is refused before its body.
+    head = (b"POST /hooks/tradrapi HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"x-webhook-secret: " + b"0" * 40 + b"\r\n\r\n")
     chunk = b"1000\r\n" + b"x" * 4096 + b"\r\n"
     # Two 4 KiB chunks exceed the limit; the body is never terminated, so a 413 can only
     # come from the server refusing while the body is still streaming.

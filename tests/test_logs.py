@@ -50,3 +50,21 @@ def test_text_format_for_terminals_includes_the_request_id() -> None:
         logs.request_id.reset(token)
     assert "request rejected [abc123] code=bad_signature" in line
     assert data["request_id"] == "abc123" and data["code"] == "bad_signature" and data["level"] == "warning"
+
+
+def test_uvicorn_lines_carry_no_color_message_nor_ansi_escapes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn's own lines ("Started server process", "Uvicorn running on") come with a
+    `color_message` extra holding ANSI escapes: neither format may show it (issue 13, item 21)."""
+    import signal
+
+    proc, _ = start(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    lines = [orjson.loads(line) for line in (tmp_path / "run.log").read_text().splitlines() if line.strip()]
+    assert any(line["logger"].startswith("uvicorn") for line in lines)
+    assert not [line for line in lines if "color_message" in line or "\x1b" in orjson.dumps(line).decode()]
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (42,), None)
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+    for formatter in (logs.TextFormatter(), logs.JsonFormatter()):
+        text = formatter.format(record)
+        assert "Started server process [42]" in text and "\x1b" not in text and "color_message" not in text

@@ -111,6 +111,8 @@ class ServerConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_in_flight: int = 256
     max_connections: int = 2048
+    # Connections only /hooks/ may use: streams and API are refused beyond max_connections - this.
+    reserved_hook_connections: int = 256
     max_header_bytes: int = 16384
     client_timeout_seconds: float = 30.0
 

@@ -110,6 +110,12 @@ def _limits(c: Checker, srv: Mapping[str, Any]) -> dict[str, Any]:
         if not low <= value <= high:
             c.error(f"server.{name}", f"must be between {low} and {high}, got {value}")
         limits[name] = value
+    # An eighth of the connections by default, so a smaller max_connections never makes it invalid.
+    reserved = c.get(srv, "server.reserved_hook_connections", "reserved_hook_connections", int,
+                     limits["max_connections"] // 8)
+    if not 0 <= reserved < limits["max_connections"]:
+        c.error("server.reserved_hook_connections", f"must be from 0 to max_connections - 1, got {reserved}")
+    limits["reserved_hook_connections"] = reserved
     limits["client_timeout_seconds"] = c.number(srv, "server", "client_timeout_seconds", 30.0, 1, 3600)
     return limits
 
@@ -169,7 +175,8 @@ def parse_config(
     c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients", "metrics"})
 
     srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds", "trusted_proxies",
-                                   "max_in_flight", "max_connections", "max_header_bytes", "client_timeout_seconds"})
+                                   "max_in_flight", "max_connections", "max_header_bytes", "client_timeout_seconds",
+                                   "reserved_hook_connections"})
     port = c.get(srv, "server.port", "port", int, 8080)
     if not 0 <= port <= 65535:
         c.error("server.port", f"must be between 0 and 65535, got {port}")

@@ -5,6 +5,7 @@ See shared/docs/senders.md. The timestamp header is in milliseconds.
 
 from __future__ import annotations
 
+import re
 import secrets as _random
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -38,6 +39,9 @@ SIGNATURE_HEADERS = ("X-MetaCopier-Signature", "X-Webhook-Signature")
 TIMESTAMP_HEADER = "x-metacopier-timestamp"
 ATTEMPT_HEADER = "x-metacopier-delivery-attempt"
 DEFAULT_ID_PATHS = ("position.id", "ticket")
+# `<digits>.` opening a body sent without a timestamp: a timestamped request (signed over
+# `<ts>.<body>`) replayed with its timestamp moved into the body. No JSON object starts so.
+MOVED_TIMESTAMP = re.compile(rb"[0-9]+\.")
 # MetaCopier: "use the position id and timestamp to deduplicate". The event's own time tells two
 # occurrences of one position apart (an MT5 partial close keeps the position id).
 OCCURRENCE_TIME = {
@@ -86,6 +90,12 @@ def _check_hmac(body: bytes, headers: Headers, now: float, source: SourceConfig)
                 "missing_signature",
                 "the X-MetaCopier-Timestamp header is missing; enable 'Include timestamp in "
                 "signature' at MetaCopier or set require_timestamp = false for this source",
+            )
+        if MOVED_TIMESTAMP.match(body):
+            raise Rejected(
+                "bad_signature",
+                "a body that starts with digits and '.' is refused without X-MetaCopier-Timestamp: "
+                "that is a timestamped request replayed with its timestamp moved into the body",
             )
         expected = (hmac_sha256_hex(s.key, body) for s in source.secrets)
         sent_at = None

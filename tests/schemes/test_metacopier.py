@@ -585,3 +585,30 @@ def test_property_authentic_body_never_raises(body: bytes) -> None:
         assert event.event_type.strip()
         assert event.entity_id
         assert event.identity and len(event.fingerprint) == 32
+
+
+def test_timestamp_moved_into_the_body_is_refused_when_timestamp_not_required() -> None:
+    """A captured timestamped request, replayed with `<ts>.` moved into the body and the header
+    dropped, carried a valid body-only signature over `<ts>.<body>` (issue 13, item 9)."""
+    replayed = f"{MC_TS}.".encode() + MC_BODY
+    exc = rejected(replayed, {"x-metacopier-signature": SIG_TS}, source=NO_TS)
+    assert exc.code == "bad_signature" and "timestamp moved into the body" in exc.detail
+    for body in (b"7.", b"0." + MC_BODY):  # however short the digits
+        headers = {"x-metacopier-signature": hmac_sha256_hex(MC_SECRET.encode(), body)}
+        assert rejected(body, headers, source=NO_TS).code == "bad_signature"
+    # Bodies that do not start with digits and '.' still verify over the body alone.
+    for body in (b" 1.5", b"12", b"x1.", MC_BODY):
+        headers = {"x-metacopier-signature": hmac_sha256_hex(MC_SECRET.encode(), body)}
+        assert metacopier.verify(body, headers, 0.0, NO_TS).sent_at is None
+
+
+def test_moved_timestamp_replay_is_not_stored(make_config, serve) -> None:  # type: ignore[no-untyped-def]
+    """The same through the real app: the replay was a 200 and a new quarantined event; now a 401."""
+    from tests.conftest import mc_sign
+
+    gw = serve(make_config(only=[source_table("mc", "metacopier", require_timestamp=False)]))
+    headers = mc_sign(MC_BODY)
+    assert gw.post("/hooks/mc", MC_BODY, headers).status_code == 200
+    replayed = headers["X-MetaCopier-Timestamp"].encode() + b"." + MC_BODY
+    r = gw.post("/hooks/mc", replayed, {"X-MetaCopier-Signature": headers["X-MetaCopier-Signature"]})
+    assert r.status_code == 401 and r.json()["code"] == "bad_signature"  # refused: nothing of it is stored
