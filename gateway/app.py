@@ -94,7 +94,9 @@ class GatewayApp:
         ))
 
     async def _readyz(self, request: Request) -> Response:
-        """Ready when the store takes a write within 2 s and every plugin runner is alive."""
+        """Ready when the store takes a write within 2 s: only the store, since load balancers
+        act on it and a plugin problem on every instance must not take ingest out of rotation.
+        The body also has each plugin's health (`ok`, `degraded`, `failed`) and why."""
         checks: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.store.check_writable(), READY_TIMEOUT)
@@ -103,10 +105,12 @@ class GatewayApp:
             checks["store"] = f"the writer did not commit within {READY_TIMEOUT:g} s (stalled or locked)"
         except Exception as exc:
             checks["store"] = f"not writable: {exc}"
+        plugins: dict[str, dict[str, str]] = {}
         for name, runner in self.fanout.runners.items():
-            checks[f"plugin:{name}"] = "ok" if runner.running else "not running"
-        ready = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+            health, reason = runner.health(runner.clock())
+            plugins[name] = {"health": health} if reason is None else {"health": health, "reason": reason}
+        ready = checks["store"] == "ok"
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks, "plugins": plugins},
                             status_code=200 if ready else 503)
 
     async def _metrics(self, request: Request) -> Response:

@@ -8,6 +8,11 @@ event), each under a lease that it renews while they wait and run; it runs up to
 head of each position's line), and records outcomes in batches, under their claim ids,
 through the store's single writer. What a runner holds is in the store, not in the runner:
 a claimed delivery is handed to nobody else until its outcome is recorded or its lease ends.
+
+A plugin that cannot start never stops the gateway: ingest goes on, its deliveries wait
+(pending), the log says why, and its start is retried with backoff. Its health (`ok`,
+`degraded`, `failed`) is in /readyz's body and in `gateway_plugin_health`, never in /readyz's
+status: a plugin problem on every instance must not take ingest out of a load balancer.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ POLL_SECONDS = 1.0  # also picks up `gateway replay` from another process
 STATS_SECONDS = 1.0
 LEASE_SECONDS = 10.0  # a claim's lease: how long a crashed runner's deliveries wait for another
 RENEW_SECONDS = LEASE_SECONDS / 3  # held claims are renewed this often, long before they end
+START_RETRY_SECONDS = 1.0  # a plugin that cannot start is tried again after this, doubling
+START_RETRY_MAX_SECONDS = 60.0
 
 
 def backoff(config: PluginConfig, attempts: int, rng: random.Random) -> float:
@@ -61,6 +68,11 @@ class PluginRunner:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self._started = False
+        self._start_error: str | None = None  # why the plugin cannot start, while it cannot
+        self._starting: asyncio.Task[None] | None = None  # the start retried in the background
+        self._last_error: str | None = None  # the latest attempt's error; None after a success
+        self._oldest_pending_at: float | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -69,15 +81,65 @@ class PluginRunner:
     def running(self) -> bool:
         return self._loop_task is not None and not self._loop_task.done()
 
+    def health(self, now: float) -> tuple[str, str | None]:
+        """`ok`, `degraded` or `failed`, and why when not `ok`."""
+        if self._start_error is not None:
+            return "failed", f"cannot start: {self._start_error}"
+        if self._started and not self._stopping and not self.running:
+            return "failed", "its runner stopped"
+        limit = self.config.degraded_after_seconds
+        if self._oldest_pending_at is not None and now - self._oldest_pending_at > limit:
+            return "degraded", (f"the oldest pending delivery is {now - self._oldest_pending_at:.0f} s old "
+                                f"(degraded_after_seconds = {limit:g})")
+        if self._last_error is not None:
+            return "degraded", f"the latest delivery attempt failed: {self._last_error}"
+        return "ok", None
+
+    def _report_health(self) -> None:
+        self.metrics.set_plugin_health(self.name, self.health(self.clock())[0])
+
     async def start(self) -> None:
-        await self.plugin.start()
+        """Start the plugin. One that cannot start is logged and retried in the background:
+        this never raises, and ingest never waits for a plugin."""
         self.metrics.add_plugin(self.name)
+        if not await self._try_start(attempt=1):
+            self._starting = asyncio.create_task(self._start_later(), name=f"plugin-{self.name}-start")
+
+    async def _try_start(self, attempt: int) -> bool:
+        try:
+            await self.plugin.start()
+        except Exception as exc:
+            self._start_error = _describe(exc)
+            self._report_health()
+            log.error("plugin %s cannot start (attempt %d), its deliveries wait: %s",
+                      self.name, attempt, self._start_error)
+            return False
+        if self._start_error is not None:
+            log.warning("plugin %s started at attempt %d: delivering its pending events", self.name, attempt)
+        self._start_error = None
+        self._started = True
         self._loop_task = asyncio.create_task(self._loop(), name=f"plugin-{self.name}")
         self._renewing = asyncio.create_task(self._renew_loop(), name=f"plugin-{self.name}-leases")
+        self._report_health()
+        return True
+
+    async def _start_later(self) -> None:
+        attempt = 1
+        while True:
+            ceiling = min(START_RETRY_MAX_SECONDS, START_RETRY_SECONDS * 2 ** (attempt - 1))
+            await asyncio.sleep(self._rng.uniform(ceiling / 2, ceiling))
+            attempt += 1
+            await self._refresh_stats(self.clock())  # its backlog keeps being reported
+            if await self._try_start(attempt):
+                return
 
     async def stop(self, grace: float) -> None:
         """Stop taking deliveries, let those in flight finish for `grace` s, then cancel them."""
         self._stopping = True
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
         if self._loop_task is not None:
             # The loop may be waiting for a slot that hanging deliveries hold: cancel it.
             self._loop_task.cancel()
@@ -100,6 +162,8 @@ class PluginRunner:
         except Exception as exc:  # their leases end by themselves
             log.warning("plugin %s: cannot release %d claim(s): %s", self.name, len(self._held), exc)
         self._held.clear()
+        if not self._started:
+            return  # never started: nothing to stop
         try:
             await self.plugin.stop()
         except Exception:
@@ -160,10 +224,12 @@ class PluginRunner:
         except asyncio.CancelledError:
             raise  # shutdown: still held, released by stop(), delivered after restart
         except PermanentFailure as exc:
-            result = self._dead(claim, f"permanent failure: {_describe(exc)}")
+            self._last_error = f"permanent failure: {_describe(exc)}"
+            result = self._dead(claim, self._last_error)
         except Exception as exc:
             error = (f"timed out after {self.config.timeout_seconds:g} s" if isinstance(exc, TimeoutError)
                      else _describe(exc))
+            self._last_error = error
             if event.attempt >= self.config.max_attempts:
                 result = self._dead(claim, f"{error} (attempt {event.attempt} of {self.config.max_attempts})")
             else:
@@ -174,12 +240,14 @@ class PluginRunner:
                          self.name, event.id, event.attempt, error)
                 result = DeliveryResult(claim.delivery_id, claim.claim_id, "pending", retry_at, error)
         else:
+            self._last_error = None
             self.metrics.deliveries.labels(self.name, "delivered").inc()
             self.metrics.delivery_latency.labels(self.name).observe(max(0.0, self.clock() - event.received_at))
             result = DeliveryResult(claim.delivery_id, claim.claim_id, "delivered")
         finally:
             self.metrics.delivery_attempt_duration.labels(self.name).observe(time.monotonic() - started)
             self._slots.release()
+            self._report_health()
         self._results.append(result)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_loop())
@@ -219,6 +287,8 @@ class PluginRunner:
         age = 0.0 if stats.oldest_pending_at is None else max(0.0, now - stats.oldest_pending_at)
         self.metrics.delivery_oldest_pending_age.labels(self.name).set(age)
         self.metrics.dead_letters.labels(self.name).set(stats.dead)
+        self._oldest_pending_at = stats.oldest_pending_at
+        self._report_health()
 
 
 def _describe(exc: BaseException) -> str:
@@ -241,15 +311,9 @@ class Fanout:
                 runner.wake()
 
     async def start(self) -> None:
-        started: list[PluginRunner] = []
-        try:
-            for runner in self.runners.values():
-                await runner.start()
-                started.append(runner)
-        except BaseException:
-            for runner in started:
-                await runner.stop(0)
-            raise
+        """Start every runner; a plugin that cannot start keeps retrying in the background."""
+        for runner in self.runners.values():
+            await runner.start()
 
     async def stop(self, grace: float = 5.0) -> None:
         await asyncio.gather(*(runner.stop(grace) for runner in self.runners.values()))

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+PLUGIN_HEALTH = ("ok", "degraded", "failed")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 INGEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -48,6 +50,11 @@ class Metrics:
         self.dead_letters = Gauge(
             "gateway_delivery_dead_letters", "Deliveries dead-lettered and not replayed since.", ["plugin"],
             registry=r,
+        )
+        self.plugin_health = Gauge(
+            "gateway_plugin_health", "1 for the plugin's current health (ok; degraded: its oldest pending "
+            "delivery is older than degraded_after_seconds, or its latest attempt failed; failed: it cannot "
+            "start), 0 for the others.", ["plugin", "health"], registry=r,
         )
         # ingest
         self.requests = Counter("gateway_requests", "Webhook requests by source ('?' for unknown names).",
@@ -109,3 +116,8 @@ class Metrics:
         self.delivery_backlog.labels(plugin).set(0)
         self.delivery_oldest_pending_age.labels(plugin).set(0)
         self.dead_letters.labels(plugin).set(0)
+        self.set_plugin_health(plugin, "ok")
+
+    def set_plugin_health(self, plugin: str, health: str) -> None:
+        for value in PLUGIN_HEALTH:
+            self.plugin_health.labels(plugin, value).set(1 if value == health else 0)

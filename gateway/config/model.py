@@ -61,6 +61,7 @@ class PluginConfig:
     concurrency: int = 4
     retry_backoff_seconds: float = 1.0
     retry_backoff_max_seconds: float = 300.0
+    degraded_after_seconds: float = 300.0  # health `degraded` once the oldest pending is older
     # Options can hold secrets (the http plugin's): never shown in repr or logs.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

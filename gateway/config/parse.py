@@ -51,6 +51,7 @@ def _plugin(c: Checker, raw: Any, index: int) -> PluginConfig | None:
     allowed = {
         "name", "use", "sources", "events", "quarantined", "max_attempts", "timeout_seconds",
         "concurrency", "retry_backoff_seconds", "retry_backoff_max_seconds", "options",
+        "degraded_after_seconds",
     }
     c.unknown(raw, key, allowed)
     before = len(c.errors)
@@ -81,6 +82,7 @@ def _plugin(c: Checker, raw: Any, index: int) -> PluginConfig | None:
         concurrency=concurrency,
         retry_backoff_seconds=c.number(raw, key, "retry_backoff_seconds", 1.0, 0.001, 3600),
         retry_backoff_max_seconds=c.number(raw, key, "retry_backoff_max_seconds", 300.0, 0.001, 86400),
+        degraded_after_seconds=c.number(raw, key, "degraded_after_seconds", 300.0, 0.001, 30 * 86400),
         options=MappingProxyType(dict(options)),
     )
     return None if len(c.errors) > before else plugin

@@ -48,8 +48,9 @@ class Plugin(Protocol):
         """Handle one event. Return to acknowledge; raise to retry; PermanentFailure to dead-letter."""
 
     async def start(self) -> None:
-        """Called once before the first delivery (open files, connections); if it raises, the
-        gateway does not start."""
+        """Called before the first delivery (open files, connections). If it raises, the
+        gateway runs on: the plugin's deliveries wait (pending), its health reads `failed`, and
+        `start` is called again with backoff until it returns."""
 
     async def stop(self) -> None:
         """Called once at shutdown, after the last delivery has finished or been cancelled;

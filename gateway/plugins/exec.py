@@ -15,8 +15,12 @@ GATEWAY_RECEIVED_AT (ISO 8601, UTC), GATEWAY_ATTEMPT and GATEWAY_PLUGIN (the plu
 
 Exit status 0 acknowledges; 65 (EX_DATAERR) dead-letters the event; anything else, 75
 (EX_TEMPFAIL) included, asks for a retry. The last 500 bytes of stderr go into the error
-message; stdout is discarded. The command runs in its own process group: when the gateway
-gives up on a delivery (its timeout cancels `deliver`), the whole group is killed and reaped.
+message, and only those are kept, however much the command writes; stdout is discarded.
+
+The command runs in its own process group: when the gateway gives up on a delivery (its
+timeout cancels `deliver`) or shuts down, the whole group is killed and reaped. If the gateway
+dies (even by SIGKILL), the command and the processes of its group die too (`_reaper`). A
+process that leaves the group (`setsid`) or outlives a command that exited is on its own.
 """
 
 from __future__ import annotations
@@ -25,19 +29,21 @@ import asyncio
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from gateway.model import iso_utc
 from gateway.plugins import Event, PermanentFailure, PluginContext
+from gateway.plugins._reaper import DIE_WITH_PARENT, Reaper
 from gateway.plugins.options import check_keys, optional_string, string_table
 
 EX_DATAERR = 65
 STDERR_TAIL = 500
+STDERR_CHUNK = 65536
+STDERR_GRACE = 0.5  # after the command exits, how long a background process may hold stderr open
 _POSIX = os.name == "posix"
 
 
@@ -58,15 +64,18 @@ class ExecPlugin:
         self.command = list(command)
         self.env = dict(env or {})
         self.cwd = cwd
+        self._reaper = Reaper()
 
     def __repr__(self) -> str:
         return f"ExecPlugin({self.name!r}, {self.command!r})"
 
     async def start(self) -> None:
-        """Nothing to open: every delivery runs its own process."""
+        """Start the reaper that ends running commands if the gateway dies."""
+        self._reaper.start()
 
     async def stop(self) -> None:
-        """Nothing to close: no process outlives its delivery."""
+        """Every delivery has ended (its command killed if it was cancelled): end the reaper."""
+        await asyncio.to_thread(self._reaper.close)
 
     def environment(self, event: Event) -> dict[str, str]:
         return {
@@ -88,24 +97,44 @@ class ExecPlugin:
         }
 
     async def deliver(self, event: Event) -> None:
-        # stderr goes to an unlinked file, not a pipe: a background process that inherits it
-        # cannot hold the delivery open after the command itself has exited.
-        with tempfile.TemporaryFile() as stderr:
+        # stderr is a pipe of our own, read as it comes, keeping its tail: never a file on disk,
+        # and closed by us even when a background process still holds its other end.
+        read_fd, write_fd = os.pipe()
+        try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
-                cwd=self.cwd, env=self.environment(event), start_new_session=_POSIX,
+                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=write_fd,
+                cwd=self.cwd, env=self.environment(event), start_new_session=_POSIX, preexec_fn=DIE_WITH_PARENT,
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._reaper.hold(proc.pid)  # its group's id: it leads a new session
+        reader = asyncio.StreamReader()
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), open(read_fd, "rb", buffering=0))  # noqa: SIM115 (the transport closes it)
+        stderr = asyncio.create_task(_tail(reader))
+        try:
             try:
                 _, code = await asyncio.gather(_feed(proc, orjson.dumps(event.to_json()) + b"\n"), proc.wait())
             except BaseException:  # cancelled by the gateway's timeout, or shutting down: leave no orphan
                 _kill(proc)
                 await asyncio.shield(proc.wait())
                 raise
-            if code == 0:
-                return
-            tail = _tail(stderr)
+            finally:
+                self._reaper.release(proc.pid)
+            # A background process may still hold stderr open: the delivery ends with the command.
+            done, _ = await asyncio.wait({stderr}, timeout=STDERR_GRACE)
+            tail = stderr.result() if done else b""
+        finally:
+            stderr.cancel()
+            transport.close()
+        if code == 0:
+            return
+        text = tail.decode("utf-8", "replace").strip()
         what = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        message = f"{self.command[0]} {what}" + (f"; stderr: {tail}" if tail else "")
+        message = f"{self.command[0]} {what}" + (f"; stderr: {text}" if text else "")
         if code == EX_DATAERR:
             raise PermanentFailure(message)
         raise CommandFailed(message, code)
@@ -122,11 +151,12 @@ async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
         proc.stdin.close()
 
 
-def _tail(file: IO[bytes]) -> str:
-    """The last STDERR_TAIL bytes the command wrote to `file`."""
-    size = file.seek(0, os.SEEK_END)
-    file.seek(max(0, size - STDERR_TAIL))
-    return file.read().decode("utf-8", "replace").strip()
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    """Read `stream` to its end, keeping only its last STDERR_TAIL bytes."""
+    kept = b""
+    while chunk := await stream.read(STDERR_CHUNK):
+        kept = (kept + chunk)[-STDERR_TAIL:]
+    return kept
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import signal
 import stat
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from gateway.plugins import Event, PermanentFailure, PluginContext
 from gateway.plugins.exec import CommandFailed, ExecPlugin, factory
-from tests.conftest import wait_for_async
+from tests.conftest import MC_BODY, MC_SECRET, free_port, mc_sign, run_gateway, wait_for, wait_for_async
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +210,68 @@ async def test_a_background_process_does_not_hold_the_delivery(make_plugin: Call
 def test_bad_options_are_config_errors(options: dict[str, Any], message: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=message):
         factory(options, PluginContext("notify", tmp_path))
+
+
+@pytest.fixture
+def small_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The temporary folder on a 1 MiB filesystem of its own: a file written there fills up for real."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a real small filesystem needs root (mount)")
+    mount = tmp_path / "tmp"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(mount))
+    monkeypatch.setenv("TMPDIR", str(mount))
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_stderr_is_kept_as_a_bounded_tail_never_on_disk(make_plugin: Callable[..., ExecPlugin],
+                                                              small_tmp: Path) -> None:
+    """Item 14: 8 MB of stderr neither fills a disk nor memory; the error holds its last bytes."""
+    program = ("import sys; err = sys.stderr.buffer;"
+               "[err.write(b'x' * 65536) for _ in range(128)]; err.write(b'\\nthe last words'); sys.exit(3)")
+    with pytest.raises(CommandFailed) as failed:
+        await asyncio.wait_for(make_plugin(program).deliver(make_event()), timeout=30)
+    message = str(failed.value)
+    assert message.endswith("stderr: " + "x" * (500 - len("\nthe last words")) + "\nthe last words"), message[-600:]
+    assert failed.value.returncode == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_sigkilled_gateway_leaves_no_command_or_grandchild_running(tmp_path: Path) -> None:
+    """Item 14: `gateway run` killed with SIGKILL while an exec command and the child it started
+    run: both end with the gateway."""
+
+
+    pids = tmp_path / "pids"
+    program = ("import os, subprocess, sys, time;"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']);"
+               "open(sys.argv[1], 'w').write(f'{os.getpid()} {child.pid}\\n'); time.sleep(300)")
+    command = json.dumps([sys.executable, "-c", program, str(pids)])
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[store]\npath = "gateway.db"\n\n[[sources]]\nname = "metacopier"\nscheme = "metacopier"\n'
+                      f'secret = "{MC_SECRET}"\n\n[[plugins]]\nname = "notify"\nuse = "exec"\n'
+                      f'timeout_seconds = 600\n[plugins.options]\ncommand = {command}\n')
+    config.chmod(0o600)
+    port = free_port()
+    proc = run_gateway(["run", "--config", str(config), "--port", str(port)], cwd=tmp_path, port=port,
+                       log=tmp_path / "gateway.log")
+    running: list[int] = []
+    try:
+        assert httpx.post(f"http://127.0.0.1:{port}/hooks/metacopier", content=MC_BODY, headers=mc_sign(MC_BODY),
+                          timeout=10).status_code == 200
+        wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 20, "the command to start its child")
+        running = [int(pid) for pid in pids.read_text().split()]
+        assert all(pid_alive(pid) for pid in running)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_for(lambda: not any(pid_alive(pid) for pid in running), 10, "the command and its child to end",
+                 seen=lambda: [pid for pid in running if pid_alive(pid)])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -168,3 +168,37 @@ def test_a_lock_held_by_another_process_gets_503_and_clears(tmp_path: Path, serv
     assert gw.client.get("/readyz").status_code == 200
     gw.__exit__()
     assert stored_positions(db) == {"fault-1", "fault-5"}
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_file_deleted_or_replaced_while_running_gets_503_until_it_is_back(
+        tmp_path: Path, serve: Serve, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Item 11: the path no longer names the open store. Ingest and /readyz answer 503, no new
+    empty store is created in its place, and putting the original file back resumes ingest."""
+    db = tmp_path / "gateway.db"
+    gw = serve(config_for(db))
+    assert post_event(gw, 1)[0] == 200
+    aside = tmp_path / "aside.db"
+    os.link(db, aside)  # a second name, so that the operator can put it back
+    db.unlink()  # `rm gateway.db`
+    if how == "replaced":  # e.g. an old backup copied over it
+        other = tmp_path / "old-backup.db"
+        with sqlite3.connect(other) as conn:
+            conn.execute("CREATE TABLE other (x)")
+        conn.close()
+        shutil.copyfile(other, db)
+    for n in range(2, 5):
+        status, body = post_event(gw, n)
+        assert status == 503 and body["code"] == "store_unavailable", (status, body)
+        assert how in body["detail"], body
+    ready = gw.client.get("/readyz")
+    assert ready.status_code == 503 and how in ready.json()["checks"]["store"], ready.json()
+    assert db.exists() == (how == "replaced")  # never a new empty store in its place
+    assert any(how in r.getMessage() and str(db) in r.getMessage() for r in caplog.records), caplog.text
+
+    aside.replace(db)  # the operator puts the original file back
+    status, _ = until_ok(gw, 5)
+    assert status == 200
+    assert gw.client.get("/readyz").status_code == 200
+    gw.__exit__()
+    assert stored_positions(db) == {"fault-1", "fault-5"}  # nothing refused went into the old file

@@ -4,11 +4,19 @@
 BEGIN IMMEDIATE, the dedup lookup and inserts of every queued request, the other queued
 writes, COMMIT. A lock held by another process fails the group after `busy_timeout` without
 a reset; any other SQLite error resets the connection, and the next group reopens it.
+
+Before each group the writer checks, with one `stat`, that the store's path still names the
+file it opened (same device and inode). A file deleted, renamed or replaced under a running
+gateway fails every group with `StoreMoved` (503 `store_unavailable`, in /readyz too) until
+the path names that file again: writing on would put acknowledged events in a file that the
+next start no longer finds, and opening the path afresh would start an empty store without
+the dedup history. The connection stays open meanwhile: it holds the deleted file's data.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +74,18 @@ def connect(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Conne
     return conn
 
 
+class StoreMoved(Exception):
+    """The store's path no longer names the file this gateway opened (deleted or replaced)."""
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class SQLiteTransactor:
     """The writer's connection, opened lazily, used only from the committer's thread."""
 
@@ -74,11 +94,33 @@ class SQLiteTransactor:
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the store once opened
+        self._moved = False
 
     def _connection(self) -> sqlite3.Connection:
+        self._check_file()  # also before a reopen: never create a new store in the old one's place
         if self._conn is None:
             self._conn = connect(self.path, self.synchronous, self.busy_timeout_ms)
+            if self._file is None:
+                self._file = _file_id(self.path)
         return self._conn
+
+    def _check_file(self) -> None:
+        """One stat per group: does the path still name the store this gateway opened?"""
+        if self._file is None:
+            return
+        now = _file_id(self.path)
+        if now != self._file:
+            what = "deleted or moved away" if now is None else "replaced by another file"
+            if not self._moved:
+                self._moved = True
+                log.error("the event store %s was %s while the gateway ran: ingest answers 503 until the path "
+                          "names the original file again, or the gateway is restarted (docs/security.md, "
+                          "item 11)", self.path, what)
+            raise StoreMoved(f"the store's file was {what} while the gateway ran")
+        if self._moved:
+            self._moved = False
+            log.warning("the event store %s is back at its path: ingest resumes", self.path)
 
     def open(self) -> None:
         try:
@@ -114,6 +156,8 @@ class SQLiteTransactor:
         return isinstance(error, sqlite3.Error) and not is_busy(error)
 
     def unavailable(self, error: BaseException) -> StoreUnavailable:
+        if isinstance(error, StoreMoved):
+            return StoreUnavailable(f"{error}; retry later")
         if isinstance(error, sqlite3.Error):
             return StoreUnavailable()
         return StoreUnavailable(f"the store refused the write: {error}")
