@@ -8,9 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import Config, parse_config
+from gateway.config.paths import resolve_state_dir
 from gateway.schemes import BUILTIN, get_scheme
 
 SECRETS_FILE = Path("var/secrets.toml")
+
+
+def default_state_dir(base_dir: Path) -> Path:
+    """Where the embedded default keeps var/ (its secrets and its store)."""
+    return resolve_state_dir(base_dir, None, os.environ)
 
 
 def _generate() -> dict[str, str]:
@@ -18,14 +24,16 @@ def _generate() -> dict[str, str]:
     return {name: get_scheme(name).new_secret() for name in BUILTIN}
 
 
-def load_or_create_secrets(base_dir: Path, announce: Callable[[str], None]) -> dict[str, str]:
-    """Read var/secrets.toml, or create it (mode 0600) and announce the secrets once."""
+def load_or_create_secrets(base_dir: Path, announce: Callable[[str], None], *, create: bool = True) -> dict[str, str]:
+    """Read var/secrets.toml, or create it (mode 0600) and announce the secrets once. Only
+    `gateway run` creates it (`create`); otherwise a missing file raises FileNotFoundError."""
     path = base_dir / SECRETS_FILE
     try:
         with path.open("rb") as fh:
             return {k: str(v) for k, v in tomllib.load(fh).items()}
     except FileNotFoundError:
-        pass
+        if not create:
+            raise
     path.parent.mkdir(parents=True, exist_ok=True)
     values = _generate()
     text = "".join(f'{name} = "{value}"\n' for name, value in values.items())
@@ -40,8 +48,11 @@ def load_or_create_secrets(base_dir: Path, announce: Callable[[str], None]) -> d
     return values
 
 
-def default_config(base_dir: Path, announce: Callable[[str], None] = print) -> Config:
-    found = load_or_create_secrets(base_dir, announce)
+def default_config(base_dir: Path, announce: Callable[[str], None] = print, *, create: bool = True) -> Config:
+    """The embedded default for the working folder `base_dir`: its data (var/) goes in the state
+    directory, which is `base_dir` unless systemd's STATE_DIRECTORY names one. `create=False`
+    (every command but `run`): FileNotFoundError rather than generating secrets."""
+    found = load_or_create_secrets(default_state_dir(base_dir), announce, create=create)
     data = {
         "sources": [{"name": name, "scheme": name, "secrets": [found[name]]} for name in found],
         "store": {"path": "var/gateway.db"},
