@@ -86,7 +86,7 @@ def local_url(config: Config) -> str:
     return recorded or _reachable_url(config.server.host, config.server.port)
 
 
-def base_url(value: str | None) -> str | None:
+def base_url(_ctx: click.Context | None, _param: click.Parameter | None, value: str | None) -> str | None:
     """Check a --url: the gateway's base URL, http(s)://host[:port] (a path prefix is allowed
     behind a proxy); a webhook or API path is refused, so `send` and `tail` take the same thing."""
     if value is None:
@@ -184,17 +184,20 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
             if self.started and self.servers and self.servers[0].sockets:
                 removers.append(_record_address(config, self))
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            try:
+                await super().shutdown(sockets)
+            finally:  # here, not after run(): uvicorn ends the process by re-raising the signal
+                for remove in removers:
+                    remove()
+
     server = Server(uvicorn_config(
         app, config.server, host=host, port=port,
         # in-flight requests get half the deadline (live streams never end by themselves);
         # plugins and the last commit get the other half, in the lifespan shutdown
         timeout_graceful_shutdown=max(1, int(deadline / 2)),
     ))
-    try:
-        server.run()
-    finally:
-        for remove in removers:
-            remove()
+    server.run()
 
 
 
@@ -245,7 +248,8 @@ def unwritable_data(config: Config, plugins: dict[str, Plugin]) -> list[str]:
 @click.option("--event", "event_type", help="Event type of the sample body (default: the scheme's first).")
 @click.option("--file", "body_file", type=click.File("rb"), help="Send this body instead of a sample.")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), help="Also write the body sent here.")
-@click.option("--url", help=URL_HELP + "this config's [server]); the body goes to URL/hooks/SOURCE.")
+@click.option("--url", callback=base_url,
+              help=URL_HELP + "this config's [server]); the body goes to URL/hooks/SOURCE.")
 @config_option
 def send(
     source: str, event_type: str | None, body_file: Any, save: Path | None, url: str | None,
@@ -264,7 +268,7 @@ def send(
     if event_type is not None and event_type not in scheme.event_types:
         raise click.BadParameter(f"{event_type!r} is not a {src.scheme} event type; it has: "
                                  f"{', '.join(scheme.event_types)}", param_hint="--event")
-    url = base_url(url) or local_url(config)
+    url = url or local_url(config)
     body = body_file.read() if body_file else scheme.sample(event_type or scheme.event_types[0])
     if save:
         save.write_bytes(body)
@@ -404,7 +408,7 @@ def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bo
 
 @main.command()
 @config_option
-@click.option("--url", help=URL_HELP + "this config's [server]).")
+@click.option("--url", callback=base_url, help=URL_HELP + "this config's [server]).")
 @click.option("--client", "client_id", help="API client to authenticate as (default: the first with events:read).")
 @click.option("--source", help="Only this source.")
 @click.option("--type", "event_type", help="Only event types matching this glob.")
@@ -422,7 +426,7 @@ def tail(
     client = next((c for c in clients if client_id in (None, c.id)), None)
     if client is None and not config.api.public:
         raise click.UsageError("no [[clients]] entry with events:read in the config (or --client names none)")
-    url = base_url(url) or local_url(config)
+    url = url or local_url(config)
     params = {k: v for k, v in (("source", source), ("type", event_type)) if v is not None}
     try:
         follow_stream(url, client, params, since_id, count, click.echo, lambda note: click.echo(note, err=True))
