@@ -277,7 +277,7 @@ def test_backup_is_a_capability_of_the_backend(tmp_path: Path) -> None:
 
 def test_cli_options_are_validated_as_the_config_file_is(workdir: Path) -> None:
     """Item 17: `run --port 99999` used to listen on 99999 mod 65536 and log 99999."""
-    (workdir / "gateway.toml").write_text(f'[[sources]]\nname = "m"\nscheme = "metacopier"\nsecret = "{"k" * 40}"\n')
+    _one_source(workdir, "m")
     for args, fragment in ((["run", "--port", "99999"], "99999 is not in the range 0<=x<=65535"),
                            (["run", "--port", "-1"], "--port"), (["run", "--host", " "], "--host"),
                            (["prune", "--days", "40000"], "--days"), (["tail", "--since", "-5"], "--since"),
@@ -302,7 +302,7 @@ def test_only_run_creates_the_default_config(workdir: Path) -> None:
 
 
 def test_send_refuses_an_event_type_its_scheme_does_not_have(workdir: Path) -> None:
-    (workdir / "gateway.toml").write_text(f'[[sources]]\nname = "m"\nscheme = "metacopier"\nsecret = "{"k" * 40}"\n')
+    _one_source(workdir, "m")
     proc = run("send", "m", "--event", "nosuch", "--url", f"http://127.0.0.1:{free_port()}", cwd=workdir, check=False)
     assert proc.returncode == 2 and "cannot reach" not in proc.stderr  # refused before anything is sent
     assert "'nosuch' is not a metacopier event type" in proc.stderr
@@ -327,15 +327,14 @@ secret = "ops-secret-0123456789"
     assert f"cannot reach the gateway at {url}" in proc.stderr and "reconnecting" not in proc.stderr
 
 
+def _one_source(workdir: Path, name: str) -> None:
+    """gateway.toml with the store in gateway.db and one MetaCopier source `name`."""
+    (workdir / "gateway.toml").write_text(f'[store]\npath = "gateway.db"\n[[sources]]\nname = "{name}"\n'
+                                          f'scheme = "metacopier"\nsecret = "{"k" * 40}"\n')
+
+
 def test_events_of_an_unknown_source(workdir: Path) -> None:
-    (workdir / "gateway.toml").write_text(f"""
-[store]
-path = "gateway.db"
-[[sources]]
-name = "copier"
-scheme = "metacopier"
-secret = "{'k' * 40}"
-""")
+    _one_source(workdir, "copier")
     server = Server(workdir)
     try:
         run("send", "copier", "--url", server.url, cwd=workdir)
@@ -345,13 +344,6 @@ secret = "{'k' * 40}"
     assert proc.returncode == 2 and "unknown source 'nosuch' (configured: copier)" in proc.stderr
     assert len(run("events", "--source", "copier", cwd=workdir).stdout.splitlines()) == 2
     # events of a source since removed from the config are still listed, with a note
-    (workdir / "gateway.toml").write_text(f"""
-[store]
-path = "gateway.db"
-[[sources]]
-name = "other"
-scheme = "metacopier"
-secret = "{'k' * 40}"
-""")
+    _one_source(workdir, "other")
     kept = run("events", "--source", "copier", cwd=workdir)
     assert len(kept.stdout.splitlines()) == 2 and "not in the config" in kept.stderr

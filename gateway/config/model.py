@@ -122,7 +122,6 @@ class Config:
     # The state directory (gateway.config.paths): relative data paths (the store, plugin files,
     # the exec working folder) resolve against it; plugins get it as `PluginContext.base_dir`.
     base_dir: Path = Path(".")
-    config_dir: Path = Path(".")  # the config file's folder (the working folder for the default)
     # Where the file holds secrets in plain text (key paths, never values), and what is wrong
     # about that: `gateway run` logs the warnings at start, `check-config` prints them.
     literal_secrets: tuple[str, ...] = field(default=(), compare=False)

@@ -233,7 +233,7 @@ def parse_config(
     if c.errors:
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
-                  api=api, metrics=metrics, origin=origin, base_dir=state_dir, config_dir=base_dir,
+                  api=api, metrics=metrics, origin=origin, base_dir=state_dir,
                   literal_secrets=tuple(c.literal_secrets))
 
 
