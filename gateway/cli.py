@@ -24,6 +24,8 @@ from gateway.plugins import Plugin
 from gateway.store import DeliveryRecord, Store, StoredEvent, open_store, url_scheme
 
 T = TypeVar("T")
+ADDRESS_FILE = "gateway.url"
+URL_HELP = "The gateway's base URL, e.g. http://127.0.0.1:8080 (default: the address `gateway run` recorded, else "
 
 CONFIG_HELP = "Config file (default: ./gateway.toml if present, else the embedded default)."
 config_option = click.option(
@@ -42,24 +44,88 @@ def _exit_config_error(exc: ConfigError) -> None:
     sys.exit(2)
 
 
-def resolve_config(path: Path | None) -> Config:
-    """Load the config the way every command does; exit 2 listing every error."""
+def resolve_config(path: Path | None, *, create_default: bool = False) -> Config:
+    """Load the config the way every command does; exit 2 listing every error. Only `run`
+    (`create_default`) may generate the embedded default's secrets: any other command run where
+    there is no config says what it looked for, and where, and exits 2."""
     try:
         if path is not None:
             return load_config(path)
         if Path("gateway.toml").is_file():
             return load_config(Path("gateway.toml"))
-        return default_config(Path.cwd(), announce=_announce)
+        return default_config(Path.cwd(), announce=_announce, create=create_default)
+    except FileNotFoundError as exc:
+        click.echo(f"no config found: no --config FILE or GATEWAY_CONFIG, no gateway.toml in {Path.cwd()}, and no "
+                   f"embedded default set up here ({exc.filename} does not exist; `gateway run` creates it). "
+                   "Run this command where the gateway runs, or give --config FILE.", err=True)
+        sys.exit(2)
     except ConfigError as exc:
         _exit_config_error(exc)
         raise  # unreachable
 
 
+def _reachable_url(host: str, port: int) -> str:
+    """The base URL a client on this machine reaches `host:port` on: a wildcard listen address
+    (0.0.0.0, ::) is reached on 127.0.0.1."""
+    host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def address_file(config: Config) -> Path:
+    """Where `run` records the base URL it listens on, beside the store (in the state directory)."""
+    return config.store.path.parent / ADDRESS_FILE
+
+
 def local_url(config: Config) -> str:
-    """The gateway's own base URL as a client on this machine reaches it: a wildcard listen
-    address (0.0.0.0, ::) is reached on 127.0.0.1."""
-    host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"http://{host}:{config.server.port}"
+    """The gateway's own base URL as a client on this machine reaches it: the one a running
+    `gateway run` recorded (it may have been given --host/--port), else the config's."""
+    try:
+        recorded = address_file(config).read_text().strip()
+    except OSError:
+        recorded = ""
+    return recorded or _reachable_url(config.server.host, config.server.port)
+
+
+def base_url(_ctx: click.Context | None, _param: click.Parameter | None, value: str | None) -> str | None:
+    """Check a --url: the gateway's base URL, http(s)://host[:port] (a path prefix is allowed
+    behind a proxy); a webhook or API path is refused, so `send` and `tail` take the same thing."""
+    if value is None:
+        return None
+    import httpx
+
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise click.BadParameter(f"{value!r} is not a URL: {exc}", param_hint="--url") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise click.BadParameter(f"must be the gateway's base URL, e.g. http://127.0.0.1:8080, got {value!r}",
+                                 param_hint="--url")
+    if "/hooks/" in url.path or "/api/" in url.path or url.query:
+        raise click.BadParameter(f"takes the gateway's base URL (e.g. {url.scheme}://{url.netloc.decode()}), "
+                                 f"not a path in it: got {value!r}", param_hint="--url")
+    return value.rstrip("/")
+
+
+def _record_address(config: Config, server: Any) -> Callable[[], None]:
+    """Write the base URL `server` listens on to address_file(config) for `send` and `tail`;
+    return what removes it again. A state folder that cannot be written only costs a warning."""
+    log = logging.getLogger("gateway")
+    path = address_file(config)
+    sock = server.servers[0].sockets[0]
+    url = _reachable_url(*sock.getsockname()[:2])
+    try:
+        path.write_text(url + "\n")
+    except OSError as exc:
+        log.warning("cannot record the address in %s (%s): `gateway send` and `tail` need --url", path, exc)
+        return lambda: None
+    log.info("listening on %s (recorded in %s)", url, path)
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == url:  # not another instance's
+                path.unlink()
+
+    return remove
 
 
 def build_plugins(config: Config) -> dict[str, Plugin]:
@@ -81,7 +147,8 @@ def main() -> None:
 @main.command()
 @config_option
 @click.option("--host", help="Address to listen on (default: [server] host, 127.0.0.1).")
-@click.option("--port", type=int, help="Port to listen on (default: [server] port, 8080).")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Port to listen on, 0 to 65535 as in [server] port (default: [server] port, 8080).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto", show_default=True,
               help="auto: JSON lines unless stderr is a terminal.")
 def run(config_path: Path | None, host: str | None, port: int | None, log_format: str) -> None:
@@ -89,8 +156,10 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
     from gateway.app import GatewayApp
     from gateway.server import GatewayServer, uvicorn_config
 
-    config = resolve_config(config_path)
+    config = resolve_config(config_path, create_default=True)
     plugins = build_plugins(config)
+    if host is not None and not host.strip():
+        raise click.BadParameter("must be an address, e.g. 127.0.0.1 or 0.0.0.0", param_hint="--host")
     host = host or config.server.host
     port = config.server.port if port is None else port
     from gateway import logs
@@ -110,7 +179,22 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
         app = GatewayApp(config, plugins=plugins, shutdown_grace=deadline / 2)
     except ConfigError as exc:  # the token signing key is unusable
         _exit_config_error(exc)
-    server = GatewayServer(uvicorn_config(
+    removers: list[Callable[[], None]] = []
+
+    class Server(GatewayServer):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                removers.append(_record_address(config, self))
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            try:
+                await super().shutdown(sockets)
+            finally:  # here, not after run(): uvicorn ends the process by re-raising the signal
+                for remove in removers:
+                    remove()
+
+    server = Server(uvicorn_config(
         app, config.server, host=host, port=port,
         # in-flight requests get half the deadline (live streams never end by themselves);
         # plugins and the last commit get the other half, in the lifespan shutdown
@@ -125,13 +209,41 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
 def check_config(config_path: Path | None) -> None:
     """Validate the config; exit non-zero listing every error."""
     config = resolve_config(config_path)
-    build_plugins(config)
+    plugins = build_plugins(config)
     for warning in config.warnings:
         click.echo(f"warning: {warning}", err=True)
+    problems = unwritable_data(config, plugins)
+    for problem in problems:
+        click.echo(f"config error: {config.origin}: {problem}", err=True)
+    if problems:
+        click.echo(f"(relative data paths resolve against the state directory {config.state_dir}: set "
+                   "[server] state_dir, or StateDirectory= in a systemd unit, to a writable folder)", err=True)
+        sys.exit(2)
     names = ", ".join(f"{n} ({s.scheme})" for n, s in config.sources.items())
-    plugins = ", ".join(f"{p.name} ({p.use})" for p in config.plugins) or "none"
-    click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; plugins: {plugins}; "
+    listed = ", ".join(f"{p.name} ({p.use})" for p in config.plugins) or "none"
+    click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; plugins: {listed}; "
                f"store {config.store.path}")
+
+
+def unwritable_data(config: Config, plugins: dict[str, Plugin]) -> list[str]:
+    """Every data path the gateway will write that this process cannot: the store (and the API
+    signing key beside it), the jsonl plugins' files, the exec plugins' working folders."""
+    from gateway.config.paths import cannot_write
+    from gateway.plugins.exec import ExecPlugin
+    from gateway.plugins.jsonl import JsonlPlugin
+
+    checks: list[tuple[str, str | None]] = [
+        ("store.path" if url_scheme(config.store.url) == "sqlite" else "store (its local files)",
+         cannot_write(config.store.path) if url_scheme(config.store.url) == "sqlite"
+         else cannot_write(config.store.path.parent, folder=True)),
+    ]
+    for index, entry in enumerate(config.plugins):
+        plugin = plugins.get(entry.name)
+        if isinstance(plugin, JsonlPlugin):
+            checks.append((f"plugins[{index}] ({entry.name}).options.path", cannot_write(plugin.path)))
+        elif isinstance(plugin, ExecPlugin) and plugin.cwd is not None:
+            checks.append((f"plugins[{index}] ({entry.name}).options.cwd", cannot_write(plugin.cwd, folder=True)))
+    return [f"{key}: {problem}" for key, problem in checks if problem]
 
 
 @main.command()
@@ -139,7 +251,8 @@ def check_config(config_path: Path | None) -> None:
 @click.option("--event", "event_type", help="Event type of the sample body (default: the scheme's first).")
 @click.option("--file", "body_file", type=click.File("rb"), help="Send this body instead of a sample.")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), help="Also write the body sent here.")
-@click.option("--url", help="Where to send (default: this config's server, /hooks/SOURCE).")
+@click.option("--url", callback=base_url,
+              help=URL_HELP + "this config's [server]); the body goes to URL/hooks/SOURCE.")
 @config_option
 def send(
     source: str, event_type: str | None, body_file: Any, save: Path | None, url: str | None,
@@ -155,12 +268,15 @@ def send(
     if src is None:
         raise click.BadParameter(f"no source {source!r}; configured: {', '.join(config.sources)}")
     scheme = get_scheme(src.scheme)
+    if event_type is not None and event_type not in scheme.event_types:
+        raise click.BadParameter(f"{event_type!r} is not a {src.scheme} event type; it has: "
+                                 f"{', '.join(scheme.event_types)}", param_hint="--event")
+    url = url or local_url(config)
     body = body_file.read() if body_file else scheme.sample(event_type or scheme.event_types[0])
     if save:
         save.write_bytes(body)
     headers = scheme.sign(body, src, time.time())
-    if url is None:
-        url = f"{local_url(config)}/hooks/{source}"
+    url = f"{url}/hooks/{source}"
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
@@ -225,6 +341,12 @@ def events(
     found: list[StoredEvent] = on_store(
         config, lambda store: store.list_events(source=source, event_type=event_type, status=status, limit=limit)
     )
+    if source is not None and source not in config.sources:
+        # events of a source removed from the config are still listed; a name nothing knows is a typo
+        known = f"configured: {', '.join(config.sources)}"
+        if not found:
+            raise click.BadParameter(f"unknown source {source!r} ({known})", param_hint="--source")
+        click.echo(f"note: source {source!r} is not in the config ({known})", err=True)
     out = sys.stdout.buffer
     if not as_json:
         click.echo(EVENT_HEADER)
@@ -246,7 +368,7 @@ def _delivery_line(d: DeliveryRecord) -> str:
 @config_option
 @click.option("--plugin", help="Only this plugin.")
 @click.option("--status", type=click.Choice(["pending", "delivered", "dead"]), help="Only this status.")
-@click.option("--event", "event_id", type=int, help="Only the deliveries of this event id.")
+@click.option("--event", "event_id", type=click.IntRange(1), help="Only the deliveries of this event id.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def deliveries(
@@ -269,7 +391,8 @@ def deliveries(
 @main.command()
 @config_option
 @click.option("--plugin", required=True, help="The plugin to redeliver to.")
-@click.option("--event", "event_id", type=int, help="Redeliver this event id (also to a plugin that never had it).")
+@click.option("--event", "event_id", type=click.IntRange(1),
+              help="Redeliver this event id (also to a plugin that never had it).")
 @click.option("--dead", is_flag=True, help="Redeliver every dead-lettered delivery of the plugin.")
 def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bool) -> None:
     """Queue deliveries again; the running gateway delivers them within a second."""
@@ -288,11 +411,11 @@ def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bo
 
 @main.command()
 @config_option
-@click.option("--url", help="The gateway (default: this config's server).")
+@click.option("--url", callback=base_url, help=URL_HELP + "this config's [server]).")
 @click.option("--client", "client_id", help="API client to authenticate as (default: the first with events:read).")
 @click.option("--source", help="Only this source.")
 @click.option("--type", "event_type", help="Only event types matching this glob.")
-@click.option("--since", "since_id", type=int, help="Start after this event id (default: from now on).")
+@click.option("--since", "since_id", type=click.IntRange(0), help="Start after this event id (default: from now on).")
 @click.option("--count", type=click.IntRange(1), help="Exit after this many events.")
 def tail(
     config_path: Path | None, url: str | None, client_id: str | None, source: str | None,
@@ -306,21 +429,21 @@ def tail(
     client = next((c for c in clients if client_id in (None, c.id)), None)
     if client is None and not config.api.public:
         raise click.UsageError("no [[clients]] entry with events:read in the config (or --client names none)")
-    if url is None:
-        url = local_url(config)
+    url = url or local_url(config)
     params = {k: v for k, v in (("source", source), ("type", event_type)) if v is not None}
     try:
         follow_stream(url, client, params, since_id, count, click.echo, lambda note: click.echo(note, err=True))
     except KeyboardInterrupt:
         return
-    except PermissionError as exc:
+    except (PermissionError, ConnectionError) as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
 
 
 @main.command()
 @config_option
-@click.option("--days", type=click.IntRange(0), help="Prune events older than this (default: [store] retention_days).")
+@click.option("--days", type=click.IntRange(0, 36500),
+              help="Prune events older than this (default: [store] retention_days).")
 def prune(config_path: Path | None, days: int | None) -> None:
     """Delete events older than the retention period (and their finished deliveries, orphaned
     receipts and old rejections) in small batches. Events a plugin still waits for are kept."""

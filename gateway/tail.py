@@ -41,12 +41,15 @@ def follow_stream(
     url: str, who: ClientConfig | None, params: dict[str, str], since: int | None, count: int | None,
     out: Callable[[str], None], note: Callable[[str], None],
 ) -> None:
-    """Print events until `count` are shown (or forever); reconnect after any drop."""
+    """Print events until `count` are shown (or forever); reconnect after any drop. A gateway
+    never reached raises ConnectionError at the first failure: that is a wrong URL or a gateway
+    not running, which waiting does not fix."""
     import httpx  # here: `gateway events` imports this module for `describe` and needs no HTTP client
 
     last = since
     shown = 0
     delay = 0.5
+    reached = False
     while count is None or shown < count:
         try:
             with httpx.Client(base_url=url, timeout=httpx.Timeout(10, read=60)) as client:
@@ -57,6 +60,7 @@ def follow_stream(
                     if response.status_code in (401, 403):
                         raise PermissionError(f"the gateway refused the stream: {response.read().decode()[:200]}")
                     response.raise_for_status()
+                    reached = True
                     delay = 0.5
                     fields: dict[str, str] = {}
                     for line in response.iter_lines():
@@ -77,6 +81,9 @@ def follow_stream(
         except PermissionError:
             raise
         except (httpx.HTTPError, OSError) as exc:
+            if not reached:
+                raise ConnectionError(f"cannot reach the gateway at {url} ({type(exc).__name__}: {exc}): is it "
+                                      "running? Give its base URL with --url") from exc
             note(f"connection lost ({type(exc).__name__}); reconnecting in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -65,8 +65,7 @@ def test_default_setup_end_to_end(workdir: Path) -> None:
         secrets_file = workdir / "var" / "secrets.toml"
         assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
         for name in ("metacopier", "pipsync", "tradrapi"):
-            sent = run("send", name, "--url", f"{server.url}/hooks/{name}", "--save", f"{name}.json",
-                       cwd=workdir)
+            sent = run("send", name, "--url", server.url, "--save", f"{name}.json", cwd=workdir)
             assert sent.stdout.startswith("200 OK"), sent.stdout
             assert '"status": "stored"' in sent.stdout
         lines = run("events", "--json", cwd=workdir).stdout.splitlines()
@@ -82,8 +81,7 @@ def test_default_setup_end_to_end(workdir: Path) -> None:
         assert f"position:{events[2]['payload']['position']['id']}" == events[2]["entity_id"]
 
         for name in ("metacopier", "pipsync", "tradrapi"):
-            again = run("send", name, "--file", f"{name}.json", "--url", f"{server.url}/hooks/{name}",
-                        cwd=workdir)
+            again = run("send", name, "--file", f"{name}.json", "--url", server.url, cwd=workdir)
             assert '"status": "duplicate"' in again.stdout, again.stdout
         assert len(run("events", "--json", cwd=workdir).stdout.splitlines()) == 3
 
@@ -145,15 +143,16 @@ name = "metacopier"
 scheme = "metacopier"
 secret = "{'w' * 40}"
 """)
-        proc = run("send", "metacopier", "--config", "other.toml", "--url", f"{server.url}/hooks/metacopier",
-                   cwd=workdir, check=False)
+        proc = run("send", "metacopier", "--config", "other.toml", "--url", server.url, cwd=workdir, check=False)
         assert proc.returncode == 1
         assert proc.stdout.startswith("401 Unauthorized") and "bad_signature" in proc.stdout
     finally:
         server.stop()
-    unreachable = run("send", "metacopier", "--url", f"http://127.0.0.1:{free_port()}/hooks/metacopier",
-                      cwd=workdir, check=False)
+    unreachable = run("send", "metacopier", "--url", f"http://127.0.0.1:{free_port()}", cwd=workdir, check=False)
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    # --url is the gateway's base URL, as for `tail` (item 19)
+    full = run("send", "metacopier", "--url", f"{server.url}/hooks/metacopier", cwd=workdir, check=False)
+    assert full.returncode == 2 and "base URL" in full.stderr and server.url in full.stderr
 
 
 def test_check_config(workdir: Path) -> None:
@@ -182,7 +181,8 @@ def test_events_before_any_store_exists(workdir: Path) -> None:
 
 
 def test_readme_run_command(workdir: Path) -> None:
-    """`scripts/run` installs (a no-op here, the suite runs from that venv) and serves the default."""
+    """`scripts/run` installs (a no-op here, the suite runs from that venv) and serves the default;
+    `gateway send` finds the port it was given in the address it recorded (item 19)."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "run"
     port = free_port()
     log = (workdir / "run.log").open("w")
@@ -191,13 +191,15 @@ def test_readme_run_command(workdir: Path) -> None:
         wait_for(lambda: serving(port) or proc.poll() is not None, 120, "scripts/run to answer /healthz",
                  seen=lambda: (workdir / "run.log").read_text()[-3000:])
         assert proc.poll() is None, (workdir / "run.log").read_text()
-        sent = run("send", "tradrapi", "--url", f"http://127.0.0.1:{port}/hooks/tradrapi", cwd=workdir)
+        assert (workdir / "var" / "gateway.url").read_text() == f"http://127.0.0.1:{port}\n"
+        sent = run("send", "tradrapi", cwd=workdir)  # not 8080: the port it runs on
         assert '"status": "stored"' in sent.stdout
     finally:
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
     assert (workdir / "var" / "gateway.db").exists()
+    assert not (workdir / "var" / "gateway.url").exists()  # removed at a clean stop
 
 
 def test_tail_follows_and_resumes_after_the_gateway_restarts(workdir: Path) -> None:
@@ -271,3 +273,77 @@ def test_backup_is_a_capability_of_the_backend(tmp_path: Path) -> None:
     assert not (tmp_path / "copy.db").exists()
     listed = CliRunner().invoke(main, ["events", "--config", str(config), "--json"])
     assert listed.exit_code == 0 and listed.output == ""  # the same store serves every other command
+
+
+def test_cli_options_are_validated_as_the_config_file_is(workdir: Path) -> None:
+    """Item 17: `run --port 99999` used to listen on 99999 mod 65536 and log 99999."""
+    _one_source(workdir, "m")
+    for args, fragment in ((["run", "--port", "99999"], "99999 is not in the range 0<=x<=65535"),
+                           (["run", "--port", "-1"], "--port"), (["run", "--host", " "], "--host"),
+                           (["prune", "--days", "40000"], "--days"), (["tail", "--since", "-5"], "--since"),
+                           (["deliveries", "--event", "0"], "--event"), (["tail", "--url", "ftp://x"], "--url")):
+        proc = run(*args, cwd=workdir, check=False)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert fragment in proc.stderr, (args, proc.stderr)
+    assert not (workdir / "var").exists()  # none of them started anything
+
+
+def test_only_run_creates_the_default_config(workdir: Path) -> None:
+    """Item 18: a command run where there is no config says what it looked for and where, and
+    creates nothing (it used to generate var/secrets.toml and print three fresh secrets)."""
+    for args in (["events"], ["deliveries"], ["check-config"], ["send", "metacopier"], ["tail"],
+                 ["prune", "--days", "1"], ["backup", "copy.db"], ["replay", "--plugin", "p", "--dead"]):
+        proc = run(*args, cwd=workdir, check=False)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert f"no gateway.toml in {workdir}" in proc.stderr and "--config" in proc.stderr, (args, proc.stderr)
+        assert str(workdir / "var" / "secrets.toml") in proc.stderr and "`gateway run` creates it" in proc.stderr
+        assert "Generated secrets" not in proc.stdout + proc.stderr
+        assert list(workdir.iterdir()) == [], args
+
+
+def test_send_refuses_an_event_type_its_scheme_does_not_have(workdir: Path) -> None:
+    _one_source(workdir, "m")
+    proc = run("send", "m", "--event", "nosuch", "--url", f"http://127.0.0.1:{free_port()}", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "cannot reach" not in proc.stderr  # refused before anything is sent
+    assert "'nosuch' is not a metacopier event type" in proc.stderr
+    assert "position.opened" in proc.stderr and "history.updated" in proc.stderr
+
+
+def test_tail_against_a_gateway_never_reached_exits(workdir: Path) -> None:
+    """Item 19: it used to retry forever; a gateway that once answered is still waited for
+    (test_tail_follows_and_resumes_after_the_gateway_restarts)."""
+    (workdir / "gateway.toml").write_text(f"""
+[[sources]]
+name = "m"
+scheme = "metacopier"
+secret = "{'k' * 40}"
+[[clients]]
+id = "ops"
+secret = "ops-secret-0123456789"
+""")
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = run("tail", "--url", url, cwd=workdir, check=False)
+    assert proc.returncode == 1
+    assert f"cannot reach the gateway at {url}" in proc.stderr and "reconnecting" not in proc.stderr
+
+
+def _one_source(workdir: Path, name: str) -> None:
+    """gateway.toml with the store in gateway.db and one MetaCopier source `name`."""
+    (workdir / "gateway.toml").write_text(f'[store]\npath = "gateway.db"\n[[sources]]\nname = "{name}"\n'
+                                          f'scheme = "metacopier"\nsecret = "{"k" * 40}"\n')
+
+
+def test_events_of_an_unknown_source(workdir: Path) -> None:
+    _one_source(workdir, "copier")
+    server = Server(workdir)
+    try:
+        run("send", "copier", "--url", server.url, cwd=workdir)
+    finally:
+        server.stop()
+    proc = run("events", "--source", "nosuch", cwd=workdir, check=False)
+    assert proc.returncode == 2 and "unknown source 'nosuch' (configured: copier)" in proc.stderr
+    assert len(run("events", "--source", "copier", cwd=workdir).stdout.splitlines()) == 2
+    # events of a source since removed from the config are still listed, with a note
+    _one_source(workdir, "other")
+    kept = run("events", "--source", "copier", cwd=workdir)
+    assert len(kept.stdout.splitlines()) == 2 and "not in the config" in kept.stderr

@@ -6,6 +6,8 @@ import stat
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Config, StoreConfig
 from gateway.defaults import default_config
 
@@ -73,3 +75,23 @@ def test_secrets_do_not_show_in_the_config_repr(tmp_path: Path) -> None:
     text = repr(config)
     for source in config.sources.values():
         assert source.secrets[0].reveal() not in text
+
+
+def test_only_a_creating_caller_generates_secrets(tmp_path: Path) -> None:
+    """Item 18: every command but `run` loads the default with create=False."""
+    with pytest.raises(FileNotFoundError) as caught:
+        default_config(tmp_path, announce=lambda _: None, create=False)
+    assert caught.value.filename == str(tmp_path / "var" / "secrets.toml")
+    assert list(tmp_path.iterdir()) == []
+    created = default_config(tmp_path, announce=lambda _: None)
+    assert default_config(tmp_path, announce=lambda _: None, create=False) == created
+
+
+def test_the_embedded_default_keeps_var_in_systemds_state_directory(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 16: under a unit with StateDirectory=, var/ goes there, not in the working folder."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    config = default_config(tmp_path / "cwd", announce=lambda _: None)
+    assert (tmp_path / "state" / "var" / "secrets.toml").exists()
+    assert config.store.path == tmp_path / "state" / "var" / "gateway.db"
+    assert not (tmp_path / "cwd").exists()

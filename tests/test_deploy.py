@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
-from collections.abc import Callable
+import threading
+import tomllib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -17,11 +22,13 @@ import orjson
 import pytest
 
 from gateway.config import Config
-from tests.conftest import RunningGateway, free_port, mc_sign, wait_for
+from tests.conftest import GATEWAY, ROOT, RunningGateway, free_port, mc_sign, start_gateway, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 needs_prometheus = pytest.mark.skipif(PROMTOOL is None or PROMETHEUS is None,
                                       reason="Debian's prometheus package is installed by scripts/setup test")
 
@@ -111,3 +118,178 @@ def test_a_real_prometheus_scrapes_the_gateway(tmp_path: Path, make_config: Call
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+def _unit() -> configparser.SectionProxy:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / "systemd" / "trading-webhook-gateway.service")
+    return unit["Service"]
+
+
+def test_systemd_gives_a_clean_stop_time_to_finish() -> None:
+    """Item 20: systemd's SIGKILL must not cut short the shutdown the gateway is allowed."""
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    shutdown = float(example["server"]["shutdown_timeout_seconds"])
+    assert float(_unit()["TimeoutStopSec"]) >= shutdown + 10
+    assert _unit()["StateDirectory"] == "trading-webhook-gateway"  # STATE_DIRECTORY, writable (item 16)
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze comes with Debian's systemd package")
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    """The unit as shipped, with ExecStart pointing at this checkout's gateway (verify checks
+    that the program exists)."""
+    assert SYSTEMD_ANALYZE is not None
+    text = (DEPLOY / "systemd" / "trading-webhook-gateway.service").read_text()
+    shipped = "/opt/trading-webhook-gateway/.venv/bin/gateway"
+    assert shipped in text
+    unit = tmp_path / "trading-webhook-gateway.service"
+    unit.write_text(text.replace(shipped, GATEWAY))
+    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "trading-webhook-gateway" not in proc.stdout + proc.stderr  # no warning about it either
+
+
+def test_dockerignore_keeps_data_and_secrets_out_of_the_build_context() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for needed in (".git", "**/.venv", "var", "**/*.db", "**/*.db-wal", "**/secrets.env", "**/gateway.toml",
+                   "**/*.key"):
+        assert needed in patterns, needed
+    copied = {word for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              and "--from" not in line for word in line.split()[1:-1]}
+    assert copied == {"pyproject.toml", "README.md", "gateway"}
+    assert not copied & set(patterns)
+
+
+def _healthcheck() -> list[str]:
+    line = next(x for x in (DEPLOY / "Dockerfile").read_text().splitlines() if x.startswith("HEALTHCHECK"))
+    command: list[str] = json.loads(line.split(" CMD ", 1)[1])
+    return command
+
+
+def test_docker_health_check_follows_the_configured_port(tmp_path: Path) -> None:
+    """Item 20: the image's health check, run as written, against a gateway on a port that is
+    not 8080 (the check used to hard-code 8080)."""
+    command = _healthcheck()
+    assert "8080" not in " ".join(command)
+    command = [c.replace("/etc/gateway/gateway.toml", str(tmp_path / "gateway.toml")) for c in command]
+    command[0] = str(Path(GATEWAY).parent / "python")
+    proc, port = start_gateway(tmp_path)
+    assert port != 8080
+    try:
+        healthy = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert healthy.returncode == 0, healthy.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    down = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert down.returncode != 0
+
+
+def test_container_files_set_a_writable_state_directory() -> None:
+    """Item 16: /etc/gateway is mounted read-only; relative data paths go to the volume."""
+    assert "STATE_DIRECTORY=/var/lib/gateway" in (DEPLOY / "Dockerfile").read_text()
+    compose = (DEPLOY / "compose.yaml").read_text()
+    assert "STATE_DIRECTORY: /var/lib/gateway" in compose
+    assert "gateway.toml:/etc/gateway/gateway.toml:ro" in compose and "gateway-data:/var/lib/gateway" in compose
+
+
+def test_the_store_file_is_created_private(make_config: Callable[..., Config],
+                                           serve: Callable[..., RunningGateway]) -> None:
+    """Item 20: gateway.db (and its -wal, which SQLite gives the database's mode) is 0600, like
+    the secrets, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        config = make_config()
+        gw = serve(config)
+        body = orjson.dumps({"type": "position.opened", "position": {"id": "private-1"}})
+        assert gw.post("/hooks/metacopier", body, mc_sign(body)).status_code == 200
+    finally:
+        os.umask(old)
+    for path in (config.store.path, config.store.path.with_name(config.store.path.name + "-wal")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+# --- nginx, for real ----------------------------------------------------------------------------
+
+class _EchoHeaders(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[str]:
+    """deploy/nginx's server block, without TLS, on a free port, proxying to a server that
+    answers with the headers it received; the office network is this machine."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHeaders)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = free_port()
+    site = (DEPLOY / "nginx" / "trading-webhook-gateway.conf").read_text()
+    site = re.sub(r"(?m)^\s*ssl_.*$", "", site).replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port};")
+    site = site.replace("allow 10.0.0.0/8;", "allow 127.0.0.1;")
+    site = site.replace("proxy_pass http://127.0.0.1:8080", f"proxy_pass http://127.0.0.1:{backend.server_port}")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(f"""
+user root;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    include {tmp_path}/site.conf;
+}}
+""")
+    conf = ["-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    checked = subprocess.run([NGINX, *conf, "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr  # the whole file, limit_conn_zone included, is valid
+    proc = subprocess.Popen([NGINX, *conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 403
+            except httpx.TransportError:
+                return proc.poll() is not None
+        wait_for(up, 20, "nginx to answer", seen=lambda: (tmp_path / "error.log").read_text()[-2000:])
+        assert proc.poll() is None
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        backend.shutdown()
+        backend.server_close()
+
+
+def test_nginx_forwards_host_and_client_on_every_route_the_websocket_too(nginx: str) -> None:
+    """Item 20: a location with proxy_set_header of its own (Upgrade) inherited none of the
+    server's, so the WebSocket reached the gateway without Host or X-Forwarded-*."""
+    host = {"Host": "hooks.example-broker.com"}
+    for path in ("/hooks/metacopier", "/api/v1/stream", "/api/v1/events", "/api/v1/ws"):
+        headers = {**host, "Upgrade": "websocket", "Connection": "Upgrade"} if path.endswith("/ws") else host
+        seen = httpx.get(nginx + path, headers=headers, timeout=10).json()
+        assert seen.get("host") == "hooks.example-broker.com", (path, seen)
+        assert seen.get("x-forwarded-for") == "127.0.0.1", (path, seen)
+        assert seen.get("x-forwarded-proto") == "http", (path, seen)  # https behind TLS
+    ws = httpx.get(nginx + "/api/v1/ws", headers={**host, "Upgrade": "websocket", "Connection": "Upgrade"},
+                   timeout=10).json()
+    assert ws["upgrade"] == "websocket" and ws["connection"] == "upgrade"
+
+
+def test_nginx_bounds_slow_clients_and_connections() -> None:
+    site = (DEPLOY / "nginx" / "trading-webhook-gateway.conf").read_text()
+    server = site[site.index("server {"):]
+    for directive in ("client_header_timeout 10s;", "client_body_timeout 10s;", "limit_conn gateway_conn"):
+        assert directive in server, directive
+    assert "limit_conn_zone $binary_remote_addr zone=gateway_conn:" in site[:site.index("server {")]

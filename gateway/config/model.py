@@ -127,11 +127,17 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     origin: str = "<defaults>"
+    # The state directory (gateway.config.paths): relative data paths (the store, plugin files,
+    # the exec working folder) resolve against it; plugins get it as `PluginContext.base_dir`.
     base_dir: Path = Path(".")
     # Where the file holds secrets in plain text (key paths, never values), and what is wrong
     # about that: `gateway run` logs the warnings at start, `check-config` prints them.
     literal_secrets: tuple[str, ...] = field(default=(), compare=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base_dir
 
     def all_secrets(self) -> tuple[Secret, ...]:
         """Every source and API client secret (plugin options are the plugins' own)."""

@@ -30,9 +30,10 @@ from gateway.config.model import (
     ServerConfig,
     SourceConfig,
 )
+from gateway.config.paths import STATE_ENV, resolve_state_dir
 from gateway.config.plugin_secrets import literal_option_secrets
 from gateway.config.sources import parse_source, shared_secrets
-from gateway.config.store import parse_store
+from gateway.config.store import StoreConfig, parse_store
 
 
 def _globs(c: Checker, raw: Mapping[str, Any], key: str, name: str) -> tuple[str, ...]:
@@ -165,6 +166,22 @@ def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
     )
 
 
+def _store_left_behind(c: Checker, store: StoreConfig, config_dir: Path, state_dir: Path, why: str) -> None:
+    """Refuse a state directory without a store when the folder relative paths resolved against
+    before (the config file's) has one: starting would silently open a new, empty store and
+    lose the dedup history."""
+    if state_dir == config_dir or not store.url.startswith("sqlite:") or store.path.exists():
+        return
+    try:
+        before = config_dir / store.path.relative_to(state_dir)
+    except ValueError:
+        return  # not a relative path: it does not depend on the state directory
+    if before.exists():
+        c.error("store.path", f"the store is at {before}, but relative paths now resolve against the state "
+                              f"directory {state_dir} (from {why}), which has none: move the store (with "
+                              f"api-signing.key beside it) there, or set [store] path = \"{before}\"")
+
+
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -178,7 +195,7 @@ def parse_config(
 
     srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds", "trusted_proxies",
                                    "max_in_flight", "max_connections", "max_header_bytes", "client_timeout_seconds",
-                                   "reserved_hook_connections"})
+                                   "reserved_hook_connections", "state_dir"})
     port = c.get(srv, "server.port", "port", int, 8080)
     if not 0 <= port <= 65535:
         c.error("server.port", f"must be between 0 and 65535, got {port}")
@@ -190,7 +207,12 @@ def parse_config(
                           shutdown_timeout_seconds=c.number(srv, "server", "shutdown_timeout_seconds", 30.0, 1, 3600),
                           **_limits(c, srv))
 
-    store = parse_store(c, data, base_dir)
+    configured = c.get(srv, "server.state_dir", "state_dir", str, None)
+    if configured == "":
+        c.error("server.state_dir", "must be a folder, e.g. \"/var/lib/trading-webhook-gateway\"")
+    state_dir = resolve_state_dir(base_dir, configured, c.environ)
+    store = parse_store(c, data, state_dir)
+    _store_left_behind(c, store, base_dir, state_dir, "[server] state_dir" if configured else STATE_ENV)
 
     sources: dict[str, SourceConfig] = {}
     indexed: list[tuple[int, SourceConfig]] = []
@@ -226,7 +248,7 @@ def parse_config(
     if c.errors:
         raise ConfigError(c.errors)
     return Config(sources=MappingProxyType(sources), server=server, store=store, plugins=tuple(plugins),
-                  api=api, metrics=metrics, origin=origin, base_dir=base_dir,
+                  api=api, metrics=metrics, origin=origin, base_dir=state_dir,
                   literal_secrets=tuple(c.literal_secrets), warnings=tuple(warnings))
 
 

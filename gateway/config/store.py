@@ -39,7 +39,7 @@ class StoreConfig:
 
 def _store_location(c: Checker, st: Mapping[str, Any], base_dir: Path) -> tuple[Path, str]:
     """`[store] url` or its shorthand `path`, as (path, url); a relative SQLite path is relative
-    to the config file's folder, and the URL carries the resolved path."""
+    to `base_dir`, the state directory, and the URL carries the resolved path."""
     from gateway.store import BACKENDS, url_scheme  # the registry, loaded when a config is parsed
 
     default = Path("var/gateway.db")

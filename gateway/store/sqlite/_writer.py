@@ -15,6 +15,7 @@ the dedup history. The connection stays open meanwhile: it holds the deleted fil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -61,6 +62,11 @@ def is_busy(exc: BaseException) -> bool:
 def connect(path: Path, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
     """Open (creating and migrating if needed) the store for writing."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A new store is made private (0600, like the secrets) before SQLite opens it: SQLite would
+    # create it 0644, and gives its -wal and -shm files the mode of the database file. (It exists
+    # already, or cannot be made: sqlite3 opens it, or fails the usual way.)
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
