@@ -73,7 +73,8 @@ class GatewayApp:
         self.store.observe(self.metrics)
         self.metrics.watch_store_size(self.store.size_bytes)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
-        self.api = Api(self.store, self.tokens, config.api.public, clock=clock)
+        self.api = Api(self.store, self.tokens, config.api.public, clock=clock,
+                       trusted_proxies=config.server.trusted_proxies)
         self.streams = Streams(self.api, self.store)
         self.router = RequestIdMiddleware(
             Starlette(

@@ -14,7 +14,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from gateway import stream
 from gateway.config import Config
 from tests.conftest import RunningGateway, send, source_table, wait_for
 
@@ -108,26 +107,31 @@ def test_sse_live_events_filters_and_resume(gw: RunningGateway) -> None:
     resumed.close()
 
 
-def test_sse_token_in_the_query_and_auth_failures(gw: RunningGateway) -> None:
+def test_sse_auth_failures(gw: RunningGateway) -> None:
     assert gw.client.get("/api/v1/stream").status_code == 401
-    r = gw.client.get("/api/v1/stream?access_token=forged")
+    r = gw.client.get("/api/v1/stream", headers={"Authorization": "Bearer forged"})
     assert r.status_code == 401 and r.json()["code"] == "invalid_token"
-    reader = SSEReader(gw, f"?access_token={token(gw)}&since=0", {})
-    first = send(gw, body("q1"))
-    wait_for(lambda: reader.ids() == [first], seen=reader.ids)
-    reader.close()
+
+
+def ws_url(gw: RunningGateway, query: str = "") -> str:
+    return gw.url.replace("http://", "ws://") + f"/api/v1/ws{query}"
+
+
+def bearer(gw: RunningGateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(gw)}"}
 
 
 def test_websocket_live_and_resume_with_since(gw: RunningGateway) -> None:
-    url = gw.url.replace("http://", "ws://") + f"/api/v1/ws?access_token={token(gw)}&type=position.*"
-    with connect(url) as ws:
+    url = ws_url(gw, "?type=position.*")
+    auth = bearer(gw)
+    with connect(url, additional_headers=auth) as ws:
         sent = [send(gw, body(f"w{i}")) for i in range(3)]
         got = [orjson.loads(ws.recv(timeout=5)) for _ in sent]
     assert [m["id"] for m in got] == sent and all(m["type"] == "event" for m in got)
     assert got[0]["event"]["entity_id"] == "position:w0"
     assert got[0]["event"]["conflicts_with"] is None
     missed = [send(gw, body(f"x{i}")) for i in range(2)]
-    with connect(f"{url}&since={sent[-1]}") as ws:
+    with connect(f"{url}&since={sent[-1]}", additional_headers=auth) as ws:
         replayed = [orjson.loads(ws.recv(timeout=5))["id"] for _ in missed]
         live = send(gw, body("x-live"))
         assert replayed == missed
@@ -135,18 +139,15 @@ def test_websocket_live_and_resume_with_since(gw: RunningGateway) -> None:
 
 
 def test_websocket_refuses_without_a_valid_token(gw: RunningGateway) -> None:
-    base = gw.url.replace("http://", "ws://") + "/api/v1/ws"
-    for url in (base, f"{base}?access_token=nope"):
-        with pytest.raises(InvalidStatus) as info, connect(url):
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        with pytest.raises(InvalidStatus) as info, connect(ws_url(gw), additional_headers=headers):
             pass
         assert info.value.response.status_code == 403
 
 
-def test_slow_client_is_cut_off_with_a_reason_and_ingest_is_not_slowed(
-    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(stream, "MAX_LAG", 20)
-    monkeypatch.setattr(stream, "BATCH", 5)
+def test_slow_client_is_cut_off_with_a_reason_and_ingest_is_not_slowed(gw: RunningGateway) -> None:
+    gw.app.streams.max_lag = 20
+    gw.app.streams.batch = 5
     host, port = gw.url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that barely reads
@@ -170,18 +171,17 @@ def test_slow_client_is_cut_off_with_a_reason_and_ingest_is_not_slowed(
     assert received.count(b"event: event") < 150  # cut off before it got everything
 
 
-def test_websocket_slow_client_is_closed_with_a_reason(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stream, "MAX_LAG", 10)
+def test_websocket_slow_client_is_closed_with_a_reason(gw: RunningGateway) -> None:
+    gw.app.streams.max_lag = 10
+    gw.app.streams.batch = 5  # a page at a time: 25 matching events beyond the first page
     for i in range(30):
         send(gw, body(f"lag-{i}"))
-    url = gw.url.replace("http://", "ws://") + f"/api/v1/ws?access_token={token(gw)}&since=0"
-    with connect(url) as ws, pytest.raises(ConnectionClosed) as info:
+    with connect(ws_url(gw, "?since=0"), additional_headers=bearer(gw)) as ws, \
+            pytest.raises(ConnectionClosed) as info:
         while True:
             ws.recv(timeout=5)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1008
     assert "too_slow" in info.value.rcvd.reason
-
-
 
 
 @pytest.mark.parametrize(("query", "headers"), [

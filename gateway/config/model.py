@@ -85,6 +85,10 @@ class ApiConfig:
     public: bool = False  # true: reads need no token (a trusted network only)
     token_ttl_seconds: int = 3600
     clients: Mapping[str, ClientConfig] = field(default_factory=dict)
+    # Live streams (SSE and WebSocket) open at once: per client (its id; an anonymous reader's
+    # address) and in total, so that readers cannot take the connections webhooks need.
+    max_streams_per_client: int = 16
+    max_streams: int = 256
 
 
 @dataclass(frozen=True, slots=True)
