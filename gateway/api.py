@@ -3,8 +3,8 @@
 Every call needs a bearer token from `POST /oauth/token` (client credentials) in the
 Authorization header, or the dashboard's session cookie from `POST /api/v1/session` (the same
 token, HttpOnly, never in reach of scripts), unless `[api] public = true` opens the read scope.
-A token is never taken from the URL: URLs end up in access logs. Handlers raise GatewayError; the app renders it
-as problem+json with a `code` (gateway/error_handlers.py).
+A token is never taken from the URL: URLs end up in access logs. Handlers raise GatewayError;
+the app renders it as problem+json with a `code` (gateway/error_handlers.py).
 """
 
 from __future__ import annotations

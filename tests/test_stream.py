@@ -129,6 +129,15 @@ def bearer(gw: RunningGateway) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(gw)}"}
 
 
+def ws_closing(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    """Read a WebSocket stream until the gateway closes it: the close code and reason."""
+    with connect(url, additional_headers=headers) as ws, pytest.raises(ConnectionClosed) as info:
+        while True:
+            ws.recv(timeout=5)
+    assert info.value.rcvd is not None, "closed without a close frame from the gateway"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
 def test_websocket_live_and_resume_with_since(gw: RunningGateway) -> None:
     url = ws_url(gw, "?type=position.*")
     auth = bearer(gw)
@@ -184,12 +193,8 @@ def test_websocket_slow_client_is_closed_with_a_reason(gw: RunningGateway) -> No
     gw.app.streams.batch = 5  # a page at a time: 25 matching events beyond the first page
     for i in range(30):
         send(gw, body(f"lag-{i}"))
-    with connect(ws_url(gw, "?since=0"), additional_headers=bearer(gw)) as ws, \
-            pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=5)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
-    assert "too_slow" in info.value.rcvd.reason
+    code, reason = ws_closing(ws_url(gw, "?since=0"), bearer(gw))
+    assert code == 1008 and "too_slow" in reason
 
 
 @pytest.mark.parametrize(("query", "headers"), [
@@ -249,12 +254,8 @@ def test_a_filtered_stream_behind_on_events_it_matches_is_still_cut_off(two_sour
     for i in range(40):  # a backlog of matching events: a page of 5, then 35 more behind
         send(gw, body(f"mc-{i}"))
         send(gw, body(f"other-{i}"), source="tradr")
-    with connect(ws_url(gw, "?source=metacopier&since=0"), additional_headers=bearer(gw)) as ws, \
-            pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=5)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
-    assert "too_slow" in info.value.rcvd.reason
+    code, reason = ws_closing(ws_url(gw, "?source=metacopier&since=0"), bearer(gw))
+    assert code == 1008 and "too_slow" in reason
 
 
 # --- item 3: a stream lives no longer than its token ------------------------------------------
@@ -301,12 +302,8 @@ def test_an_sse_stream_ends_when_its_token_expires(clocked: tuple[RunningGateway
 
 def test_a_websocket_closes_with_1008_when_its_token_expires(clocked: tuple[RunningGateway, Clock]) -> None:
     gw, clock = clocked
-    with connect(ws_url(gw), additional_headers=nearly_expired(gw, clock)) as ws, \
-            pytest.raises(ConnectionClosed) as info:
-        while True:
-            ws.recv(timeout=5)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
-    assert info.value.rcvd.reason.startswith("token_expired:")
+    code, reason = ws_closing(ws_url(gw), nearly_expired(gw, clock))
+    assert code == 1008 and reason.startswith("token_expired:")
 
 
 def test_streams_end_when_their_client_is_removed(gw: RunningGateway) -> None:
@@ -322,6 +319,7 @@ def test_streams_end_when_their_client_is_removed(gw: RunningGateway) -> None:
         assert [e["code"] for e in reader.errors] == ["invalid_token"]
         assert "no longer configured" in reader.errors[0]["detail"]
         assert reader.ids() == [first]
+        reader.close()
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=5)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1008
