@@ -145,7 +145,7 @@ class Api:
                 raise GatewayError("unauthorized", "not signed in: POST client_id and client_secret here")
             who = self.tokens.verify(token)
             return json_response({"client_id": who.client_id, "scope": " ".join(sorted(who.scopes)),
-                                  "expires_in": max(0, int(self.tokens_expire_at(token) - self.clock()))})
+                                  "expires_in": max(0, int(self.tokens_expire_at(token) - 1 - self.clock()))})
         granted = orjson.loads((await self.token(request)).body)  # the token endpoint's checks, all of them
         who = self.tokens.verify(granted["access_token"])
         response = json_response({"client_id": who.client_id, "scope": granted["scope"],
