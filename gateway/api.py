@@ -1,8 +1,10 @@
 """The read API under /api/v1 and the token endpoint, for dashboards and integrations.
 
-Every call needs a bearer token from `POST /oauth/token` (client credentials), unless
-`[api] public = true` opens the read scope. Handlers raise GatewayError; the app renders it
-as problem+json with a `code` (gateway/error_handlers.py).
+Every call needs a bearer token from `POST /oauth/token` (client credentials) in the
+Authorization header, or the dashboard's session cookie from `POST /api/v1/session` (the same
+token, HttpOnly, never in reach of scripts), unless `[api] public = true` opens the read scope.
+A token is never taken from the URL: URLs end up in access logs. Handlers raise GatewayError;
+the app renders it as problem+json with a `code` (gateway/error_handlers.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import session
 from gateway._secret import SecretScanner
 from gateway.auth import FailureThrottle, Principal, Tokens
 from gateway.config import SCOPES, IPNetwork
@@ -102,6 +105,7 @@ class Api:
             Route("/api/v1/rejections", self.rejections),
             Route("/api/v1/stats", self.stats),
             Route("/api/v1/openapi.json", self.openapi),
+            Route("/api/v1/session", self.session, methods=["GET", "POST", "DELETE"]),
         ]
 
     async def openapi(self, request: Request) -> Response:
@@ -109,23 +113,65 @@ class Api:
 
         return json_response(document())
 
-    def principal(self, request: HTTPConnection, scope: str, query_token: str | None = None) -> Principal:
-        """Who is calling, checked for `scope`; raises 401/403 problems. `query_token` is a
-        token passed in the URL, used when there is no Authorization header."""
+    def credential(self, request: HTTPConnection) -> str | None:
+        """The bearer token a request carries: the Authorization header's, else the session
+        cookie's. A token in the URL is refused, without echoing it."""
+        if "access_token" in request.query_params:
+            raise GatewayError("invalid_parameter", "access_token in the URL is not accepted (URLs end up in "
+                               "logs): send Authorization: Bearer <token>, or sign in at /api/v1/session")
         header = request.headers.get("authorization")
-        if header is None and query_token:
-            header = f"Bearer {query_token}"
         if header is None:
-            if self.public and scope == "events:read":
-                return Principal(None, frozenset({"events:read"}))
-            raise GatewayError("unauthorized", "send Authorization: Bearer <token> from POST /oauth/token")
+            return request.cookies.get(session.COOKIE) or None
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise GatewayError("invalid_token", "the Authorization header must be 'Bearer <token>'")
-        principal = self.tokens.verify(token.strip())
+        return token.strip()
+
+    def principal(self, request: HTTPConnection, scope: str) -> Principal:
+        """Who is calling, checked for `scope`; raises 400/401/403 problems."""
+        token = self.credential(request)
+        if token is None:
+            if self.public and scope == "events:read":
+                return Principal(None, frozenset({"events:read"}))
+            raise GatewayError("unauthorized", "send Authorization: Bearer <token> from POST /oauth/token")
+        principal = self.tokens.verify(token)
         if scope not in principal.scopes:
             raise GatewayError("insufficient_scope", f"this call needs the scope {scope}")
         return principal
+
+    def tokens_expire_at(self, token: str) -> float:
+        """When a token that verified stops being accepted (the API clock's seconds)."""
+        return self.tokens.expires_at(token)
+
+    def address(self, request: HTTPConnection) -> str | None:
+        """The caller's address, through `[server] trusted_proxies` only."""
+        return client_address(request.client.host if request.client else None,
+                              [v for k, v in request.scope["headers"] if k == b"x-forwarded-for"],
+                              self.trusted_proxies)
+
+    async def session(self, request: Request) -> Response:
+        """The dashboard's sign-in: POST the token endpoint's form, get the token as an HttpOnly
+        cookie (the body says who and for how long, never the token); GET says who is signed
+        in (401 if nobody); DELETE signs out."""
+        if request.method == "DELETE":
+            response = Response(status_code=204)
+            session.clear(response, session.over_tls(request, self.trusted_proxies))
+            return response
+        if request.method == "GET":
+            token = self.credential(request)
+            if token is None:
+                raise GatewayError("unauthorized", "not signed in: POST client_id and client_secret here")
+            who = self.tokens.verify(token)
+            return json_response({"client_id": who.client_id, "scope": " ".join(sorted(who.scopes)),
+                                  "expires_in": max(0, int(self.tokens_expire_at(token) - 1 - self.clock()))})
+        granted = orjson.loads((await self.token(request)).body)  # the token endpoint's checks, all of them
+        who = self.tokens.verify(granted["access_token"])
+        response = json_response({"client_id": who.client_id, "scope": granted["scope"],
+                                  "expires_in": granted["expires_in"]})
+        response.headers["Cache-Control"] = "no-store"
+        session.issue(response, granted["access_token"], granted["expires_in"],
+                      session.over_tls(request, self.trusted_proxies))
+        return response
 
     async def token(self, request: Request) -> Response:
         body = b""

@@ -95,6 +95,14 @@ class Tokens:
             raise GatewayError("invalid_token", "the client's secret has changed since this token was issued")
         return Principal(client.id, frozenset(data.get("s", ())) & frozenset(client.scopes))
 
+    def expires_at(self, token: str) -> float:
+        """The first second (the clock's) at which `verify` refuses `token` as expired."""
+        try:
+            _, issued = self._tokens.loads(token, max_age=self.api.token_ttl_seconds, return_timestamp=True)
+        except BadSignature:
+            raise GatewayError("invalid_token", "the access token is not valid") from None
+        return float(issued.timestamp()) + self.api.token_ttl_seconds + 1
+
     def cursor(self, data: dict[str, Any]) -> str:
         return self._cursors.dumps(data)
 

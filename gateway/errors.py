@@ -49,6 +49,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "invalid_scope": (400, "Invalid scope"),
     "invalid_cursor": (400, "Invalid cursor"),
     "invalid_parameter": (400, "Invalid parameter"),
+    "too_many_streams": (429, "Too many streams"),
 }
 
 # The read API's challenges (RFC 6750 section 3; RFC 6749 section 5.2: a failed HTTP Basic client

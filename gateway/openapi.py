@@ -132,6 +132,13 @@ PROBLEM_SCHEMA = {
 
 LIMIT = _query("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
 SECURED = [{"oauth2": ["events:read"]}, {"bearer": []}]
+TOKEN_FORM = {"type": "object", "required": ["grant_type"],
+              "properties": {"grant_type": {"type": "string", "enum": ["client_credentials"]},
+                             "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+                             "scope": {"type": "string"}}}
+SESSION = _json({"type": "object", "required": ["client_id", "scope", "expires_in"],
+                 "properties": {"client_id": {"type": "string"}, "scope": {"type": "string"},
+                                "expires_in": {"type": "integer"}}}, "The signed-in client and its time left")
 
 
 def document() -> dict[str, Any]:
@@ -230,12 +237,28 @@ def document() -> dict[str, Any]:
                 "operationId": "stream",
                 "summary": "Live events as Server-Sent Events; resume with Last-Event-ID (also /api/v1/ws)",
                 "security": SECURED,
-                "parameters": [*_event_filters(),
-                               _query("access_token", "The token, for clients that cannot set headers")],
+                "description": "The token goes in the Authorization header, or (browsers) in the session cookie "
+                               "from POST /api/v1/session; a token in the URL is refused (400). The stream ends "
+                               "with `event: error` when its token expires or its client is removed; at most "
+                               "`[api] max_streams_per_client` and `[api] max_streams` are open at once.",
+                "parameters": _event_filters(),
                 "responses": {"200": {"description": "text/event-stream of `event` messages with `id:` lines",
                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                              "400": PROBLEM, **AUTH_ERRORS},
+                              "400": PROBLEM, **AUTH_ERRORS, "429": PROBLEM, "503": PROBLEM},
             }},
+            "/api/v1/session": {
+                "get": {"operationId": "session", "summary": "Who is signed in (the session cookie, or the token)",
+                        "responses": {"200": SESSION, "400": PROBLEM, "401": PROBLEM}},
+                "post": {"operationId": "signIn",
+                         "summary": "Sign a browser in: the token endpoint's form; the token comes back as an "
+                                    "HttpOnly, SameSite=Strict cookie (Secure over TLS), never in the body",
+                         "security": [],
+                         "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                             "schema": TOKEN_FORM}}},
+                         "responses": {"200": SESSION, "400": PROBLEM, "401": PROBLEM}},
+                "delete": {"operationId": "signOut", "summary": "Sign out: clears the session cookie",
+                           "security": [], "responses": {"204": {"description": "The cookie is cleared"}}},
+            },
         },
         "components": {
             "schemas": {"Event": _event(), "Delivery": DELIVERY, "Rejection": REJECTION, "Problem": PROBLEM_SCHEMA},

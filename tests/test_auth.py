@@ -275,7 +275,8 @@ def test_client_secrets_never_show() -> None:
         (None, {"token_ttl_seconds": "1h"}, "api.token_ttl_seconds", "must be int, got str '1h'"),
         (None, {"public": "yes"}, "api.public", "must be bool, got str 'yes'"),
         (None, {"token_failures_per_minute": 0}, "api.token_failures_per_minute", "must be between 1 and 10000, got 0"),
-        (None, {"open": True}, "api.open", "unknown key (known: public, token_failures_per_minute, token_ttl_seconds)"),
+        (None, {"open": True}, "api.open", "unknown key (known: max_streams, max_streams_per_client, public, "
+         "token_failures_per_minute, token_ttl_seconds)"),
         (None, [], "api", "must be a table, got list"),
     ],
     ids=["unknown-scope", "no-scopes", "scopes-not-list", "short-secret", "duplicate-id", "missing-id", "bad-id",

@@ -5,6 +5,7 @@ retries a dead delivery."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,46 @@ def test_dashboard_live_feed_detail_rejections_and_retry(gw: RunningGateway, pag
     expect(page.locator(f"#delivery-rows tr:has(td:nth-child(2):text-is('{live}'))")).to_contain_text("delivered")
     page.screenshot(path=str(tmp_path / "deliveries.png"))
     assert errors == [] and external == []
+
+
+def test_dashboard_session_cookie_and_signing_in_again_when_the_session_ends(
+    make_config: Callable[..., Config], serve: Callable[..., RunningGateway], page: Page
+) -> None:
+    offset = [0.0]
+    gw = serve(make_config(only=[source_table("metacopier", "metacopier")],
+                           clients=[{"id": "desk", "secret": SECRET, "scopes": ["events:read"]}]),
+               clock=lambda: time.time() + offset[0])
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    urls: list[str] = []
+    page.on("request", lambda req: urls.append(req.url))
+    page.goto(gw.url + "/")
+    page.fill("input[name=client_id]", "desk")
+    page.fill("input[name=client_secret]", SECRET)
+    offset[0] = -(gw.app.config.api.token_ttl_seconds - 8)  # a session that ends 8 to 9 s from now
+    page.click("#login button[type=submit]")
+    expect(page.locator("#live-state")).to_have_text("● live")
+    offset[0] = 0.0
+    (cookie,) = page.context.cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"], cookie["secure"]) == \
+        ("gateway_session", True, "Strict", "/api/", False)  # Secure only over TLS: this is plain http
+    assert page.evaluate("document.cookie") == ""  # no script can read it
+    page.reload()  # the session survives a reload: no sign-in form
+    expect(page.locator("#live-state")).to_have_text("● live")
+    expect(page.locator("#login")).to_be_hidden()
+    first = send(gw, opened("in-session"))
+    expect(page.locator(f"tr[data-event-id='{first}']")).to_be_visible()
+
+    # the stream ends by itself when the token expires, and the dashboard says so
+    expect(page.locator("#login")).to_be_visible(timeout=20_000)
+    expect(page.locator("#login-error")).to_contain_text("token_expired")
+    expect(page.locator("#login-error")).to_contain_text("sign in again")
+    late = send(gw, opened("after-expiry"))
+
+    page.fill("input[name=client_id]", "desk")
+    page.fill("input[name=client_secret]", SECRET)
+    page.click("#login button[type=submit]")
+    expect(page.locator(f"tr[data-event-id='{late}']")).to_be_visible()
+    expect(page.locator("#live-state")).to_have_text("● live")
+    assert errors == []
+    assert not [url for url in urls if "access_token" in url or cookie["value"] in url]

@@ -564,8 +564,10 @@ def test_no_secret_leaks_through_any_output(tmp_path: Path, receiver: Receiver) 
                                                     headers=auth))
             assert r.status_code == 400
             r = keep("sse token is a client secret", http.get(
-                "/api/v1/stream", params={"access_token": s["client"]}))
+                "/api/v1/stream", headers={"Authorization": f"Bearer {s['client']}"}))
             assert r.status_code == 401
+            r = keep("sse token in the URL", http.get("/api/v1/stream", params={"access_token": token}))
+            assert r.status_code == 400  # refused, and (like every output here) never echoed
 
             wait_until_settled(http, token)
             dead = keep("api dead deliveries", http.get("/api/v1/deliveries", params={"status": "dead"},
@@ -598,7 +600,7 @@ def test_no_secret_leaks_through_any_output(tmp_path: Path, receiver: Receiver) 
             # the live stream: every event from the start (then hang up), and a resume position
             # too large for SQLite (an internal error today: its traceback is searched as well)
             sse = b""
-            with http.stream("GET", "/api/v1/stream", params={"since": "0", "access_token": token}) as stream:
+            with http.stream("GET", "/api/v1/stream", params={"since": "0"}, headers=auth) as stream:
                 for chunk in stream.iter_bytes():
                     sse += chunk
                     if sse.count(b"event: event") >= len(events["events"]):
@@ -606,7 +608,7 @@ def test_no_secret_leaks_through_any_output(tmp_path: Path, receiver: Receiver) 
             outputs["sse"] = sse
             assert sse.count(b"event: event") == len(events["events"])
             try:
-                with http.stream("GET", "/api/v1/stream", params={"since": "9" * 30, "access_token": token},
+                with http.stream("GET", "/api/v1/stream", params={"since": "9" * 30}, headers=auth,
                                  timeout=5) as stream:
                     outputs["sse overflow"] = b"".join(stream.iter_bytes())
             except httpx.HTTPError as exc:

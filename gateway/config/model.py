@@ -91,6 +91,10 @@ class ApiConfig:
     # before that id or address gets 429 until a minute has passed since its oldest failure.
     token_failures_per_minute: int = 10
     clients: Mapping[str, ClientConfig] = field(default_factory=dict)
+    # Live streams (SSE and WebSocket) open at once: per client (its id; an anonymous reader's
+    # address) and in total, so that readers cannot take the connections webhooks need.
+    max_streams_per_client: int = 16
+    max_streams: int = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,7 +124,8 @@ def _limits(c: Checker, srv: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
-    raw = c.table(data, "api", {"public", "token_ttl_seconds", "token_failures_per_minute"})
+    raw = c.table(data, "api", {"public", "token_ttl_seconds", "token_failures_per_minute", "max_streams_per_client",
+                                "max_streams"})
     ttl = c.get(raw, "api.token_ttl_seconds", "token_ttl_seconds", int, 3600)
     if not 60 <= ttl <= 7 * 86400:
         c.error("api.token_ttl_seconds", f"must be between 60 and 604800, got {ttl}")
@@ -158,11 +159,17 @@ def _api(c: Checker, data: Mapping[str, Any]) -> ApiConfig:
             c.error(f"{key}.id", f"{client_id!r} is used by another client")
         if secret is not None:
             clients[client_id] = ClientConfig(id=client_id, secret=secret, scopes=tuple(scopes))
+    streams: dict[str, int] = {}
+    for name, default in (("max_streams_per_client", 16), ("max_streams", 256)):
+        streams[name] = c.get(raw, f"api.{name}", name, int, default)
+        if not 1 <= streams[name] <= 100_000:
+            c.error(f"api.{name}", f"must be between 1 and 100000, got {streams[name]}")
     return ApiConfig(
         public=c.get(raw, "api.public", "public", bool, False),
         token_ttl_seconds=ttl,
         token_failures_per_minute=failures,
         clients=MappingProxyType(clients),
+        **streams,
     )
 
 

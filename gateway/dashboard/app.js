@@ -1,7 +1,11 @@
 // The gateway dashboard: plain JavaScript against /api/v1, no build step, nothing external.
+// Signed in by an HttpOnly session cookie (POST /api/v1/session): no script here ever holds the
+// token, and no URL carries it.
 "use strict";
 
-const state = { token: sessionStorage.getItem("gateway.token"), source: null, lastId: 0, selected: null };
+const state = { source: null, lastId: 0, selected: null };
+// Stream endings that a reconnect cannot fix: the session is over.
+const SESSION_ENDED = new Set(["token_expired", "invalid_token", "unauthorized", "insufficient_scope"]);
 const $ = (selector) => document.querySelector(selector);
 
 function el(tag, attrs = {}, ...children) {
@@ -14,9 +18,9 @@ function el(tag, attrs = {}, ...children) {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { Authorization: `Bearer ${state.token}`, ...(options.headers || {}) } });
-  if (response.status === 401) { signOut("Your session has expired; sign in again."); throw new Error("unauthorized"); }
+  const response = await fetch(path, { ...options, credentials: "same-origin" });
   const body = await response.json();
+  if (response.status === 401) { signOut(`Your session has ended (${body.detail}); sign in again.`); throw new Error(body.code); }
   if (!response.ok) throw new Error(`${body.code}: ${body.detail}`);
   return body;
 }
@@ -26,24 +30,35 @@ function setStatus(text) { $("#status").textContent = text; }
 async function signIn(event) {
   event.preventDefault();
   const form = new FormData($("#login"));
-  const response = await fetch("/oauth/token", {
-    method: "POST",
+  const response = await fetch("/api/v1/session", {
+    method: "POST", credentials: "same-origin",
     body: new URLSearchParams({ grant_type: "client_credentials", client_id: form.get("client_id"),
                                 client_secret: form.get("client_secret") }),
   });
   const body = await response.json();
   if (!response.ok) { $("#login-error").textContent = body.detail || "sign-in failed"; return; }
-  state.token = body.access_token;
-  sessionStorage.setItem("gateway.token", state.token);
+  $("#login").reset();
   start();
 }
 
 function signOut(message) {
-  sessionStorage.removeItem("gateway.token");
-  state.token = null;
   if (state.source) state.source.close();
+  state.source = null;
+  fetch("/api/v1/session", { method: "DELETE", credentials: "same-origin" }).catch(() => {});
   $("#app").hidden = true; $("#tabs").hidden = true; $("#login").hidden = false;
   $("#login-error").textContent = message || "";
+}
+
+// The stream ended for good (the browser gave up reconnecting): ask the gateway why.
+async function streamClosed() {
+  const response = await fetch("/api/v1/session", { credentials: "same-origin" }).catch(() => null);
+  if (response && response.status === 401) {
+    const body = await response.json();
+    signOut(`Your session has ended (${body.detail}); sign in again.`);
+  } else {
+    $("#live-state").textContent = "○ disconnected"; $("#live-state").className = "live";
+    setStatus("The live feed stopped; press Apply to reconnect.");
+  }
 }
 
 function filters() {
@@ -81,12 +96,21 @@ async function loadEvents() {
 function follow(params) {
   if (state.source) state.source.close();
   params.delete("limit");
-  params.set("access_token", state.token);
   params.set("since", String(state.lastId));  // no gap between the page and the stream
-  const source = new EventSource(`/api/v1/stream?${params}`);
+  const source = new EventSource(`/api/v1/stream?${params}`, { withCredentials: true });
   state.source = source;
   source.onopen = () => { $("#live-state").textContent = "● live"; $("#live-state").className = "live on"; };
-  source.onerror = () => { $("#live-state").textContent = "○ reconnecting"; $("#live-state").className = "live"; };
+  source.addEventListener("error", (message) => {
+    if (state.source !== source) return;
+    const ended = message.data ? JSON.parse(message.data) : null;  // the gateway's own `event: error`
+    if (ended && SESSION_ENDED.has(ended.code)) {
+      signOut(`Your session has ended (${ended.code}: ${ended.detail}); sign in again.`);
+    } else if (source.readyState === EventSource.CLOSED) {
+      streamClosed();
+    } else {
+      $("#live-state").textContent = "○ reconnecting"; $("#live-state").className = "live";
+    }
+  });
   source.addEventListener("event", (message) => {
     const event = JSON.parse(message.data);
     state.lastId = Math.max(state.lastId, event.id);
@@ -161,6 +185,7 @@ function showTab(name) {
 }
 
 function start() {
+  $("#login-error").textContent = "";
   $("#login").hidden = true; $("#app").hidden = false; $("#tabs").hidden = false;
   setStatus("");
   loadEvents().catch((error) => setStatus(error.message));
@@ -170,4 +195,4 @@ $("#login").addEventListener("submit", signIn);
 $("#filters").addEventListener("submit", (event) => { event.preventDefault(); state.lastId = 0; loadEvents(); });
 $("#delivery-status").addEventListener("change", loadDeliveries);
 for (const button of document.querySelectorAll("nav button")) button.addEventListener("click", () => showTab(button.dataset.tab));
-if (state.token) start();
+fetch("/api/v1/session", { credentials: "same-origin" }).then((response) => { if (response.ok) start(); });
