@@ -150,18 +150,16 @@ def document() -> dict[str, Any]:
             "/oauth/token": {"post": {
                 "operationId": "token",
                 "summary": "Exchange client credentials for a bearer token (RFC 6749 section 4.4)",
-                "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
-                    "type": "object", "required": ["grant_type"],
-                    "properties": {"grant_type": {"type": "string", "enum": ["client_credentials"]},
-                                   "client_id": {"type": "string"}, "client_secret": {"type": "string"},
-                                   "scope": {"type": "string"}}}}}},
+                "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                    "schema": TOKEN_FORM}}},
                 "responses": {
                     "200": _json({"type": "object", "required": ["access_token", "token_type", "expires_in", "scope"],
                                   "properties": {"access_token": {"type": "string"},
                                                  "token_type": {"type": "string", "enum": ["Bearer"]},
                                                  "expires_in": {"type": "integer"}, "scope": {"type": "string"}}},
                                  "A token"),
-                    "400": PROBLEM, "401": PROBLEM},
+                    "400": PROBLEM, "401": PROBLEM,
+                    "429": PROBLEM},  # too many failed authentications from this client id or address
             }},
             "/api/v1/events": {"get": {
                 "operationId": "listEvents", "summary": "Stored events, filtered and paginated",
@@ -255,7 +253,7 @@ def document() -> dict[str, Any]:
                          "security": [],
                          "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                              "schema": TOKEN_FORM}}},
-                         "responses": {"200": SESSION, "400": PROBLEM, "401": PROBLEM}},
+                         "responses": {"200": SESSION, "400": PROBLEM, "401": PROBLEM, "429": PROBLEM}},
                 "delete": {"operationId": "signOut", "summary": "Sign out: clears the session cookie",
                            "security": [], "responses": {"204": {"description": "The cookie is cleared"}}},
             },

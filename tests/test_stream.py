@@ -214,7 +214,8 @@ def test_an_impossible_start_is_a_400_not_a_500(gw: RunningGateway, query: str, 
 
 @pytest.fixture
 def two_sources(make_config: Callable[..., Config], serve: Callable[..., RunningGateway]) -> RunningGateway:
-    gw = serve(make_config(only=[source_table("metacopier", "metacopier"), source_table("tradr", "metacopier")],
+    gw = serve(make_config(only=[source_table("metacopier", "metacopier"),
+                                 source_table("tradr", "metacopier", allow_shared_secret=True)],
                            clients=[{"id": "dash", "secret": SECRET, "scopes": ["events:read"]}]))
     gw.app.streams.max_lag = 20  # so that a flood of 60 events is "large"
     gw.app.streams.batch = 5
