@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,17 @@ from typing import Any
 import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# A credential a client put in a URL (`?access_token=`, refused by the API) must not reach the
+# log through uvicorn's own lines, which quote the path with its query.
+_URL_CREDENTIAL = re.compile(r"((?:access_token|token|client_secret|secret|key|signature)=)[^&\s\"']+",
+                             re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the values of credential-like query parameters replaced."""
+    return _URL_CREDENTIAL.sub(r"\1[redacted]", text) if "=" in text else text
+
 
 # uvicorn adds `color_message` to its own lines: the message again, with ANSI colour escapes.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
@@ -31,7 +43,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         rid = request_id.get()
         if rid is not None:
@@ -47,7 +59,7 @@ class TextFormatter(logging.Formatter):
         stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         rid = request_id.get()
         extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        text = f"{stamp} {record.levelname:<7} {record.name}: {redact(record.getMessage())}"
         text += f" [{rid}]" if rid else ""
         text += f" {extras}" if extras else ""
         if record.exc_info:

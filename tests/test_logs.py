@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import orjson
+import pytest
 
 from gateway import logs
 from tests.conftest import MC_BODY, MC_SECRET, TR_BODY, TR_KEY, mc_sign, tr_sign
@@ -68,3 +69,15 @@ def test_uvicorn_lines_carry_no_color_message_nor_ansi_escapes(tmp_path) -> None
     for formatter in (logs.TextFormatter(), logs.JsonFormatter()):
         text = formatter.format(record)
         assert "Started server process [42]" in text and "\x1b" not in text and "color_message" not in text
+
+
+@pytest.mark.parametrize("formatter", [logs.JsonFormatter(), logs.TextFormatter()])
+def test_a_token_a_client_put_in_a_url_never_reaches_the_log(formatter: logging.Formatter) -> None:
+    # what uvicorn logs for a WebSocket or HTTP request: the path with its query string
+    token = "eyJ0eXAi.secret-token-value"
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", f"/api/v1/ws?source=mc&access_token={token}&x=1", "1.1",
+                                400), None)
+    line = formatter.format(record)
+    assert token not in line
+    assert "access_token=[redacted]" in line and "source=mc" in line and "&x=1" in line
