@@ -108,7 +108,9 @@ def dedup_key(source: str, event_type: str, identity: Identity) -> str:
         kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
     else:
         kind = _escape(event_type, _TYPE_ESCAPES)
-    if type(identity) is tuple and identity:
+    if type(identity) is tuple and len(identity) == 1:  # the common case: one id
+        named = _escape(identity[0], _PART_ESCAPES)
+    elif type(identity) is tuple and identity:
         named = "@".join(identity)
         # a part holding "@" (more of them than separators) or another special character
         if named.count("@") >= len(identity) or _PART_SPECIAL.search(named):
