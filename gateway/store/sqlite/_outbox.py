@@ -18,10 +18,11 @@ from gateway.store.records import Claim, DeliveryRecord, DeliveryResult, Deliver
 
 US = 1_000_000
 
-INSERT = (
+INSERT_DELIVERIES = (
     "INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at,"
-    " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+    " created_at, updated_at)"
 )
+DELIVERY = "(?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
 
 # The head of line per (plugin, source, entity id): nothing earlier of the same entity pending
 # (claimed or not), and not itself claimed under a lease that still holds.

@@ -29,19 +29,18 @@ from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, dedup_key
 from gateway.store.committer import Committed, Ingest, Item, needs_sync
 from gateway.store.sqlite import _outbox
+from gateway.store.sqlite._rows import insert_rows
 from gateway.store.sqlite._schema import migrate
 
 log = logging.getLogger("gateway.store")
 
-_INSERT_RECEIPT = (
-    "INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers,"
-    " body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_EVENT = (
+_INSERT_RECEIPTS = "INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)"
+_RECEIPT = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENTS = (
     "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
     " status, conflicts_with, account, symbol, received_at, payload, quarantine_reason)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_EVENT = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Every stored version of the group's identities, first version first.
 _EXISTING = (
     "SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key IN (SELECT value FROM json_each(?)) ORDER BY id"
@@ -244,10 +243,10 @@ def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Comm
             outcomes.append(Outcome(event_id, status, key, first))
         results.append(outcomes)
     if receipt_rows:
-        conn.executemany(_INSERT_RECEIPT, receipt_rows)
-        conn.executemany(_INSERT_EVENT, event_rows)
+        insert_rows(conn, _INSERT_RECEIPTS, _RECEIPT, receipt_rows)
+        insert_rows(conn, _INSERT_EVENTS, _EVENT, event_rows)
         committed.newest_event = event_id
         committed.stored = len(event_rows)
     if delivery_rows:
-        conn.executemany(_outbox.INSERT, delivery_rows)
+        insert_rows(conn, _outbox.INSERT_DELIVERIES, _outbox.DELIVERY, delivery_rows)
     return results
