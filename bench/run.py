@@ -1,13 +1,18 @@
 """The gateway's benchmark: one command, one machine, every figure docs/benchmarks.md reports.
 
-    .venv/bin/python bench/run.py            # full run (about 10 minutes on 2 cores)
+    .venv/bin/python bench/run.py            # full run (about 12 minutes on 2 cores)
     .venv/bin/python bench/run.py --quick    # smoke run (seconds), as the test suite does
 
-Starts a bare Starlette app (the ceiling for this stack) and the gateway with its default
-durable settings (synchronous=FULL), each fresh for every run, on 127.0.0.1; drives both with
-wrk (Debian package) replaying pre-signed request sets; then measures fan-out lag of a jsonl
-plugin at a fixed rate and listing 100 events from a store of 1,000,000. Writes results.json
-and chart.png to --out.
+Runs three targets side by side, each fresh for every run, on 127.0.0.1:
+- bare: a bare Starlette endpoint (bench/bare_app.py), the ceiling for this stack;
+- minimal: the minimal durable pipeline (bench/minimal_app.py): verify, parse, dedup key, one
+  writer thread group-committing with synchronous=FULL, answer after the commit. The
+  realistic ceiling for anything that keeps the gateway's core guarantee;
+- gateway: the gateway with its default durable settings (synchronous=FULL).
+Drives each with wrk (Debian package) replaying pre-signed request sets and reports the
+gateway's requests/s as a ratio to both; then measures fan-out lag of a jsonl plugin at a fixed
+rate, the floors of the gateway's own parts for 500-event batches, and listing 100 events from
+a store of 1,000,000. Writes results.json and chart.png to --out.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ MC_SECRET = "bench-metacopier-secret-0123456789abcdef"
 PS_SECRET = "whsec_bench_pipsync_secret"
 TR_KEY = "bench-tradrapi-key-0123456789"
 CLIENT_SECRET = "bench-client-secret-0123456789"
+KINDS = ("bare", "minimal", "gateway")
 WORKLOADS = ("metacopier", "pipsync", "tradrapi-500", "mixed-10pct-dup", "bad-signature")
 
 
@@ -93,14 +99,16 @@ class Target:
         self.port = free_port()
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        if kind == "bare":
-            cmd = [PYTHON, "-m", "uvicorn", "bare_app:app", "--port", str(self.port), "--log-level", "warning",
+        env = None
+        if kind in ("bare", "minimal"):
+            cmd = [PYTHON, "-m", "uvicorn", f"{kind}_app:app", "--port", str(self.port), "--log-level", "warning",
                    "--no-access-log", "--app-dir", str(HERE)]
+            env = {**os.environ, "MINIMAL_DB": str(folder / "minimal.db")}
         else:
             cmd = [PYTHON, "-m", "gateway", "run", "--config", str(gateway_config(folder, self.port, plugins)),
                    "--log-format", "json"]
         self.log = (folder / f"{kind}.log").open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=folder, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -189,6 +197,9 @@ def load_run(binary: str, kind: str, workload: str, connections: int, seconds: f
             with sqlite3.connect(db) as conn:
                 result["events_stored"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 result["rejections_kept"] = conn.execute("SELECT count(*) FROM rejections").fetchone()[0]
+        elif kind == "minimal":
+            with sqlite3.connect(target.folder / "minimal.db") as conn:
+                result["events_stored"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     finally:
         target.stop()
     per_request = 500 if workload == "tradrapi-500" else 1
@@ -355,6 +366,23 @@ def floors(folder: Path, groups: int) -> dict[str, Any]:
             "serial_events_per_s": events_total / (verify_s + store_s)}
 
 
+def summarise(runs: list[dict[str, Any]]) -> None:
+    """Add each run's ratios to the other targets of its (workload, connections), and print them."""
+    by = {(r["kind"], r["workload"], r["connections"]): r for r in runs}
+    click.echo("workload         conns  minimal/bare  gateway/bare  gateway/minimal  p99 gateway/minimal")
+    for run in runs:
+        if run["kind"] != "bare":
+            run["ratio_to_bare"] = run["rps"] / by[("bare", run["workload"], run["connections"])]["rps"]
+    for run in runs:
+        if run["kind"] == "gateway":
+            minimal = by[("minimal", run["workload"], run["connections"])]
+            run["ratio_to_minimal"] = run["rps"] / minimal["rps"]
+            run["p99_ratio_to_minimal"] = run["p99_us"] / max(1, minimal["p99_us"])
+            click.echo(f"{run['workload']:16} {run['connections']:5}  {minimal['ratio_to_bare']:12.2f}  "
+                       f"{run['ratio_to_bare']:12.2f}  {run['ratio_to_minimal']:15.2f}  "
+                       f"{run['p99_ratio_to_minimal']:19.2f}")
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -365,15 +393,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8))
     workloads = sorted({r["workload"] for r in runs}, key=WORKLOADS.index)
     for workload in workloads:
-        for kind, style in (("gateway", "-o"), ("bare", "--x")):
+        for kind, style in (("gateway", "-o"), ("minimal", ":s"), ("bare", "--x")):
             points = sorted((r["connections"], r) for r in runs if r["workload"] == workload and r["kind"] == kind)
             if not points:
                 continue
             xs = [c for c, _ in points]
             top.plot(xs, [r["events_per_s"] for _, r in points], style, label=f"{kind} {workload}")
-            if kind == "gateway":
-                bottom.plot(xs, [r["p99_us"] / 1000 for _, r in points], style, label=workload)
-    for axis, label in ((top, "events/s"), (bottom, "gateway p99 latency (ms)")):
+            if kind != "bare":
+                bottom.plot(xs, [r["p99_us"] / 1000 for _, r in points], style, label=f"{kind} {workload}")
+    for axis, label in ((top, "events/s"), (bottom, "p99 latency (ms)")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("connections")
         axis.set_ylabel(label)
@@ -381,7 +409,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         axis.legend(fontsize=7)
     top.set_yscale("log")
     bottom.set_yscale("log")
-    fig.suptitle(f"Gateway vs bare Starlette, {results['machine']['cores']} cores ({results['started']})")
+    fig.suptitle(f"Gateway vs the minimal durable pipeline and bare Starlette, {results['machine']['cores']} cores ({results['started']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -393,7 +421,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 @click.option("--connections", default="1,8,32,128", show_default=True)
 @click.option("--workloads", default=",".join(WORKLOADS), show_default=True)
 def main(out: Path, quick: bool, seconds: float, connections: str, workloads: str) -> None:
-    """Benchmark the gateway against a bare Starlette app; write results.json and chart.png."""
+    """Benchmark the gateway against a bare Starlette app and the minimal durable pipeline."""
     binary = ensure_wrk()
     levels = [1, 8] if quick else [int(c) for c in connections.split(",")]
     seconds = 1.0 if quick else seconds
@@ -411,7 +439,7 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
             count = 2000 if quick else 150_000
             requests_file = None if workload == "tradrapi-500" else request_file(workload, folder, count)
             for level in levels:
-                for kind in ("bare", "gateway"):
+                for kind in KINDS:
                     run = load_run(binary, kind, workload, level, seconds, folder, requests_file)
                     run.update(kind=kind, workload=workload, connections=level)
                     results["load"].append(run)
@@ -419,11 +447,7 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
                                f"{run['events_per_s']:9.0f} ev/s  p50 {run['p50_us'] / 1000:6.2f} ms  "
                                f"p99 {run['p99_us'] / 1000:6.2f} ms  p99.9 {run['p999_us'] / 1000:6.2f} ms  "
                                f"rss {run['peak_rss_mb']:5.0f} MB  non2xx {run['non2xx']}")
-        for run in results["load"]:
-            if run["kind"] == "gateway":
-                bare = next(r for r in results["load"] if r["kind"] == "bare" and r["workload"] == run["workload"]
-                            and r["connections"] == run["connections"])
-                run["ratio_to_bare"] = run["rps"] / bare["rps"]
+        summarise(results["load"])
         results["fanout"] = fanout_lag(folder, rate=500 if quick else 5000, seconds=1 if quick else 10)
         click.echo(f"fan-out lag at {results['fanout']['rate_events_per_s']} ev/s: "
                    f"p50 {results['fanout']['p50_s'] * 1000:.1f} ms, p99 {results['fanout']['p99_s'] * 1000:.1f} ms")

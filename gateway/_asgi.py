@@ -15,6 +15,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# Set in a request's scope by the server's protocol (gateway/_http.py) once the whole body has
+# arrived, which for most webhooks is before the app first runs. The ingest then skips the
+# head-only credential check, which exists to keep bodies still on their way out of its
+# in-flight places unless they carry a credential, and verifies the whole request at once.
+BODY_COMPLETE = "gateway.body_complete"
+
 _ids = random.Random()  # seeded from os.urandom; ids need to be unique, not secret
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
+from gateway._asgi import BODY_COMPLETE, Receive, Scope, Send, new_request_id, send_response
 from gateway.errors import GatewayError, problem, problem_bytes
 
 log = logging.getLogger("gateway.http")
@@ -130,6 +130,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._deadline = NEVER  # the app takes its time; after the answer, keep-alive rules
+        if self.scope is not None:
+            self.scope[BODY_COMPLETE] = True  # nothing left to wait for (gateway/ingest.py)
 
     def check(self, now: float) -> None:
         """Enforce the deadline (called by the server's sweep)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from gateway import logs
-from gateway._asgi import Receive, Scope, Send, new_request_id, send_response
+from gateway._asgi import BODY_COMPLETE, Receive, Scope, Send, new_request_id, send_response
 from gateway._secret import SecretScanner
 from gateway.budget import ByteBudget
 from gateway.config import Config, SourceConfig
@@ -132,6 +132,8 @@ class IngestApp:
         # Series exist from the start, at zero; the hot path increments children, not labels().
         self._requests = {name: self.metrics.requests.labels(name) for name in (*self.sources, UNKNOWN_SOURCE)}
         self._latency = {name: self.metrics.ingest_latency.labels(name) for name in self.sources}
+        self._attempt = {name: self.metrics.sender_attempt.labels(name) for name in self.sources}
+        self._skew = {name: self.metrics.sender_clock_skew.labels(name) for name in self.sources}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._serve(scope, receive, send)
@@ -213,25 +215,26 @@ class IngestApp:
             return
         await send_response(send, 200, body, b"application/json", request_id)
 
+    def _kept_headers(self, headers: dict[str, str]) -> list[tuple[str, str]]:
+        """The headers stored with a receipt: no credential header, and no value holding a
+        configured secret (e.g. a proxy's copy). One scan of all values; per value only on a find."""
+        kept = [(k, v) for k, v in headers.items() if k not in self.credential_headers]
+        if self.secrets.found_in("\n".join([v for _, v in kept])):
+            kept = [(k, v) for k, v in kept if not self.secrets.found_in(v)]
+        return kept
+
     def _observe(self, source: str, received_at: float, verified: Verified, outcomes: list[Outcome]) -> None:
-        m = self.metrics
         self._latency[source].observe(max(0.0, self.clock() - received_at))
         if len(outcomes) == 1:
-            event_type = m.event_type_label(source, verified.events[0].event_type)
-            m.events.labels(source, event_type, outcomes[0].status).inc()
-            if outcomes[0].status == "conflict":
-                m.dedup_conflicts.labels(source, event_type).inc()
+            self.metrics.count_events(source, verified.events[0].event_type, outcomes[0].status)
         else:  # a batch: one increment per (type, outcome), not one per event
             counts = Counter((e.event_type, o.status) for e, o in zip(verified.events, outcomes, strict=True))
             for (event_type, status), count in counts.items():
-                label = m.event_type_label(source, event_type)
-                m.events.labels(source, label, status).inc(count)
-                if status == "conflict":
-                    m.dedup_conflicts.labels(source, label).inc(count)
+                self.metrics.count_events(source, event_type, status, count)
         if verified.attempt is not None:
-            m.sender_attempt.labels(source).observe(verified.attempt)
+            self._attempt[source].observe(verified.attempt)
         if verified.sent_at is not None:
-            m.sender_clock_skew.labels(source).observe(verified.sent_at - received_at)
+            self._skew[source].observe(verified.sent_at - received_at)
 
     async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str, seen: _Seen) -> bytes:
         # Everything the head alone shows is answered at once, before the request takes a place
@@ -246,7 +249,8 @@ class IngestApp:
             raise GatewayError("ip_denied", f"{remote} is not in allow_ips for source {name!r}")
         check_declared(scope, self.max_body, seen)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        self._check_credential_shape(name, headers, self.clock())
+        if not scope.get(BODY_COMPLETE):  # a body still to wait for: only with a credential
+            self._check_credential_shape(name, headers, self.clock())
         with self._admitted(remote):
             body = await read_body(scope, receive, self.max_body, seen)
             seen.body = body
@@ -270,8 +274,7 @@ class IngestApp:
             received_at=received_at,
             remote_addr=remote,
             attempt=verified.attempt,
-            headers=[(k, v) for k, v in headers.items()
-                     if k not in self.credential_headers and not self.secrets.found_in(v)],  # e.g. a proxy's copy
+            headers=self._kept_headers(headers),
             body=body,
         )
         routes = self.router.routes(name, verified.events)

@@ -7,6 +7,7 @@ Conventions: `_total` counters, `_seconds` in base units, low-cardinality labels
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -86,6 +87,8 @@ class Metrics:
         self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
                                 registry=r)
         self._types: dict[str, set[str]] = {}
+        # (source, event type, status) -> its children: `labels()` costs about 1 µs a call
+        self._event_series: dict[tuple[str, str, str], tuple[Any, Any | None]] = {}
 
     def event_type_label(self, source: str, event_type: str) -> str:
         """Bound the label's values: senders choose event types."""
@@ -96,6 +99,19 @@ class Metrics:
             return "other"
         seen.add(event_type)
         return event_type or "-"
+
+    def count_events(self, source: str, event_type: str, status: str, count: int = 1) -> None:
+        """`gateway_events_total` (and `gateway_dedup_conflicts_total` for a conflict) += count."""
+        series = self._event_series.get((source, event_type, status))
+        if series is None:
+            label = self.event_type_label(source, event_type)
+            series = (self.events.labels(source, label, status),
+                      self.dedup_conflicts.labels(source, label) if status == "conflict" else None)
+            if label != "other":  # bounded like the labels: types beyond the cap are looked up each time
+                self._event_series[(source, event_type, status)] = series
+        series[0].inc(count)
+        if series[1] is not None:
+            series[1].inc(count)
 
     def watch_store_size(self, measure: Callable[[], float]) -> None:
         self.store_size.set_function(measure)

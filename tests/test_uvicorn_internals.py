@@ -21,7 +21,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway._asgi import Receive, Scope, Send
+from gateway._asgi import BODY_COMPLETE, Receive, Scope, Send
 from gateway._http import GuardedHttpToolsProtocol
 from gateway.config import ServerConfig
 from gateway.server import GatewayServer, uvicorn_config
@@ -118,6 +118,36 @@ def test_the_protocol_state_the_guard_reads_and_writes() -> None:
     assert transport.written.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and transport.closed
     assert received == [{"type": "http.disconnect"}], changed(
         "how a cycle marked disconnected ends the app's receive()")
+
+
+async def _flags_seen(chunks: list[bytes]) -> list[Any]:
+    """What the app finds under BODY_COMPLETE when it first runs, for a request sent in `chunks`."""
+    seen: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope.get(BODY_COMPLETE))
+
+    config = uvicorn_config(app, ServerConfig(), host="127.0.0.1", port=0, log_level="warning")
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={},  # type: ignore[call-arg]
+                                          _loop=asyncio.get_running_loop())
+    protocol.connection_made(FakeTransport())
+    for chunk in chunks:
+        protocol.data_received(chunk)
+        await asyncio.sleep(0)  # the app's task runs between chunks, as between network reads
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0)
+    return seen
+
+
+def test_the_scope_says_when_the_whole_body_came_with_the_head() -> None:
+    """The ingest skips its head-only credential check only for a body that has arrived."""
+    head = b"POST /hooks/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+    assert asyncio.run(_flags_seen([head + b"hello"])) == [True], changed(
+        "on_message_complete before the app's task runs, or HttpToolsProtocol.scope")
+    assert asyncio.run(_flags_seen([head, b"hel", b"lo"])) == [None]
 
 
 def test_the_server_ticks_and_shares_its_connections(gateway: RunningGateway,
