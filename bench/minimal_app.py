@@ -72,7 +72,8 @@ def verify(name: str, headers: dict[bytes, bytes], body: bytes) -> list[tuple[st
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
-            threading.Thread(target=writer, args=(os.environ.get("MINIMAL_DB", "minimal.db"),), daemon=True).start()
+            threading.Thread(target=writer, args=(os.environ.get("MINIMAL_DB", "minimal.db"),),
+                             name="minimal-writer", daemon=True).start()
             await send({"type": "lifespan.startup.complete"})
         _jobs.put(None)
         await send({"type": "lifespan.shutdown.complete"})

@@ -93,6 +93,15 @@ async def read_body(scope: Scope, receive: Receive, limit: int, seen: _Seen | No
             return b"".join(chunks)
 
 
+def answer(request_id: str, outcomes: list[Outcome]) -> bytes:
+    """The 200 body: what happened to each event of the request."""
+    return orjson.dumps({
+        "request_id": request_id,
+        "events": [{"id": o.id, "status": o.status, "dedup_key": o.dedup_key, "conflicts_with": o.conflicts_with}
+                   for o in outcomes],
+    })
+
+
 def _declared(scope: Scope) -> int | None:
     """The Content-Length a refused request announced (its body was never read)."""
     for name, value in scope["headers"]:
@@ -266,7 +275,7 @@ class IngestApp:
             raise GatewayError("rate_limited", f"source {name!r} is limited to {source.rate_limit:g} requests/s "
                                f"(burst {source.rate_burst}); retry later", retry_after=math.ceil(wait))
         if not verified.events:
-            return orjson.dumps({"request_id": request_id, "events": []})
+            return answer(request_id, [])
         receipt = Receipt(
             request_id=request_id,
             source=name,
@@ -280,10 +289,4 @@ class IngestApp:
         routes = self.router.routes(name, verified.events)
         outcomes = await self.store.ingest(receipt, verified.events, routes)
         self._observe(name, received_at, verified, outcomes)
-        return orjson.dumps(
-            {
-                "request_id": request_id,
-                "events": [{"id": o.id, "status": o.status, "dedup_key": o.dedup_key,
-                            "conflicts_with": o.conflicts_with} for o in outcomes],
-            }
-        )
+        return answer(request_id, outcomes)

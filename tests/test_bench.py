@@ -22,11 +22,15 @@ def test_quick_benchmark_writes_results_and_chart(tmp_path: Path) -> None:
     results = orjson.loads((tmp_path / "results.json").read_bytes())
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG")
     runs = {(r["kind"], r["workload"], r["connections"]): r for r in results["load"]}
-    assert len(runs) == 2 * 3 * 2
+    assert len(runs) == 3 * 3 * 2  # bare, minimal and gateway; three workloads; two levels
     for (kind, workload, _), run in runs.items():
         assert run["requests"] > 0 and run["socket_errors"] == 0
-        if kind == "gateway" and workload != "bad-signature":
+        if kind != "bare" and workload != "bad-signature":  # both durable targets stored what they acknowledged
             assert run["non2xx"] == 0 and run["events_stored"] > 0 and run["ratio_to_bare"] > 0
+        if kind == "gateway":
+            assert run["ratio_to_minimal"] > 0 and run["p99_ratio_to_minimal"] > 0
+        if workload == "bad-signature" and kind == "minimal":
+            assert run["non2xx"] == run["requests"] and run["events_stored"] == 0
         if workload == "bad-signature" and kind == "gateway":
             assert run["non2xx"] == run["requests"] and run["events_stored"] == 0  # nothing but forensics
             assert run["rejections_kept"] <= 1000  # the bounded log

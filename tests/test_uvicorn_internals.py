@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import itertools
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,7 @@ from uvicorn.server import ServerState
 from gateway._asgi import BODY_COMPLETE, Receive, Scope, Send
 from gateway._http import GuardedHttpToolsProtocol
 from gateway.config import ServerConfig
-from gateway.server import GatewayServer, uvicorn_config
+from gateway.server import SWITCH_INTERVAL_SECONDS, GatewayServer, uvicorn_config
 from tests.conftest import RunningGateway
 
 PIN = "pyproject.toml pins uvicorn; gateway/_http.py and gateway/server.py rely on it"
@@ -39,6 +40,7 @@ def changed(what: str) -> str:
     (HttpToolsProtocol, "data_received", ["self", "data"], False),
     (HttpToolsProtocol, "on_headers_complete", ["self"], False),
     (HttpToolsProtocol, "on_message_complete", ["self"], False),
+    (uvicorn.Server, "serve", ["self", "sockets"], True),
     (uvicorn.Server, "on_tick", ["self", "counter"], True),
     (uvicorn.Server, "handle_exit", ["self", "sig", "frame"], False),
 ])
@@ -167,6 +169,7 @@ def test_the_server_ticks_and_shares_its_connections(gateway: RunningGateway,
     while len(ticks) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(ticks) >= 5, changed("Server.main_loop: it no longer calls on_tick")
+    assert sys.getswitchinterval() == SWITCH_INTERVAL_SECONDS, changed("Server.serve: the override did not run")
     counters = [counter for counter, _ in ticks]
     assert all(b == (a + 1) % 864000 for a, b in itertools.pairwise(counters)), changed(
         f"the tick counter ({counters})")
