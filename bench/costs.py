@@ -250,7 +250,8 @@ def protocol_cost(count: int, guarded: bool) -> float:
         def set_write_buffer_limits(self, *a: Any) -> None: ...
 
     headers, body = requests(1)[0]
-    raw = b"POST /hooks/metacopier HTTP/1.1\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body
+    head = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    raw = b"POST /hooks/metacopier HTTP/1.1\r\n" + head + b"\r\n" + body
 
     async def run() -> float:
         config = uvicorn_config(app, ServerConfig(), host="127.0.0.1", port=0, log_level="warning")
@@ -271,8 +272,9 @@ def protocol_cost(count: int, guarded: bool) -> float:
 
 
 ADDED = ("with one plugin (routes, outbox rows)", "body on its way (head-only credential check)")
-PARTS = ("store handoff (queue, futures, wake-ups)", "in-flight cap and byte budget", "request id and log contextvar", "secret scanner",
-         "header capture and credential stripping", "metrics", "response building", "secondary indexes")
+PARTS = ("store handoff (queue, futures, wake-ups)", "in-flight cap and byte budget", "request id and log contextvar",
+         "secret scanner", "header capture and credential stripping", "metrics", "response building",
+         "secondary indexes")
 
 
 @click.command()

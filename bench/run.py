@@ -409,7 +409,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         axis.legend(fontsize=7)
     top.set_yscale("log")
     bottom.set_yscale("log")
-    fig.suptitle(f"Gateway vs the minimal durable pipeline and bare Starlette, {results['machine']['cores']} cores ({results['started']})")
+    fig.suptitle(f"Gateway vs the minimal durable pipeline and bare Starlette, {results['machine']['cores']} cores "
+                 f"({results['started']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
