@@ -299,16 +299,16 @@ def main(count: int, repeat: int) -> None:
     median = {part: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
               for part, runs in rows.items()}
     base_loop, base_writer = median["gateway"]
-    click.echo(f"{'CPU µs per request':44} {'event loop':>10} {'writer':>8}  {'part costs':>10}")
+    click.echo(f"{'CPU µs per request':48} {'event loop':>10} {'writer':>8}  {'part costs':>10}")
     for part, (loop_us, writer_us) in median.items():
-        line = f"{part:44} {loop_us:10.1f} {writer_us:8.1f}"
+        line = f"{part:48} {loop_us:10.1f} {writer_us:8.1f}"
         if part in PARTS:
             line += f"  {base_loop - loop_us:+10.1f} {base_writer - writer_us:+8.1f}"
         elif part in ADDED:
             line += f"  {loop_us - base_loop:+10.1f} {writer_us - base_writer:+8.1f}"
         click.echo(line)
     plain, guarded_us = median["http protocol"][0], median["http protocol (guarded)"][0]
-    click.echo(f"{'guarded protocol':44} {guarded_us - plain:+10.1f}")
+    click.echo(f"{'guarded protocol':48} {guarded_us - plain:+10.1f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -38,3 +39,17 @@ def test_quick_benchmark_writes_results_and_chart(tmp_path: Path) -> None:
         runs[("gateway", "tradrapi-500", 1)]["rps"] * 500)
     assert results["fanout"]["journal_lines"] == results["fanout"]["events"] > 0
     assert set(results["listing"]["queries"]) >= {"unfiltered", "source", "type glob"}
+
+
+def test_cost_table_runs_every_experiment() -> None:
+    """bench/costs.py (docs/benchmarks.md's cost table) in miniature: every row measured."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "costs.py"), "--requests", "300", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = (re.split(r"\s{2,}", line.strip()) for line in proc.stdout.splitlines()[1:])
+    rows = {name: figures for name, *figures in lines}
+    for part in ("gateway", "minimal pipeline", "metrics", "secondary indexes", "store handoff (queue, futures, wake-ups)",
+                 "with one plugin (routes, outbox rows)", "verify and parse (HMAC, identity, fingerprint)"):
+        assert float(rows[part][0]) > 0, (part, proc.stdout)
+    assert float(rows["gateway"][1]) > 0 and float(rows["minimal pipeline"][1]) > 0  # both writers did work
+    assert "guarded protocol" in rows
