@@ -49,7 +49,8 @@ def test_cost_table_runs_every_experiment() -> None:
     lines = (re.split(r"\s{2,}", line.strip()) for line in proc.stdout.splitlines()[1:])
     rows = {name: figures for name, *figures in lines}
     for part in ("gateway", "minimal pipeline", "metrics", "secondary indexes",
-                 "store handoff (queue, futures, wake-ups)", "with one plugin (routes, outbox rows)", "verify and parse (HMAC, identity, fingerprint)"):
+                 "store handoff (queue, futures, wake-ups)", "with one plugin (routes, outbox rows)",
+                 "verify and parse (HMAC, identity, fingerprint)"):
         assert float(rows[part][0]) > 0, (part, proc.stdout)
     assert float(rows["gateway"][1]) > 0 and float(rows["minimal pipeline"][1]) > 0  # both writers did work
     assert "guarded protocol" in rows
