@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -103,9 +103,8 @@ def patched(obj: Any, **attrs: Any) -> Iterator[None]:
             setattr(obj, name, value)
 
 
-@contextlib.asynccontextmanager
-async def _free(size: int) -> AsyncIterator[None]:
-    yield
+async def _free(size: int) -> int:
+    return size
 
 
 class _NoSecrets:
@@ -183,8 +182,8 @@ def gateway_run(folder: Path, reqs: list[Any], off: str, plugin: bool) -> tuple[
             await store.close()
 
     switches: dict[str, contextlib.AbstractContextManager[Any]] = {
-        "in-flight cap and byte budget": patched(app, _admitted=lambda remote: contextlib.nullcontext(),
-                                                 budget=SimpleNamespace(hold=_free)),
+        "in-flight cap and byte budget": patched(app, _admit=id, _leave=id,
+                                                 budget=SimpleNamespace(acquire=_free, release=id)),
         "request id and log contextvar": patched(ingest, new_request_id=lambda: "0123456789abcdef",
                                                  logs=SimpleNamespace(request_id=SimpleNamespace(set=id))),
         "secret scanner": patched(app, secrets=_NoSecrets()),

@@ -21,28 +21,38 @@ class ByteBudget:
         self.available = capacity
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
+    async def acquire(self, size: int) -> int:
+        """Take `size` bytes, waiting (in arrival order) until they are free; returns what was
+        taken, for `release` (a body bigger than the whole budget waits for all of it)."""
+        size = min(size, self.capacity)
+        if not self._waiters and size <= self.available:  # the hot path: no coroutine suspends
+            self.available -= size
+            return size
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((size, future))
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self._release(size)  # granted just as we were cancelled: hand it on
+            elif (size, future) in self._waiters:
+                self._waiters.remove((size, future))
+                self._wake()  # a smaller request behind it may fit now
+            raise
+        return size
+
+    def release(self, taken: int) -> None:
+        """Give back what `acquire` returned."""
+        self._release(taken)
+
     @asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[None]:
-        """Hold `size` bytes (a body bigger than the whole budget waits for all of it)."""
-        size = min(size, self.capacity)
-        if self._waiters or size > self.available:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append((size, future))
-            try:
-                await future
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    self._release(size)  # granted just as we were cancelled: hand it on
-                elif (size, future) in self._waiters:
-                    self._waiters.remove((size, future))
-                    self._wake()  # a smaller request behind it may fit now
-                raise
-        else:
-            self.available -= size
+        """Hold `size` bytes for the block (`acquire` and `release`)."""
+        taken = await self.acquire(size)
         try:
             yield
         finally:
-            self._release(size)
+            self._release(taken)
 
     def _release(self, size: int) -> None:
         self.available += size

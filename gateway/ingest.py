@@ -6,14 +6,13 @@ once, headers decoded once, one future awaited for the group commit.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 
@@ -147,9 +146,9 @@ class IngestApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._serve(scope, receive, send)
 
-    @contextlib.contextmanager
-    def _admitted(self, remote: str | None) -> Iterator[None]:
-        """A place in flight while the body is read and stored, or 503 `overloaded` (gateway/limits.py)."""
+    def _admit(self, remote: str | None) -> None:
+        """A place in flight while the body is read and stored (`_leave` gives it back), or 503
+        `overloaded` (gateway/limits.py). Plain calls, not a context manager: this is per request."""
         if self.in_flight >= self.max_in_flight:  # 503, not 429: every sender retries a 5xx
             raise GatewayError("overloaded", f"more than {self.max_in_flight} requests in flight; retry shortly",
                                retry_after=1)
@@ -159,14 +158,13 @@ class IngestApp:
                                f"max_in_flight; retry shortly", retry_after=1)
         self.in_flight += 1
         self.in_flight_by_client[remote] = held + 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if (left := self.in_flight_by_client[remote] - 1) > 0:
-                self.in_flight_by_client[remote] = left
-            else:
-                del self.in_flight_by_client[remote]
+
+    def _leave(self, remote: str | None) -> None:
+        self.in_flight -= 1
+        if (left := self.in_flight_by_client[remote] - 1) > 0:
+            self.in_flight_by_client[remote] = left
+        else:
+            del self.in_flight_by_client[remote]
 
     def _check_credential_shape(self, name: str, headers: Headers, now: float) -> None:
         """Refuse a request whose credential header is missing or malformed, before its body.
@@ -260,11 +258,17 @@ class IngestApp:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if not scope.get(BODY_COMPLETE):  # a body still to wait for: only with a credential
             self._check_credential_shape(name, headers, self.clock())
-        with self._admitted(remote):
+        self._admit(remote)
+        try:
             body = await read_body(scope, receive, self.max_body, seen)
             seen.body = body
-            async with self.budget.hold(len(body)):
+            taken = await self.budget.acquire(len(body))
+            try:
                 return await self._store(name, source, headers, body, remote, request_id)
+            finally:
+                self.budget.release(taken)
+        finally:
+            self._leave(remote)
 
     async def _store(self, name: str, source: SourceConfig, headers: dict[str, str], body: bytes,
                      remote: str | None, request_id: str) -> bytes:
