@@ -1,11 +1,11 @@
 """The group committer: one queue of writes, one transaction per group, whatever the database.
 
-Requests hand their events to `GroupCommitter.submit()`, which queues them. The committer task
-takes everything queued while the previous commit ran and hands the whole group to its thread
-in one call: the backend's `Transactor.transaction()` runs BEGIN, the dedup lookup, the inserts,
-any other queued writes, COMMIT. Every waiting request is resolved only after COMMIT returned,
-so durability costs one commit per group and one thread hop per group, not per request or per
-statement.
+Requests hand their events to `GroupCommitter.submit()`, which queues them. The committer's
+thread takes everything queued while the previous commit ran and runs the whole group in the
+backend's `Transactor.transaction()`: BEGIN, the dedup lookup, the inserts, any other queued
+writes, COMMIT. Every waiting request is resolved only after COMMIT returned, so durability
+costs one commit per group and one hand-back to the event loop per group, not per request or
+per statement.
 
 The fault policy is the committer's, the classification the backend's: when a group fails,
 an error that belongs to one item (`Transactor.isolatable`) has each item retried alone, so
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -107,8 +108,31 @@ class Transactor(Protocol):
         ...
 
 
+class _Call:
+    """A function for the writer's thread to run between groups (open, reset), and its future."""
+
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
+
+
+class _Stop:
+    """Queued by stop(): the thread commits what is queued before it, then ends."""
+
+
+_STOP = _Stop()
+
+
 class GroupCommitter:
-    """Queue of writes, drained by one task into one thread that owns the connection."""
+    """Queue of writes, drained in groups by one thread that owns the connection.
+
+    Callers on the event loop put items on a thread-safe queue (no wake-up of the loop, no task
+    in between); the thread takes the first item, then whatever else is queued, and commits the
+    group; one `call_soon_threadsafe` per group hands the results back to the loop, which
+    resolves each caller's future and tells the listeners. The thread does not wait for that:
+    it starts on the next group at once."""
 
     def __init__(self, transactor: Transactor, on_commit: Callable[[Committed], None],
                  name: str = "store-writer") -> None:
@@ -116,95 +140,132 @@ class GroupCommitter:
         self.on_commit = on_commit
         self.commits = 0
         self._name = name
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[Item | _Call | _Stop] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
     async def start(self) -> None:
         """Open the connection; a fault here is logged and retried by later groups."""
         self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
         await self._call(self.transactor.open)
-        self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
         self._closing = True  # from here on submit() refuses, so nothing queues behind the stop
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-            self._task = None
-        await self._call(self.transactor.reset)
-        self._thread.shutdown(wait=True)
+        thread = self._thread
+        if thread is None:
+            return
+        await self._call(self.transactor.reset)  # after every group queued before it
+        self._queue.put(_STOP)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
 
     @property
     def running(self) -> bool:
-        return not self._closing and self._task is not None and not self._task.done()
+        return not self._closing and self._thread is not None and self._thread.is_alive()
 
     def submit(self, item: Item) -> asyncio.Future[Any]:
-        # No await between the check and the put: nothing can queue behind stop()'s marker.
         if not self.running:
             raise StoreUnavailable("the store writer is not running")
-        self._queue.put_nowait(item)
+        self._queue.put(item)
         return item.future
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        """Run `fn` in the writer's thread, between groups."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put(_Call(fn, future))
+        return await future
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = await self._queue.get()
-            if item is None:
-                break
-            group: list[Item] = [item]
-            size = _size(item)
-            while size < MAX_GROUP_EVENTS and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stopping = True
+    # --- in the writer's thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        after: _Call | _Stop | None = None  # what ended the previous group's draining
+        while True:
+            first = after if after is not None else self._queue.get()
+            after = None
+            if isinstance(first, _Stop):
+                return
+            if isinstance(first, _Call):
+                self._run_call(first)
+                continue
+            group: list[Item] = [first]
+            size = _size(first)
+            while size < MAX_GROUP_EVENTS:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Call | _Stop):
+                    after = nxt  # runs once this group is committed
                     break
                 group.append(nxt)
                 size += _size(nxt)
-            await self._commit_isolated(group)
+            self._post(self._settle, group, self._commit_isolated(group))
 
-    async def _commit_isolated(self, group: list[Item]) -> None:
-        """Commit the group; if it fails, retry its items one by one so that one bad request
-        does not fail its neighbours. Not after a lock timeout or a store fault: every retry
-        would wait out the lock again, or hit the same fault."""
-        error = await self._commit(group)
-        if error is None:
-            return
-        if len(group) == 1 or not self.transactor.isolatable(error):
-            self._fail(group, error)
-            return
-        for item in group:
-            item_error = await self._commit([item])
-            if item_error is not None:
-                self._fail([item], item_error)
-
-    async def _commit(self, group: list[Item]) -> BaseException | None:
+    def _run_call(self, call: _Call) -> None:
         try:
-            committed: Committed = await self._call(lambda: self.transactor.transaction(group))
+            result = call.fn()
+        except BaseException as exc:  # handed to the caller, like any other outcome
+            self._post(_fail_future, call.future, exc)
+        else:
+            self._post(_resolve, call.future, result)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.warning("store writer: the event loop closed before a result was handed back")
+
+    def _commit_isolated(self, group: list[Item]) -> list[Committed | BaseException]:
+        """Commit the group, or (after an error one item may have caused) each item alone, so
+        that one bad request does not fail its neighbours. Not after a lock timeout or a store
+        fault: every retry would wait out the lock again, or hit the same fault. One outcome per
+        commit made: a `Committed` for the whole group, or one per item."""
+        outcome = self._commit(group)
+        if not isinstance(outcome, BaseException) or len(group) == 1 or not self.transactor.isolatable(outcome):
+            return [outcome]
+        return [self._commit([item]) for item in group]
+
+    def _commit(self, group: list[Item]) -> Committed | BaseException:
+        try:
+            return self.transactor.transaction(group)
         except Exception as exc:
             log.error("store commit failed for %d item(s): %s", len(group), exc)
             if self.transactor.is_fault(exc):
                 # A fault may leave the connection unusable (I/O error, file replaced or made
                 # read-only): the next group opens a fresh one.
-                await self._call(self.transactor.reset)
+                self.transactor.reset()
             return exc
-        self.commits += 1
-        for item, result in zip(group, committed.results, strict=True):
-            if isinstance(item, Op) and item.wakes is not None:
-                committed.plugins.update(item.wakes(result))
-            if not item.future.done():  # a request may have been cancelled meanwhile
-                item.future.set_result(result)
-        self.on_commit(committed)
-        return None
 
-    def _fail(self, group: list[Item], error: BaseException) -> None:
-        for item in group:
-            if not item.future.done():
-                item.future.set_exception(self.transactor.unavailable(error))
+    # --- back on the event loop -----------------------------------------------------------
+
+    def _settle(self, group: list[Item], outcomes: list[Committed | BaseException]) -> None:
+        items: list[list[Item]] = [group] if len(outcomes) == 1 else [[item] for item in group]
+        for part, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                for item in part:
+                    _fail_future(item.future, self.transactor.unavailable(outcome))
+                continue
+            self.commits += 1
+            for item, result in zip(part, outcome.results, strict=True):
+                if isinstance(item, Op) and item.wakes is not None:
+                    outcome.plugins.update(item.wakes(result))
+                _resolve(item.future, result)
+            self.on_commit(outcome)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # a request may have been cancelled meanwhile
+        future.set_result(result)
+
+
+def _fail_future(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _size(item: Item) -> int:

@@ -5,6 +5,7 @@ between the two. SQLite-specific: it reaches into the buffer to hit the exact mo
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from pathlib import Path
 
@@ -20,22 +21,26 @@ def rejection(request_id: str) -> Rejection:
 
 
 class HandOffStore(SQLiteStore):
-    """When the writer thread takes the buffer (assigns a fresh list), the event loop records
-    `late` right then, and the writer waits for it: the interleaving a busy gateway hits by chance."""
+    """When the writer thread has found the buffer empty, the event loop records `late` right
+    then, before the writer's drain ends, and the writer waits for it: the interleaving a busy
+    gateway hits by chance."""
 
     late: Rejection | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def _rejections(self) -> list[Rejection]:
-        return self._buffer
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        store = self
 
-    @_rejections.setter
-    def _rejections(self, value: list[Rejection]) -> None:
-        self._buffer = value
-        if self.late is not None and self.loop is not None and not self._on_loop():
-            late, self.late = self.late, None
-            asyncio.run_coroutine_threadsafe(self._record(late), self.loop).result(timeout=10)
+        class HandOff(collections.deque[Rejection]):
+            def popleft(self) -> Rejection:
+                if not self and store.late is not None and store.loop is not None and not store._on_loop():
+                    late, store.late = store.late, None
+                    asyncio.run_coroutine_threadsafe(store._record(late), store.loop).result(timeout=10)
+                    raise IndexError("the writer saw the buffer empty just before `late` came")
+                return super().popleft()
+
+        self._rejections = HandOff()
 
     def _on_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread

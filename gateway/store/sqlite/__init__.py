@@ -10,6 +10,8 @@ writes too: a claim always sees every outcome committed before it.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import secrets
 import sqlite3
@@ -106,7 +108,7 @@ class SQLiteStore:
     ) -> None:
         self.path = Path(path)
         self.rejections_per_source = rejections_per_source
-        self._rejections: list[Rejection] = []
+        self._rejections: collections.deque[Rejection] = collections.deque()  # appended here, drained by the writer
         self._rejections_queued = False
         self._dropped = 0
         self.synchronous = synchronous
@@ -290,11 +292,15 @@ class SQLiteStore:
 
     def _write_rejections(self, db: sqlite3.Connection) -> None:
         # Runs in the writer thread, while the event loop may record more. The flag goes down
-        # before the swap: a rejection recorded after it queues a new operation, one recorded
-        # before it is in this batch. (Lowered after the swap, a rejection recorded in between
-        # would queue nothing and wait for the next one.) The swap is atomic under the GIL.
+        # before the draining: a rejection recorded after it queues a new operation, one recorded
+        # before it is in this batch or the next. (Lowered after, a rejection recorded just as
+        # the drain found the buffer empty would queue nothing and wait for the next one.) A
+        # deque's append and popleft are atomic, so none is lost between the two threads.
         self._rejections_queued = False
-        batch, self._rejections = self._rejections, []
+        batch: list[Rejection] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                batch.append(self._rejections.popleft())
         if batch:
             _forensics.insert(db, batch, self.rejections_per_source)
 
