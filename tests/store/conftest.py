@@ -9,7 +9,10 @@ more class in `BACKENDS`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -21,6 +24,7 @@ import pytest
 from gateway.config import StoreConfig
 from gateway.model import Outcome, ParsedEvent
 from gateway.store import Receipt, Store, open_store
+from gateway.store.committer import Op
 from tests.store import testsqlite
 
 RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
@@ -68,6 +72,19 @@ class SQLiteBackend:
         """Make every stored event look as if written before identities (what migration 7 leaves)."""
         with self._connect() as conn:
             conn.execute("UPDATE events SET fingerprint = NULL")
+
+    @contextlib.asynccontextmanager
+    async def writer_busy(self, store: Store) -> AsyncIterator[None]:
+        """The store's writer busy with other work for the block (a slow disk, a long group):
+        what a flood of writes meets. Its thread would otherwise take each write at once."""
+        release = threading.Event()
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        store._submit(Op(lambda db: release.wait(10), held))  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            release.set()
+            await held
 
     def heal(self) -> None:
         with self._connect() as conn:

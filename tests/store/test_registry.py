@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,10 +10,9 @@ from prometheus_client import generate_latest
 from gateway.config import ConfigError, StoreConfig, parse_config
 from gateway.metrics import Metrics
 from gateway.store import BACKENDS, Rejection, open_store
-from gateway.store.committer import Op
 from gateway.store.sqlite import SQLiteStore
 from tests.store import testsqlite
-from tests.store.conftest import RECEIVED_AT
+from tests.store.conftest import RECEIVED_AT, SQLiteBackend
 
 SOURCES = {"sources": [{"name": "m", "scheme": "metacopier", "secret": "x" * 40}]}
 
@@ -69,19 +66,14 @@ async def test_dropped_rejections_are_exported(tmp_path: Path) -> None:
     store = open_store(StoreConfig(path=tmp_path / "m.db"))
     store.observe(metrics)
     await store.open()
-    busy = threading.Event()
     try:
         # The writer is busy with something else first (its thread takes work at once otherwise).
-        held = asyncio.get_running_loop().create_future()
-        store._submit(Op(lambda db: busy.wait(10), held))  # type: ignore[attr-defined]
-        for n in range(2100):  # no await: more than the writer's buffer holds
-            store.record_rejection(Rejection(RECEIVED_AT, f"r{n}", f"s{n % 5}", "bad_signature", "x", None, (),
-                                             None, None))
-        busy.set()
-        await held
+        async with SQLiteBackend(tmp_path).writer_busy(store):
+            for n in range(2100):  # more than the writer's buffer holds
+                store.record_rejection(Rejection(RECEIVED_AT, f"r{n}", f"s{n % 5}", "bad_signature", "x", None, (),
+                                                 None, None))
         await store.flush()
     finally:
-        busy.set()
         await store.close()
     assert store.rejections_dropped == 100
     assert b"gateway_rejections_dropped_total 100.0" in generate_latest(metrics.registry)
