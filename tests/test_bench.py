@@ -54,3 +54,14 @@ def test_cost_table_runs_every_experiment() -> None:
         assert float(rows[part][0]) > 0, (part, proc.stdout)
     assert float(rows["gateway"][1]) > 0 and float(rows["minimal pipeline"][1]) > 0  # both writers did work
     assert "guarded protocol" in rows
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by scripts/setup test")
+def test_load_runs_alone_print_one_line_each() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loads.py"), "--workloads", "metacopier",
+                           "--connections", "1", "--seconds", "1", "--kinds", "minimal,gateway"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["kind"] for r in runs] == ["minimal", "gateway"]
+    assert all(r["rps"] > 0 and r["non2xx"] == 0 for r in runs)
