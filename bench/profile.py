@@ -28,9 +28,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # bench/ is not a package
 
-# Where a thread waits for work: the loop's epoll, the executors' queue.get.
+# Where a thread waits for work: the loop's epoll, the executors' and the writer's queue.get.
 IDLE = ("Runner.run (", "_worker (concurrent/futures/thread.py:81)", "_connection_worker_thread (aiosqlite/core.py:59)",
-        "select (selectors.py")
+        "select (selectors.py", "GroupCommitter._run (")  # the writer's own frame: its blocking get
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -48,7 +48,7 @@ def summarise(raw: Path, top: int) -> str:
         frames = stack.split(";")
         if any("aiosqlite" in f for f in frames):
             kind = "reader (aiosqlite)"
-        elif any("concurrent/futures/thread.py" in f for f in frames):
+        elif any("GroupCommitter._run" in f or "concurrent/futures/thread.py" in f for f in frames):
             kind = "store writer"
         else:
             kind = "event loop"
