@@ -395,7 +395,7 @@ def deliveries(
               help="Redeliver this event id (also to a plugin that never had it).")
 @click.option("--dead", is_flag=True, help="Redeliver every dead-lettered delivery of the plugin.")
 def replay(config_path: Path | None, plugin: str, event_id: int | None, dead: bool) -> None:
-    """Queue deliveries again; the running gateway delivers them within a second."""
+    """Queue deliveries again; the running gateway delivers them at once."""
     if (event_id is None) == (not dead):
         raise click.UsageError("give exactly one of --event ID or --dead")
     config = resolve_config(config_path)

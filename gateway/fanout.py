@@ -31,7 +31,7 @@ from gateway.store import Claim, DeliveryResult, Store
 
 log = logging.getLogger("gateway.fanout")
 
-POLL_SECONDS = 1.0  # also picks up `gateway replay` from another process
+POLL_SECONDS = 1.0  # a backstop: other processes' commits wake the runners (FOREIGN_POLL_SECONDS)
 STATS_SECONDS = 1.0
 LEASE_SECONDS = 10.0  # a claim's lease: how long a crashed runner's deliveries wait for another
 RENEW_SECONDS = LEASE_SECONDS / 3  # held claims are renewed this often, long before they end
@@ -304,8 +304,8 @@ class Fanout:
         self.runners = {c.name: PluginRunner(c, plugins[c.name], store, metrics, clock) for c in configs}
         store.add_commit_listener(self._on_commit)
 
-    def _on_commit(self, plugins: frozenset[str]) -> None:
-        for name in plugins:
+    def _on_commit(self, plugins: frozenset[str] | None) -> None:
+        for name in self.runners if plugins is None else plugins:  # None: another process committed
             runner = self.runners.get(name)
             if runner is not None:
                 runner.wake()

@@ -188,6 +188,27 @@ def test_permanent_failure_dead_letters_at_once_and_replay_redelivers(
     assert missing.returncode == 1 and "no event 999" in missing.stderr
 
 
+def test_a_replay_from_another_process_is_delivered_at_once(
+    tmp_path: Path, make_config: Callable[..., Config], serve: Serve
+) -> None:
+    """The running gateway hears of the CLI's commit within tens of milliseconds (the writer
+    watches `PRAGMA data_version`), not at its runners' 1 s poll."""
+    config = make_config(plugins=[plugin("desk")])
+    gw = serve(config)
+    first = send(gw, opened("replayed-fast"))
+    desk = recorder(gw, "desk")
+    wait_for(lambda: len(desk.delivered) == 1, what="the first delivery")
+    cli_config = write_cli_config(tmp_path, config, ["desk"])
+    delays = []
+    for n in range(5):
+        replayed = gateway_cli("replay", "--config", str(cli_config), "--plugin", "desk", "--event", str(first))
+        assert replayed.returncode == 0, replayed.stderr
+        exited = time.monotonic()
+        wait_for(lambda: len(desk.delivered) == n + 2, what=f"replay {n + 1}", interval=0.002)  # noqa: B023
+        delays.append(time.monotonic() - exited)
+    assert max(delays) < 0.25, delays  # each at the 1 s poll: 5 under 0.25 s by chance is 1 in 1,000
+
+
 def test_hanging_plugin_does_not_delay_another(make_config: Callable[..., Config], serve: Serve) -> None:
     gw = serve(make_config(plugins=[plugin("stuck", timeout_seconds=60, options={"hang": True}),
                                     plugin("fast")]), shutdown_grace=0.2)

@@ -79,10 +79,13 @@ class Store(Protocol):
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call `listener` after each commit that made deliveries due: new events routed to
-        plugins, a replay, a retry. This is how plugin runners wake up."""
+        plugins, a replay, a retry. This is how plugin runners wake up. Commits by other
+        processes on the same store (workers, a second gateway, the CLI) call it with None
+        within `FOREIGN_POLL_SECONDS` or so."""
 
     def add_event_listener(self, listener: EventListener) -> None:
-        """Call `listener` with the newest event id after each commit that stored events."""
+        """Call `listener` with the newest event id after each commit that stored events,
+        this process's or (as above) another's."""
 
     # --- events -----------------------------------------------------------------------------
 

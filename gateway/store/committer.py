@@ -21,6 +21,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -33,6 +34,9 @@ log = logging.getLogger("gateway.store")
 C = TypeVar("C")  # the backend's connection type
 
 MAX_GROUP_EVENTS = 5000  # events per transaction; a 500-event batch never waits for another
+# How often the writer asks whether another process committed to the store: between groups, and
+# while idle. Listeners hear of such commits within about this (docs/architecture.md).
+FOREIGN_POLL_SECONDS = 0.02
 
 
 @dataclass(slots=True)
@@ -95,6 +99,11 @@ class Transactor(Protocol):
     def reset(self) -> None:
         """Drop the connection (after a fault, or at stop); the next transaction reopens it."""
 
+    def foreign_commits(self) -> int | None:
+        """If another process or connection committed to the store since the last call: the
+        newest event id now stored; else None (also before the connection is open)."""
+        ...
+
     def isolatable(self, error: BaseException) -> bool:
         """Whether `error` may be one item's own fault: retry the group's items one by one."""
         ...
@@ -135,9 +144,11 @@ class GroupCommitter:
     it starts on the next group at once."""
 
     def __init__(self, transactor: Transactor, on_commit: Callable[[Committed], None],
-                 name: str = "store-writer") -> None:
+                 name: str = "store-writer", on_foreign: Callable[[int], None] | None = None) -> None:
         self.transactor = transactor
         self.on_commit = on_commit
+        self.on_foreign = on_foreign  # another process committed: the newest event id
+        self._foreign_checked = 0.0
         self.commits = 0
         self._name = name
         self._queue: queue.SimpleQueue[Item | _Call | _Stop] = queue.SimpleQueue()
@@ -184,7 +195,7 @@ class GroupCommitter:
     def _run(self) -> None:
         after: _Call | _Stop | None = None  # what ended the previous group's draining
         while True:
-            first = after if after is not None else self._queue.get()
+            first = after if after is not None else self._next()
             after = None
             if isinstance(first, _Stop):
                 return
@@ -204,6 +215,29 @@ class GroupCommitter:
                 group.append(nxt)
                 size += _size(nxt)
             self._post(self._settle, group, self._commit_isolated(group))
+            if time.monotonic() - self._foreign_checked >= FOREIGN_POLL_SECONDS:
+                self._check_foreign()
+
+    def _next(self) -> Item | _Call | _Stop:
+        """The next queued item; while none comes, ask every `FOREIGN_POLL_SECONDS` whether
+        another process committed."""
+        while True:
+            try:
+                return self._queue.get(timeout=FOREIGN_POLL_SECONDS if self.on_foreign else None)
+            except queue.Empty:
+                self._check_foreign()
+
+    def _check_foreign(self) -> None:
+        self._foreign_checked = time.monotonic()
+        if self.on_foreign is None:
+            return
+        try:
+            newest = self.transactor.foreign_commits()
+        except Exception as exc:  # the next group meets the fault and handles it
+            log.debug("store writer: cannot check for other writers' commits: %s", exc)
+            return
+        if newest is not None:
+            self._post(self.on_foreign, newest)
 
     def _run_call(self, call: _Call) -> None:
         try:

@@ -170,12 +170,14 @@ class Rejection:
         }
 
 
-CommitListener = Callable[[frozenset[str]], None]
+CommitListener = Callable[[frozenset[str] | None], None]
 """Called after a commit that made deliveries due (new events routed, a replay, a retry),
-with the names of the plugins concerned."""
+with the names of the plugins concerned; None after a commit by another process or connection
+on the same store, which may concern any plugin."""
 
 EventListener = Callable[[int], None]
-"""Called with the newest event id after a commit that stored events."""
+"""Called with the newest event id after a commit that stored events (this process's, or
+another's on the same store)."""
 
 
 Reidentify = Callable[[str, str, bytes, bool], ParsedEvent | None]

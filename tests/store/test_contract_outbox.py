@@ -12,6 +12,7 @@ import pytest
 
 from gateway.model import Event
 from gateway.store import Claim, DeliveryResult, Rejection, Store
+from tests.conftest import wait_for_async
 from tests.store.conftest import RECEIVED_AT, event, one, receipt
 
 pytestmark = pytest.mark.anyio
@@ -192,6 +193,30 @@ async def test_commit_listeners_hear_of_routes_replays_and_retries(store: Store)
     assert not await store.retry_delivery(10**9)
     assert await store.replay("p", event_id=10**9) == 0
     assert len(heard) == count  # nothing changed: nobody woken
+
+
+async def test_commits_by_another_process_wake_listeners_within_50_ms(backend: Any, store: Store) -> None:
+    """Another store on the same location (a second worker, a second gateway, the CLI) commits:
+    this one's runners and streams hear of it within 50 ms (p99), with no commit of its own."""
+    other = await backend.open()
+    woken: list[tuple[float, frozenset[str] | None]] = []
+    newest: list[tuple[float, int]] = []
+    store.add_commit_listener(lambda plugins: woken.append((time.monotonic(), plugins)))
+    store.add_event_listener(lambda n: newest.append((time.monotonic(), n)))
+    delays = []
+    for n in range(100):
+        [event_id] = await routed(other, f"e{n}")
+        committed = time.monotonic()
+        heard = await wait_for_async(lambda: next((at for at, seen in newest if seen >= event_id), None),  # noqa: B023
+                                     timeout=5, what=f"event {event_id} heard of")
+        delays.append(heard - committed)
+    assert woken and all(plugins is None for _, plugins in woken)  # which plugins: any
+    delays.sort()
+    assert delays[98] <= 0.05, f"p99 {delays[98] * 1000:.0f} ms; median {delays[50] * 1000:.0f} ms"
+    mine = len(newest)
+    await routed(store, "own")  # its own commits are heard as its own, not twice
+    await store.check_writable()
+    assert len(newest) == mine + 1
 
 
 async def test_replay_and_retry_make_deliveries_due_again(store: Store) -> None:

@@ -135,7 +135,7 @@ class SQLiteStore:
     async def open(self) -> None:
         if not self.readonly:
             transactor = SQLiteTransactor(self.path, self.synchronous, self.busy_timeout_ms)
-            self._writer = GroupCommitter(transactor, self._committed)
+            self._writer = GroupCommitter(transactor, self._committed, on_foreign=self._foreign)
             await self._writer.start()
         elif not self.path.exists():
             raise FileNotFoundError(f"no event store at {self.path}")
@@ -174,6 +174,13 @@ class SQLiteStore:
         if committed.newest_event:
             for event_listener in self._event_listeners:
                 event_listener(committed.newest_event)
+
+    def _foreign(self, newest: int) -> None:
+        """Another process (or connection) committed to this store: wake every runner and stream."""
+        for listener in self._listeners:
+            listener(None)
+        for event_listener in self._event_listeners:
+            event_listener(newest)
 
     def _submit(self, item: Item) -> asyncio.Future[Any]:
         if self._writer is None:

@@ -52,6 +52,9 @@ _NEXT_IDS = (
 )
 
 
+_NEWEST_EVENT = "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events'"
+
+
 def is_busy(exc: BaseException) -> bool:
     """Another connection holds the lock: a wait, not a fault of this connection."""
     return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in (
@@ -101,6 +104,7 @@ class SQLiteTransactor:
         self._conn: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) of the store once opened
         self._moved = False
+        self._data_version: int | None = None
 
     def _connection(self) -> sqlite3.Connection:
         self._check_file()  # also before a reopen: never create a new store in the old one's place
@@ -108,6 +112,7 @@ class SQLiteTransactor:
             self._conn = connect(self.path, self.synchronous, self.busy_timeout_ms)
             if self._file is None:
                 self._file = _file_id(self.path)
+            self.foreign_commits()  # the baseline: what others commit from now on is news
         return self._conn
 
     def _check_file(self) -> None:
@@ -146,7 +151,23 @@ class SQLiteTransactor:
         finally:
             conn.execute("PRAGMA synchronous=FULL")
 
+    def foreign_commits(self) -> int | None:
+        # `PRAGMA data_version` changes when another connection commits, never for this one's
+        # own commits; it reads shared memory, no disk. Outside a transaction: no lock taken.
+        conn = self._conn
+        if conn is None:
+            return None
+        # fetchall, not fetchone: a statement left unfinished would hold its read snapshot open,
+        # and the version would never change again (nor could a checkpoint pass it).
+        [(version,)] = conn.execute("PRAGMA data_version").fetchall()
+        known, self._data_version = self._data_version, version
+        if known is None or version == known:
+            return None
+        [(newest,)] = conn.execute(_NEWEST_EVENT).fetchall()
+        return int(newest)
+
     def reset(self) -> None:
+        self._data_version = None  # a new connection counts afresh
         if self._conn is not None:
             try:
                 self._conn.close()
