@@ -286,10 +286,13 @@ class GroupCommitter:
                 continue
             self.commits += 1
             for item, result in zip(part, outcome.results, strict=True):
+                _resolve(item.future, result)  # first: whatever a listener does, callers are answered
                 if isinstance(item, Op) and item.wakes is not None:
                     outcome.plugins.update(item.wakes(result))
-                _resolve(item.future, result)
-            self.on_commit(outcome)
+            try:
+                self.on_commit(outcome)
+            except Exception:  # a listener's bug must not leave the group's other commits unanswered
+                log.exception("store: a commit listener failed")
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

@@ -4,6 +4,7 @@ Every backend runs these tests through the `backend` fixture (tests/store/confte
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,17 @@ async def test_commit_listeners_hear_of_routes_replays_and_retries(store: Store)
     assert not await store.retry_delivery(10**9)
     assert await store.replay("p", event_id=10**9) == 0
     assert len(heard) == count  # nothing changed: nobody woken
+
+
+async def test_a_failing_listener_never_leaves_a_writer_unanswered(store: Store) -> None:
+    def broken(_: object) -> None:
+        raise RuntimeError("a listener's bug")
+
+    store.add_commit_listener(broken)
+    store.add_event_listener(broken)
+    results = await asyncio.wait_for(asyncio.gather(*(routed(store, f"e{n}") for n in range(20))), 10)
+    assert len({ids[0] for ids in results}) == 20  # every request answered, each its own event
+    await store.check_writable()  # and the writer goes on
 
 
 async def test_commits_by_another_process_wake_listeners_within_50_ms(backend: Any, store: Store) -> None:
