@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,6 +39,8 @@ from gateway.stream import Streams
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 READY_TIMEOUT = 2.0
 RETENTION_INTERVAL = 3600.0
+RETENTION_GRACE = 600.0  # the lease outlasts the interval: its holder renews it before it ends
+RETENTION_JOB = "retention"
 REIDENTIFY_RETRY = 5.0
 log = logging.getLogger("gateway")
 
@@ -70,6 +75,8 @@ class GatewayApp:
         self.plugins = plugins if plugins is not None else load_plugins(config)
         self.fanout = Fanout(config.plugins, self.plugins, self.store, self.metrics, clock)
         self.shutdown_grace = shutdown_grace
+        # Names this process to the other processes on the store (background jobs' leases).
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics)
         self.store.observe(self.metrics)
         self.metrics.watch_store_size(self.store.size_bytes)
@@ -127,13 +134,16 @@ class GatewayApp:
 
     async def _retention(self) -> None:
         """Prune events older than `[store] retention_days`, hourly, in small batches with a
-        pause between them, so ingest never waits long for the writer."""
+        pause between them, so ingest never waits long for the writer. Of the processes on one
+        store (workers, a second gateway), the one holding the job's lease prunes; it renews
+        the lease each hour, and another takes over once it lapses (or at its stop)."""
         days = self.config.store.retention_days
         while True:
             try:
-                pruned = await self.store.prune_all(time.time() - days * 86400, pause=0.05)
-                if pruned:
-                    log.info("retention: pruned %d event(s) older than %d day(s)", pruned, days)
+                if await self.store.hold_job(RETENTION_JOB, self.holder, RETENTION_INTERVAL + RETENTION_GRACE):
+                    pruned = await self.store.prune_all(time.time() - days * 86400, pause=0.05)
+                    if pruned:
+                        log.info("retention: pruned %d event(s) older than %d day(s)", pruned, days)
             except Exception as exc:
                 log.warning("retention: pruning failed, will try again: %s", exc)
             await asyncio.sleep(RETENTION_INTERVAL)
@@ -185,6 +195,9 @@ class GatewayApp:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
+                if retention is not None:  # another process on the store may take the job at once
+                    with contextlib.suppress(Exception):
+                        await self.store.release_job(RETENTION_JOB, self.holder)
                 # uvicorn has stopped taking requests: finish deliveries, then the store.
                 await self.fanout.stop(self.shutdown_grace)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -88,6 +89,27 @@ def test_background_retention_prunes_old_events(tmp_path: Path, make_config: Cal
     assert gw.post("/hooks/metacopier", body, mc_sign(body)).status_code == 200
     wait_for(lambda: [e.entity_id for e in events(config)] == ["position:fresh"], what="only the fresh event left",
              seen=lambda: [e.entity_id for e in events(config)])
+
+
+def test_two_gateways_on_one_store_take_turns_at_retention(tmp_path: Path, make_config: Callable[..., Config],
+                                                            serve: Callable[..., RunningGateway]) -> None:
+    config = make_config()
+    config = Config(**{**{f: getattr(config, f) for f in config.__dataclass_fields__},
+                       "store": StoreConfig(path=config.store.path, retention_days=30)})
+    first = serve(config)
+    wait_for(lambda: lease_holders(config) == [first.app.holder], what="the first gateway's retention lease")
+    second = serve(config)  # blue/green on one host: its retention finds the job held
+    second.flush()
+    time.sleep(0.2)
+    assert lease_holders(config) == [first.app.holder]
+    first.__exit__()  # stopping gives the lease up; the other takes it at its next round
+    assert lease_holders(config) == []
+    assert second.thread.is_alive()
+
+
+def lease_holders(config: Config) -> list[str]:
+    with contextlib.closing(sqlite3.connect(config.store.path)) as db:
+        return [row[0] for row in db.execute("SELECT holder FROM job_leases WHERE name = 'retention'")]
 
 
 def test_backup_under_write_load_holds_every_acknowledged_event(

@@ -200,6 +200,15 @@ class Store(Protocol):
         events went. Small batches keep ingest from waiting long for the writer."""
         ...
 
+    async def hold_job(self, name: str, holder: str, seconds: float) -> bool:
+        """Take, or renew, the lease on the background job `name` for `seconds`: True if
+        `holder` has it now. Every process on the store asks before running the job (retention),
+        so one runs it at a time; a lease nobody renews ends by itself."""
+        ...
+
+    async def release_job(self, name: str, holder: str) -> None:
+        """Give the lease up, if `holder` has it, so that another process may take it at once."""
+
     async def reidentify(self, identify: Reidentify) -> int:
         """Recompute the identity, entity and fingerprint of every event stored before the
         rules that name occurrences changed, from the bytes kept of it, in id order: a later

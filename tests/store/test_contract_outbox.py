@@ -322,6 +322,27 @@ async def test_the_observer_hears_of_each_commit_that_stored_events(store: Store
 # --- retention, size, writability, backup -----------------------------------------------------
 
 
+async def test_one_process_at_a_time_holds_a_background_job(backend: Any, store: Store) -> None:
+    other = await backend.open()  # another process on the same store
+    assert await store.hold_job("retention", "a", 60)
+    assert not await other.hold_job("retention", "b", 60)
+    assert await store.hold_job("retention", "a", 60)  # renewed by its holder
+    await other.release_job("retention", "b")  # not b's to give up: nothing changes
+    assert not await other.hold_job("retention", "b", 60)
+    assert await other.hold_job("another-job", "b", 60)  # each job has its own lease
+    await store.release_job("retention", "a")
+    assert await other.hold_job("retention", "b", 60)
+    assert not await store.hold_job("retention", "a", 60)
+
+
+async def test_a_job_lease_nobody_renews_ends(backend: Any, store: Store) -> None:
+    assert await store.hold_job("retention", "a", 0.05)
+    await asyncio.sleep(0.1)  # its holder died, say
+    other = await backend.open()
+    assert await other.hold_job("retention", "b", 60)
+    assert not await store.hold_job("retention", "a", 60)
+
+
 async def test_prune_keeps_recent_and_undelivered_events(store: Store) -> None:
     old = await routed(store, "old-done", "old-waiting")
     [recent] = await store.ingest(receipt("recent", received_at=LATER), [event("recent")], [["p"]])

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.store")
 
 
+US = 1_000_000
 HEARTBEAT_BYTES = 65536  # what /readyz writes: room for about one large batch
 MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyond this is dropped
 
@@ -232,6 +233,26 @@ class SQLiteStore:
 
     async def prune_all(self, before: float, pause: float = 0.0) -> int:
         return await prune_in_batches(self, before, pause)
+
+    async def hold_job(self, name: str, holder: str, seconds: float) -> bool:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool:
+            # Taken when free, expired, or already ours; the upsert runs in the writer's
+            # transaction, so two processes asking at once are serialised by SQLite.
+            db.execute(
+                "INSERT INTO job_leases (name, holder, until) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET holder = excluded.holder, until = excluded.until WHERE until < ? OR holder = excluded.holder",
+                (name, holder, round((now + seconds) * US), round(now * US)))
+            [(current,)] = db.execute("SELECT holder FROM job_leases WHERE name = ?", (name,)).fetchall()
+            return bool(current == holder)
+
+        held: bool = await self._write(run)
+        return held
+
+    async def release_job(self, name: str, holder: str) -> None:
+        await self._write(lambda db: db.execute("DELETE FROM job_leases WHERE name = ? AND holder = ?",
+                                                (name, holder)), durable=False)
 
     async def reidentify(self, identify: Reidentify, batch: int = 2000) -> int:
         total = 0

@@ -169,6 +169,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     "CREATE INDEX deliveries_status ON deliveries(plugin, status, id)",
     "CREATE INDEX deliveries_event ON deliveries(event_id)",
     ),
+    # 8: leases on background jobs (retention): one process at a time runs each, whoever holds it.
+    (
+    """CREATE TABLE job_leases (
+        name        TEXT PRIMARY KEY,
+        holder      TEXT NOT NULL,         -- host:pid:random of the process holding it
+        until       INTEGER NOT NULL       -- Unix time, microseconds
+    )""",
+    ),
 )
 
 
