@@ -169,7 +169,8 @@ class GroupCommitter:
         thread = self._thread
         if thread is None:
             return
-        await self._call(self.transactor.reset)  # after every group queued before it
+        if thread.is_alive():
+            await self._call(self.transactor.reset)  # after every group queued before it
         self._queue.put(_STOP)
         await asyncio.to_thread(thread.join)
         self._thread = None
@@ -214,7 +215,12 @@ class GroupCommitter:
                     break
                 group.append(nxt)
                 size += _size(nxt)
-            self._post(self._settle, group, self._commit_isolated(group))
+            try:
+                outcomes = self._commit_isolated(group)
+            except Exception as exc:  # a bug in a backend's fault handling: fail the group, keep the thread
+                log.exception("store writer: unexpected error; the group is refused")
+                outcomes = [exc]
+            self._post(self._settle, group, outcomes)
             if time.monotonic() - self._foreign_checked >= FOREIGN_POLL_SECONDS:
                 self._check_foreign()
 
