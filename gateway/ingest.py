@@ -39,6 +39,9 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 # of 500 events (75 KB each) in flight, several full groups, or 2,000 single events. Measured
 # under 128 concurrent batches: peak RSS 107 MB with it, 331 MB without.
 BODY_BUDGET_BYTES = 2 * 1024 * 1024
+# Log lines for rejected requests: at most 20 a second after a burst of 100 (docs/security.md).
+REJECTION_LINES_PER_SECOND = 20.0
+REJECTION_LINES_BURST = 100
 # What a verifier run on an empty body can only have read from the headers.
 HEADER_CODES = frozenset({"missing_signature", "malformed_signature"})
 
@@ -128,6 +131,10 @@ class IngestApp:
         self.secrets = SecretScanner(config.all_secrets())  # misplaced secrets: never echoed nor kept
         self.metrics = metrics if metrics is not None else Metrics()
         self.budget = ByteBudget(BODY_BUDGET_BYTES)
+        # Log lines of rejected requests, bounded: an unauthenticated flood must not fill the
+        # disk through the log. Each line says how many were held back since the one before.
+        self._log_budget = TokenBucket(REJECTION_LINES_PER_SECOND, REJECTION_LINES_BURST, time.monotonic())
+        self._log_suppressed = 0
         # Abuse limits (gateway/limits.py says where each applies and why).
         self.trusted_proxies = config.server.trusted_proxies
         self.max_in_flight = config.server.max_in_flight
@@ -206,10 +213,14 @@ class IngestApp:
                 log.exception("internal error", extra={"source": name[:64]})
                 exc = GatewayError("internal_error", "the gateway failed unexpectedly; see its log")
             self.metrics.rejections.labels(label, exc.code).inc()
-            log.warning("request rejected", extra={
-                "source": name[:64], "code": exc.code, "status": exc.status,
-                "remote": seen.remote, "detail": exc.detail,
-            })
+            if self._log_budget.take(time.monotonic()) == 0.0:
+                log.warning("request rejected", extra={
+                    "source": name[:64], "code": exc.code, "status": exc.status,
+                    "remote": seen.remote, "detail": exc.detail, "suppressed": self._log_suppressed,
+                })
+                self._log_suppressed = 0
+            else:  # a flood: counted in gateway_rejections_total and the rejection log, not in lines
+                self._log_suppressed += 1
             self.store.record_rejection(Rejection(
                 received_at=self.clock(), request_id=request_id, source=name[:64], code=exc.code,
                 detail=exc.detail, remote_addr=seen.remote,

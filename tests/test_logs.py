@@ -81,3 +81,27 @@ def test_a_token_a_client_put_in_a_url_never_reaches_the_log(formatter: logging.
     line = formatter.format(record)
     assert token not in line
     assert "access_token=[redacted]" in line and "source=mc" in line and "&x=1" in line
+
+
+def test_a_rejection_flood_is_logged_within_a_budget(gateway, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Every rejection is answered and counted; the log gets at most a burst of lines and then a
+    few a second, each saying how many it held back: a flood cannot fill the disk through it."""
+    import time
+
+    from gateway.ingest import REJECTION_LINES_BURST, REJECTION_LINES_PER_SECOND
+
+    caplog.set_level(logging.WARNING, logger="gateway.ingest")
+    wrong = mc_sign(MC_BODY, "not-the-secret-" + "z" * 30)
+    started = time.monotonic()
+    statuses = [gateway.post("/hooks/metacopier", MC_BODY, wrong).status_code for _ in range(300)]
+    elapsed = time.monotonic() - started
+    assert statuses == [401] * 300
+    lines = [r for r in caplog.records if r.getMessage() == "request rejected"]
+    assert REJECTION_LINES_BURST <= len(lines) <= REJECTION_LINES_BURST + REJECTION_LINES_PER_SECOND * elapsed + 1
+    time.sleep(2 / REJECTION_LINES_PER_SECOND)  # a token back
+    assert gateway.post("/hooks/metacopier", MC_BODY, wrong).status_code == 401
+    lines = [r for r in caplog.records if r.getMessage() == "request rejected"]
+    held_back = sum(r.suppressed for r in lines)  # type: ignore[attr-defined]
+    assert held_back == 301 - len(lines) > 0  # every rejection is a line, or counted by a later one
+    metrics = gateway.client.get("/metrics").text
+    assert 'gateway_rejections_total{code="bad_signature",source="metacopier"} 301.0' in metrics
