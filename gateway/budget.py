@@ -34,16 +34,12 @@ class ByteBudget:
             await future
         except BaseException:
             if future.done() and not future.cancelled():
-                self._release(size)  # granted just as we were cancelled: hand it on
+                self.release(size)  # granted just as we were cancelled: hand it on
             elif (size, future) in self._waiters:
                 self._waiters.remove((size, future))
                 self._wake()  # a smaller request behind it may fit now
             raise
         return size
-
-    def release(self, taken: int) -> None:
-        """Give back what `acquire` returned."""
-        self._release(taken)
 
     @asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[None]:
@@ -52,9 +48,10 @@ class ByteBudget:
         try:
             yield
         finally:
-            self._release(taken)
+            self.release(taken)
 
-    def _release(self, size: int) -> None:
+    def release(self, size: int) -> None:
+        """Give back what `acquire` returned."""
         self.available += size
         self._wake()
 

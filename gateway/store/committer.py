@@ -169,9 +169,7 @@ class GroupCommitter:
         thread = self._thread
         if thread is None:
             return
-        if thread.is_alive():
-            await self._call(self.transactor.reset)  # after every group queued before it
-        self._queue.put(_STOP)
+        self._queue.put(_STOP)  # the thread commits what is queued before it, then resets
         await asyncio.to_thread(thread.join)
         self._thread = None
 
@@ -199,6 +197,10 @@ class GroupCommitter:
             first = after if after is not None else self._next()
             after = None
             if isinstance(first, _Stop):
+                try:
+                    self.transactor.reset()
+                except Exception:
+                    log.exception("store writer: closing the connection failed")
                 return
             if isinstance(first, _Call):
                 self._run_call(first)

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.store")
 
 
-US = 1_000_000
 HEARTBEAT_BYTES = 65536  # what /readyz writes: room for about one large batch
 MAX_PENDING_REJECTIONS = 2000  # forensics waiting for the writer; a flood beyond this is dropped
 
@@ -243,7 +242,7 @@ class SQLiteStore:
             db.execute(
                 "INSERT INTO job_leases (name, holder, until) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
                 " SET holder = excluded.holder, until = excluded.until WHERE until < ? OR holder = excluded.holder",
-                (name, holder, round((now + seconds) * US), round(now * US)))
+                (name, holder, round((now + seconds) * _outbox.US), round(now * _outbox.US)))
             [(current,)] = db.execute("SELECT holder FROM job_leases WHERE name = ?", (name,)).fetchall()
             return bool(current == holder)
 
