@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -42,6 +42,7 @@ RETENTION_INTERVAL = 3600.0
 RETENTION_GRACE = 600.0  # the lease outlasts the interval: its holder renews it before it ends
 RETENTION_JOB = "retention"
 REIDENTIFY_RETRY = 5.0
+METRICS_REFRESH = 5.0  # seconds between measurements of the gauges that are read, not counted
 log = logging.getLogger("gateway")
 
 
@@ -67,17 +68,21 @@ class GatewayApp:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         shutdown_grace: float = 5.0,
+        run_dir: Path | None = None,
     ) -> None:
-        """`plugins` defaults to building those the config names (raises ConfigError)."""
+        """`plugins` defaults to building those the config names (raises ConfigError).
+        `run_dir`: this process is one of a supervisor's workers (gateway.supervisor), which
+        share sources' rate limits there; the supervisor serves `[metrics] listen`."""
         self.config = config
         self.store = store if store is not None else open_store(config.store)
         self.metrics = metrics if metrics is not None else Metrics()
         self.plugins = plugins if plugins is not None else load_plugins(config)
         self.fanout = Fanout(config.plugins, self.plugins, self.store, self.metrics, clock)
         self.shutdown_grace = shutdown_grace
+        self.supervised = run_dir is not None
         # Names this process to the other processes on the store (background jobs' leases).
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics)
+        self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics, shared_dir=run_dir)
         self.store.observe(self.metrics)
         self.metrics.watch_store_size(self.store.size_bytes)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
@@ -130,7 +135,17 @@ class GatewayApp:
                                   self.config.server.trusted_proxies)
             if not ip_allowed(settings.allow_ips, peer):
                 raise GatewayError("ip_denied", f"{peer} may not read /metrics")
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _refresh_metrics(self) -> None:
+        """Keep the read gauges current for scrapes that do not come through `_metrics`
+        (`[metrics] listen`, served by another thread or by the supervisor)."""
+        while True:
+            await asyncio.sleep(METRICS_REFRESH)
+            try:
+                self.metrics.refresh()
+            except Exception as exc:  # a store file being replaced, a restore under way
+                log.debug("metrics: cannot measure the store: %s", exc)
 
     async def _retention(self) -> None:
         """Prune events older than `[store] retention_days`, hourly, in small batches with a
@@ -173,10 +188,11 @@ class GatewayApp:
         upgrade = None
         retention = None
         exporter = None
-        if self.config.metrics.listen is not None:
+        if self.config.metrics.listen is not None and not self.supervised:
             host, port = self.config.metrics.listen
             exporter, _ = start_http_server(port, host, registry=self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", host, exporter.server_port)
+        refresh = asyncio.create_task(self._refresh_metrics(), name="metrics-refresh")
         try:
             if not await self._reidentify():  # the store is not writable yet: keep trying
                 upgrade = asyncio.create_task(self._reidentify_later(), name="reidentify")
@@ -190,7 +206,7 @@ class GatewayApp:
                 if exporter is not None:
                     exporter.shutdown()
                     exporter.server_close()
-                for task in (upgrade, retention):
+                for task in (upgrade, retention, refresh):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sqlite3
 import sys
 import time
@@ -16,7 +18,7 @@ import click
 import orjson
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import MAX_WORKERS, Config, ConfigError, load_config
 from gateway.defaults import default_config
 from gateway.errors import StoreUnavailable
 from gateway.model import STORED_STATUSES
@@ -44,16 +46,22 @@ def _exit_config_error(exc: ConfigError) -> None:
     sys.exit(2)
 
 
+def find_config(path: Path | None, *, create_default: bool = False) -> Config:
+    """`path`, else ./gateway.toml, else the embedded default. Raises ConfigError, or
+    FileNotFoundError when there is none."""
+    if path is not None:
+        return load_config(path)
+    if Path("gateway.toml").is_file():
+        return load_config(Path("gateway.toml"))
+    return default_config(Path.cwd(), announce=_announce, create=create_default)
+
+
 def resolve_config(path: Path | None, *, create_default: bool = False) -> Config:
     """Load the config the way every command does; exit 2 listing every error. Only `run`
     (`create_default`) may generate the embedded default's secrets: any other command run where
     there is no config says what it looked for, and where, and exits 2."""
     try:
-        if path is not None:
-            return load_config(path)
-        if Path("gateway.toml").is_file():
-            return load_config(Path("gateway.toml"))
-        return default_config(Path.cwd(), announce=_announce, create=create_default)
+        return find_config(path, create_default=create_default)
     except FileNotFoundError as exc:
         click.echo(f"no config found: no --config FILE or GATEWAY_CONFIG, no gateway.toml in {Path.cwd()}, and no "
                    f"embedded default set up here ({exc.filename} does not exist; `gateway run` creates it). "
@@ -106,13 +114,13 @@ def base_url(_ctx: click.Context | None, _param: click.Parameter | None, value: 
     return value.rstrip("/")
 
 
-def _record_address(config: Config, server: Any) -> Callable[[], None]:
-    """Write the base URL `server` listens on to address_file(config) for `send` and `tail`;
-    return what removes it again. A state folder that cannot be written only costs a warning."""
+def _record_address(config: Config, address: tuple[Any, ...]) -> Callable[[], None]:
+    """Write the base URL of the listening `address` to address_file(config) for `send` and
+    `tail`; return what removes it again. A state folder that cannot be written only costs a
+    warning."""
     log = logging.getLogger("gateway")
     path = address_file(config)
-    sock = server.servers[0].sockets[0]
-    url = _reachable_url(*sock.getsockname()[:2])
+    url = _reachable_url(*address[:2])
     try:
         path.write_text(url + "\n")
     except OSError as exc:
@@ -149,12 +157,18 @@ def main() -> None:
 @click.option("--host", help="Address to listen on (default: [server] host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535),
               help="Port to listen on, 0 to 65535 as in [server] port (default: [server] port, 8080).")
+@click.option("--workers", type=click.IntRange(1, MAX_WORKERS),
+              help="Worker processes sharing the listening socket, under a supervisor that restarts them and "
+                   "replaces them one at a time on SIGHUP (default: [server] workers, 1).")
+@click.option("--fd", type=click.IntRange(0), help="Listen on this inherited socket (file descriptor) instead of "
+              "--host/--port. A socket systemd passes (LISTEN_FDS) is used without it.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto", show_default=True,
               help="auto: JSON lines unless stderr is a terminal.")
-def run(config_path: Path | None, host: str | None, port: int | None, log_format: str) -> None:
+def run(config_path: Path | None, host: str | None, port: int | None, workers: int | None, fd: int | None,
+        log_format: str) -> None:
     """Serve webhooks at POST /hooks/{source}."""
-    from gateway.app import GatewayApp
-    from gateway.server import GatewayServer, uvicorn_config
+    from gateway import logs
+    from gateway.worker import serve
 
     config = resolve_config(config_path, create_default=True)
     plugins = build_plugins(config)
@@ -162,45 +176,76 @@ def run(config_path: Path | None, host: str | None, port: int | None, log_format
         raise click.BadParameter("must be an address, e.g. 127.0.0.1 or 0.0.0.0", param_hint="--host")
     host = host or config.server.host
     port = config.server.port if port is None else port
-    from gateway import logs
-
     logs.configure(log_format)
     log = logging.getLogger("gateway")
+    try:
+        sock = inherited_socket(fd)
+    except OSError as exc:
+        raise click.BadParameter(f"not a listening TCP socket: {exc}", param_hint="--fd") from None
+    if sock is not None:
+        host, port = sock.getsockname()[:2]
+        log.info("listening on the inherited socket %s:%d (fd %d)", host, port, sock.fileno())
     log.info("config %s; store %s", config.origin, config.store.path)
     for warning in config.warnings:
         log.warning(warning)
     for name, source in config.sources.items():
-        log.info("source %s (%s): POST http://%s:%d/hooks/%s", name, source.scheme, host, port, name)
+        log.info("source %s (%s): POST %s/hooks/%s", name, source.scheme, _reachable_url(host, port), name)
     for plugin in config.plugins:
         log.info("plugin %s (%s): sources %s, events %s", plugin.name, plugin.use, ",".join(plugin.sources),
                  ",".join(plugin.events))
-    deadline = config.server.shutdown_timeout_seconds
+    count = workers or config.server.workers
     try:
-        app = GatewayApp(config, plugins=plugins, shutdown_grace=deadline / 2)
+        if count == 1:
+            serve(config, plugins, host=host, port=port, sock=sock,
+                  on_listening=lambda address: _record_address(config, address))
+            return
+        from gateway.auth import load_or_create_key
+
+        load_or_create_key(config.store.path.parent)  # once, before the workers read it
     except ConfigError as exc:  # the token signing key is unusable
         _exit_config_error(exc)
-    removers: list[Callable[[], None]] = []
+    sys.exit(_supervise(config, config_path, sock, host, port, count, fixed=workers is not None,
+                        log_format=log_format))
 
-    class Server(GatewayServer):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if self.started and self.servers and self.servers[0].sockets:
-                removers.append(_record_address(config, self))
 
-        async def shutdown(self, sockets: Any = None) -> None:
-            try:
-                await super().shutdown(sockets)
-            finally:  # here, not after run(): uvicorn ends the process by re-raising the signal
-                for remove in removers:
-                    remove()
+def _supervise(config: Config, config_path: Path | None, sock: socket.socket | None, host: str, port: int,
+               count: int, *, fixed: bool, log_format: str) -> int:
+    from gateway.supervisor import STARTUP_FAILURE, Supervisor, bind, prepare_run_dir
+    from gateway.worker import WorkerSpec
 
-    server = Server(uvicorn_config(
-        app, config.server, host=host, port=port,
-        # in-flight requests get half the deadline (live streams never end by themselves);
-        # plugins and the last commit get the other half, in the lifespan shutdown
-        timeout_graceful_shutdown=max(1, int(deadline / 2)),
-    ))
-    server.run()
+    if sock is None:
+        try:
+            sock = bind(host, port)
+        except OSError as exc:
+            logging.getLogger("gateway").error("cannot listen on %s:%d: %s", host, port, exc)
+            return STARTUP_FAILURE
+    spec = WorkerSpec(config_path=config_path, host=host, port=port, log_format=log_format, workers=count,
+                      run_dir=prepare_run_dir())
+    supervisor = Supervisor(spec, sock, config, fixed_workers=fixed, check=lambda: checked_config(config_path),
+                            on_listening=lambda address: _record_address(config, address))
+    return supervisor.run()
+
+
+SD_LISTEN_FDS_START = 3  # the first socket systemd passes (sd_listen_fds(3))
+
+
+def inherited_socket(fd: int | None) -> socket.socket | None:
+    """The listening socket given to this process: `--fd`, else the first one systemd's socket
+    activation passes (LISTEN_PID is this process, LISTEN_FDS >= 1), else None. The LISTEN_*
+    variables are removed, so no child takes them for its own. Raises OSError when the file
+    descriptor is not a listening TCP socket."""
+    if fd is None and os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS", "0") != "0":
+        fd = SD_LISTEN_FDS_START
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if fd is None:
+        return None
+    sock = socket.socket(fileno=fd)  # family and type read from the descriptor
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+            not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise OSError(f"file descriptor {fd} is not a listening TCP socket")
+    return sock
 
 
 
@@ -223,6 +268,21 @@ def check_config(config_path: Path | None) -> None:
     listed = ", ".join(f"{p.name} ({p.use})" for p in config.plugins) or "none"
     click.echo(f"{config.origin}: OK: {len(config.sources)} source(s): {names}; plugins: {listed}; "
                f"store {config.store.path}")
+
+
+def checked_config(path: Path | None) -> Config:
+    """The config on disk, checked as `check-config` checks it (the supervisor's check before
+    a reload). Raises ConfigError listing every problem."""
+    from gateway.plugins.loader import load_plugins
+
+    try:
+        config = find_config(path)
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{exc.filename} does not exist"]) from None
+    problems = unwritable_data(config, load_plugins(config))
+    if problems:
+        raise ConfigError([f"{config.origin}: {problem}" for problem in problems])
+    return config
 
 
 def unwritable_data(config: Config, plugins: dict[str, Plugin]) -> list[str]:

@@ -13,6 +13,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 
@@ -22,7 +23,7 @@ from gateway._secret import SecretScanner
 from gateway.budget import ByteBudget
 from gateway.config import Config, SourceConfig
 from gateway.errors import GatewayError, Rejected, send_problem
-from gateway.limits import TokenBucket, client_address
+from gateway.limits import SharedTokenBucket, TokenBucket, client_address
 from gateway.metrics import UNKNOWN_SOURCE, Metrics
 from gateway.model import Outcome, Verified
 from gateway.routing import Router
@@ -116,7 +117,8 @@ class IngestApp:
     """The ASGI app behind `/hooks/`. `clock` is injectable for tests."""
 
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, shared_dir: Path | None = None) -> None:
+        """`shared_dir`: where the workers of one supervisor share sources' rate limits."""
         self.sources = config.sources
         # Resolved once: the hot path calls the verifier, never the registry.
         self.verifiers = {name: get_scheme(s.scheme).verify for name, s in config.sources.items()}
@@ -142,8 +144,10 @@ class IngestApp:
         self.in_flight = 0
         self.in_flight_by_client: dict[str | None, int] = {}
         now = clock()
-        self.buckets = {name: TokenBucket(s.rate_limit, s.rate_burst, now)
-                        for name, s in config.sources.items() if s.rate_limit}
+        self.buckets: dict[str, TokenBucket | SharedTokenBucket] = {
+            name: TokenBucket(s.rate_limit, s.rate_burst, now) if shared_dir is None
+            else SharedTokenBucket(shared_dir / f"rate-{name}", s.rate_limit, s.rate_burst)
+            for name, s in config.sources.items() if s.rate_limit}
         # Series exist from the start, at zero; the hot path increments children, not labels().
         self._requests = {name: self.metrics.requests.labels(name) for name in (*self.sources, UNKNOWN_SOURCE)}
         self._latency = {name: self.metrics.ingest_latency.labels(name) for name in self.sources}

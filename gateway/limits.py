@@ -1,7 +1,9 @@
 """Abuse limits of the ingest path: per-source token buckets and the client address behind proxies.
 
-Pure and synchronous: the clock is passed in, nothing here does I/O or takes a lock (the
-gateway runs one event loop, so a plain attribute update is atomic with respect to requests).
+Synchronous, with the clock passed in. Within one process nothing takes a lock (one event
+loop: a plain attribute update is atomic with respect to requests); across the workers of
+`gateway run --workers N` the limits are divided (`divided`) or, for sources' rate limits,
+shared through a mapped file (`SharedTokenBucket`). docs/architecture.md says which and why.
 
 Where each limit applies, and why there:
 
@@ -24,9 +26,29 @@ Where each limit applies, and why there:
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import mmap
+import os
+import struct
 from collections.abc import Iterable
+from pathlib import Path
 
+from gateway.config import Config
 from gateway.ipnet import IPAddress, IPNetwork, in_networks, ip_allowed, parse_ip
+
+
+def _take(tokens: float, stamp: float, now: float, rate: float, burst: float) -> tuple[float, float, float]:
+    """A bucket's (tokens, stamp) after one take at `now`, and the wait: 0.0 when a token was
+    taken, else the seconds until there is one (nothing taken)."""
+    # A clock that steps back (wall time adjusted) refills nothing rather than draining.
+    elapsed = now - stamp
+    if elapsed > 0:
+        tokens = min(burst, tokens + elapsed * rate)
+        stamp = now
+    if tokens >= 1.0 - 1e-9:  # float sums of elapsed * rate fall a hair short of whole tokens
+        return max(0.0, tokens - 1.0), stamp, 0.0
+    return tokens, stamp, (1.0 - tokens) / rate
 
 
 class TokenBucket:
@@ -46,15 +68,69 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """Take a token: 0.0 when there was one, else the seconds until there is one (nothing taken)."""
-        # A clock that steps back (wall time adjusted) refills nothing rather than draining.
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-            self.stamp = now
-        if self.tokens >= 1.0 - 1e-9:  # float sums of elapsed * rate fall a hair short of whole tokens
-            self.tokens = max(0.0, self.tokens - 1.0)
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        self.tokens, self.stamp, wait = _take(self.tokens, self.stamp, now, self.rate, self.burst)
+        return wait
+
+
+class SharedTokenBucket:
+    """A TokenBucket whose state (two doubles) lives in a file that every worker of one
+    supervisor maps, so a source's rate limit means the same with N workers as with one.
+    `flock` serialises take() across the processes (two system calls, about 2 µs; only sources
+    with a rate limit pay it), and the kernel releases it if its holder dies. A new file is all
+    zeros: a full bucket."""
+
+    __slots__ = ("_fd", "_map", "burst", "rate")
+    _LAYOUT = struct.Struct("=dd")  # tokens, stamp (0.0: never taken from)
+
+    def __init__(self, path: Path, rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._fd).st_size < self._LAYOUT.size:
+            os.ftruncate(self._fd, self._LAYOUT.size)
+        self._map = mmap.mmap(self._fd, self._LAYOUT.size)
+
+    def take(self, now: float) -> float:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            tokens, stamp = self._LAYOUT.unpack_from(self._map)
+            if stamp == 0.0:
+                tokens, stamp = self.burst, now
+            tokens, stamp, wait = _take(tokens, stamp, now, self.rate, self.burst)
+            self._LAYOUT.pack_into(self._map, 0, tokens, stamp)
+            return wait
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+
+def divided(config: Config, workers: int) -> Config:
+    """`config` for one of `workers` processes behind one listening socket: the limits that
+    protect the host (requests in flight, connections, streams) and the token endpoint's
+    throttle are divided between them, so their sum is what the file says. Never below 1 (0
+    for the reserve). Sources' rate limits are shared instead (SharedTokenBucket)."""
+    if workers <= 1:
+        return config
+
+    def part(value: int, low: int = 1) -> int:
+        return max(low, value // workers)
+
+    server, api = config.server, config.api
+    return dataclasses.replace(
+        config,
+        server=dataclasses.replace(server, max_in_flight=part(server.max_in_flight),
+                                   max_connections=part(server.max_connections),
+                                   reserved_hook_connections=min(part(server.reserved_hook_connections, 0),
+                                                                 part(server.max_connections) - 1)),
+        api=dataclasses.replace(api, max_streams=part(api.max_streams),
+                                max_streams_per_client=part(api.max_streams_per_client),
+                                token_failures_per_minute=part(api.token_failures_per_minute)),
+    )
 
 
 def _parse_hop(text: str) -> IPAddress | None:

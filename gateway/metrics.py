@@ -2,14 +2,26 @@
 
 Conventions: `_total` counters, `_seconds` in base units, low-cardinality labels only
 (plugin, source, scheme, event type, code; never account or position ids).
+
+With `gateway run --workers N` every worker counts into prometheus-client's multiprocess
+files (the supervisor sets PROMETHEUS_MULTIPROC_DIR before it starts them), and `/metrics`
+from any worker, or the supervisor's `[metrics] listen`, reports the sum of all of them,
+dead workers' counts included, through the library's MultiProcessCollector. Gauges say how
+they combine (`multiprocess_mode`): what the store says (backlogs, dead letters, the store's
+size) is the most recent value of a live worker; a plugin's health is per worker (a `pid`
+label). Callback gauges (`set_function`) are not exported in that mode, so the store's size
+is measured by `refresh()`: at each scrape and every few seconds. docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PLUGIN_HEALTH = ("ok", "degraded", "failed")
 
@@ -21,6 +33,19 @@ ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 20)
 SKEW_BUCKETS = (-300, -60, -10, -2, -0.5, 0, 0.5, 2, 10, 60, 300)
 UNKNOWN_SOURCE = "?"
 MAX_EVENT_TYPES = 200  # per source; beyond that, "other" (types come from senders)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STORE_WIDE: Final = "livemostrecent"  # a gauge read from the store: any live worker's latest value
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text format of `registry`, or of every worker's files when they count into
+    PROMETHEUS_MULTIPROC_DIR (`registry` then only names what this process defines)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path is None:
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path)  # type: ignore[no-untyped-call]
+    return generate_latest(combined)
 
 
 class Metrics:
@@ -43,19 +68,22 @@ class Metrics:
         )
         self.delivery_backlog = Gauge(
             "gateway_delivery_backlog", "Deliveries pending (due or waiting to retry).", ["plugin"], registry=r,
+            multiprocess_mode=STORE_WIDE,
         )
         self.delivery_oldest_pending_age = Gauge(
             "gateway_delivery_oldest_pending_age_seconds",
             "Age of the oldest pending delivery, from its event's receipt (0 when none).", ["plugin"], registry=r,
+            multiprocess_mode=STORE_WIDE,
         )
         self.dead_letters = Gauge(
             "gateway_delivery_dead_letters", "Deliveries dead-lettered and not replayed since.", ["plugin"],
-            registry=r,
+            registry=r, multiprocess_mode=STORE_WIDE,
         )
         self.plugin_health = Gauge(
             "gateway_plugin_health", "1 for the plugin's current health (ok; degraded: its oldest pending "
             "delivery is older than degraded_after_seconds, or its latest attempt failed; failed: it cannot "
-            "start), 0 for the others.", ["plugin", "health"], registry=r,
+            "start), 0 for the others. With several workers, one series per worker (pid).", ["plugin", "health"],
+            registry=r, multiprocess_mode="liveall",
         )
         # ingest
         self.requests = Counter("gateway_requests", "Webhook requests by source ('?' for unknown names).",
@@ -85,7 +113,8 @@ class Metrics:
         for reason in ("invalid_client", "throttled"):
             self.token_failures.labels(reason)
         self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
-                                registry=r)
+                                registry=r, multiprocess_mode=STORE_WIDE)
+        self._measure_store: Callable[[], float] | None = None
         self._types: dict[str, set[str]] = {}
         # (source, event type, status) -> its children: `labels()` costs about 1 µs a call
         self._event_series: dict[tuple[str, str, str], tuple[Any, Any | None]] = {}
@@ -114,7 +143,18 @@ class Metrics:
             series[1].inc(count)
 
     def watch_store_size(self, measure: Callable[[], float]) -> None:
-        self.store_size.set_function(measure)
+        self._measure_store = measure
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Measure the gauges that are read rather than counted (the store's size)."""
+        if self._measure_store is not None:
+            with contextlib.suppress(OSError):  # a file replaced between listing and measuring
+                self.store_size.set(self._measure_store())
+
+    def exposition(self) -> bytes:
+        self.refresh()
+        return exposition(self.registry)
 
     # gateway.store.StoreObserver: the store reports through these.
     def group_committed(self, events: int) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -54,7 +55,24 @@ def uvicorn_config(app: Any, server: ServerConfig, *, host: str, port: int, **op
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
+class Heartbeat(Protocol):
+    """A value shared with the supervisor (multiprocessing's RawValue of a double)."""
+
+    value: float
+
+
 class GatewayServer(uvicorn.Server):
+    """uvicorn's server with the deadline sweep and the second-signal exit. As a supervisor's
+    worker (`heartbeat` given) it also writes `time.monotonic()` to `heartbeat` every tick once
+    started (the supervisor's readiness and liveness check: a blocked event loop stops it), and
+    leaves SIGINT to the supervisor, which answers Ctrl-C in a terminal (sent to the whole
+    process group) with one SIGTERM to each worker."""
+
+    def __init__(self, config: uvicorn.Config, heartbeat: Heartbeat | None = None) -> None:
+        super().__init__(config)
+        self.heartbeat = heartbeat
+        self.parent = os.getppid()
+
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         await super().serve(sockets)
@@ -62,9 +80,16 @@ class GatewayServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if counter % 10 == 0:  # uvicorn ticks every 0.1 s; deadlines are checked every second
             sweep(self.server_state.connections, time.monotonic())
+        if self.heartbeat is not None and self.started:
+            self.heartbeat.value = time.monotonic()
+            if counter % 10 == 0 and os.getppid() != self.parent and not self.should_exit:
+                log.error("the supervisor has gone: draining and exiting")
+                self.should_exit = True
         return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.heartbeat is not None and sig == signal.SIGINT:
+            return
         if self.should_exit:
             log.warning("second signal %d: exiting now", sig)
             os._exit(1)

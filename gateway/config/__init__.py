@@ -14,6 +14,7 @@ from __future__ import annotations
 from gateway.config.model import (
     DEFAULT_MAX_BODY,
     DEFAULT_TOLERANCE,
+    MAX_WORKERS,
     PLUGIN_NAME,
     SCOPES,
     SOURCE_NAME,
@@ -31,7 +32,7 @@ from gateway.config.store import StoreConfig, Synchronous
 from gateway.ipnet import IPNetwork, ip_allowed
 
 __all__ = [
-    "DEFAULT_MAX_BODY", "DEFAULT_TOLERANCE", "PLUGIN_NAME", "SCOPES", "SOURCE_NAME", "ApiConfig", "ClientConfig",
-    "Config", "ConfigError", "IPNetwork", "MetricsConfig", "PluginConfig", "ServerConfig", "SourceConfig",
-    "StoreConfig", "Synchronous", "ip_allowed", "load_config", "parse_config", "permission_warning",
+    "DEFAULT_MAX_BODY", "DEFAULT_TOLERANCE", "MAX_WORKERS", "PLUGIN_NAME", "SCOPES", "SOURCE_NAME", "ApiConfig",
+    "ClientConfig", "Config", "ConfigError", "IPNetwork", "MetricsConfig", "PluginConfig", "ServerConfig",
+    "SourceConfig", "StoreConfig", "Synchronous", "ip_allowed", "load_config", "parse_config", "permission_warning",
 ]

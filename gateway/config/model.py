@@ -17,6 +17,7 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PLUGIN_NAME = SOURCE_NAME
 DEFAULT_TOLERANCE = 300
 DEFAULT_MAX_BODY = 1024 * 1024
+MAX_WORKERS = 64
 SCOPES = ("events:read", "deliveries:write")
 
 
@@ -110,6 +111,8 @@ class MetricsConfig:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Processes serving the one listening socket (gateway.supervisor); 1 runs without a supervisor.
+    workers: int = 1
     max_body_bytes: int = DEFAULT_MAX_BODY
     shutdown_timeout_seconds: float = 30.0
     # Abuse limits (gateway/limits.py, gateway/_http.py); see config.example.toml for the why.

@@ -18,6 +18,7 @@ from typing import Any
 from gateway.config.checker import Checker
 from gateway.config.model import (
     DEFAULT_MAX_BODY,
+    MAX_WORKERS,
     PLUGIN_NAME,
     SCOPES,
     SOURCE_NAME,
@@ -200,17 +201,20 @@ def parse_config(
     c = Checker(origin, os.environ if environ is None else environ)
     c.unknown(data, "", {"server", "store", "sources", "plugins", "api", "clients", "metrics"})
 
-    srv = c.table(data, "server", {"host", "port", "max_body_bytes", "shutdown_timeout_seconds", "trusted_proxies",
-                                   "max_in_flight", "max_connections", "max_header_bytes", "client_timeout_seconds",
-                                   "reserved_hook_connections", "state_dir"})
+    srv = c.table(data, "server", {"host", "port", "workers", "max_body_bytes", "shutdown_timeout_seconds",
+                                   "trusted_proxies", "max_in_flight", "max_connections", "max_header_bytes",
+                                   "client_timeout_seconds", "reserved_hook_connections", "state_dir"})
     port = c.get(srv, "server.port", "port", int, 8080)
     if not 0 <= port <= 65535:
         c.error("server.port", f"must be between 0 and 65535, got {port}")
+    workers = c.get(srv, "server.workers", "workers", int, 1)
+    if not 1 <= workers <= MAX_WORKERS:
+        c.error("server.workers", f"must be between 1 and {MAX_WORKERS}, got {workers}")
     max_body = c.get(srv, "server.max_body_bytes", "max_body_bytes", int, DEFAULT_MAX_BODY)
     if not 1024 <= max_body <= 64 * 1024 * 1024:
         c.error("server.max_body_bytes", f"must be between 1024 and 67108864, got {max_body}")
     server = ServerConfig(host=c.get(srv, "server.host", "host", str, "127.0.0.1"), port=port,
-                          max_body_bytes=max_body,
+                          workers=workers, max_body_bytes=max_body,
                           shutdown_timeout_seconds=c.number(srv, "server", "shutdown_timeout_seconds", 30.0, 1, 3600),
                           **_limits(c, srv))
 

@@ -196,6 +196,10 @@ def migrate(conn: sqlite3.Connection) -> int:
     for version in range(current + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process (a worker, a second gateway) may have applied it while we waited.
+            if (conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0) >= version:
+                conn.execute("COMMIT")
+                continue
             for statement in MIGRATIONS[version - 1]:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
