@@ -42,6 +42,7 @@ from gateway.errors import GatewayError, problem, problem_bytes
 
 log = logging.getLogger("gateway.http")
 NEVER = float("inf")
+DRAIN_IDLE_SECONDS = 1.0  # at shutdown, how long an idle connection may still bring a request
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -54,6 +55,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._for_hooks_only = False
+        self._draining = False
         self._start_head()  # a new connection owes us a request head, within the deadline
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
@@ -102,6 +104,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._for_hooks_only = self._in_reserve() and not self._is_hook()
         if not self._for_hooks_only:
             super().on_headers_complete()
+            if self._draining and self.cycle is not None:
+                self.cycle.keep_alive = False  # the last request on this connection
             return
         app = self.app  # uvicorn starts this request with its app; this one refuses it instead
         self.app = _refuse_for_hooks
@@ -126,6 +130,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _unsupported_upgrade_warning(self) -> None:
         if not self._for_hooks_only:
             super()._unsupported_upgrade_warning()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown without the keep-alive race. uvicorn closes an idle connection at
+        once, so a request its client sent at that moment fails with no answer ("server
+        disconnected"): measured, 2 in 1,200 requests across a rolling restart. Here an idle
+        connection has DRAIN_IDLE_SECONDS more: a request that arrives is served, with
+        `Connection: close`; without one it is closed then, as at keep-alive expiry."""
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            if self.timeout_keep_alive_task is not None:
+                self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = self.loop.call_later(DRAIN_IDLE_SECONDS, self.timeout_keep_alive_handler)
+        else:
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -228,13 +228,13 @@ def serving(port: int) -> bool:
 
 
 def run_gateway(args: Sequence[str], *, cwd: Path, port: int, log: Path, env: Mapping[str, str] | None = None,
-                timeout: float = 30) -> subprocess.Popen[bytes]:
+                timeout: float = 30, **popen: Any) -> subprocess.Popen[bytes]:
     """Start `gateway <args>` (tests/ importable, so its plugins load), its output appended to
     `log`; return once it answers /healthz on `port`. If it exits or the deadline passes first,
     kill it and fail with its log."""
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([GATEWAY, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env=env if env is not None else {**os.environ, "PYTHONPATH": str(ROOT)})
+                                env=env if env is not None else {**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
 
     def output() -> str:
         return log.read_text(errors="replace")[-3000:]

@@ -11,15 +11,18 @@ task, which writes every line queued so far in one `write` and one `fsync` (in a
 event loop never blocks); lines that arrive meanwhile wait for the next flush. A failed write is
 truncated away, so a half-written line never stays in the file, and its `OSError` reaches every
 delivery of the batch: the gateway retries them. A line torn by a crash (a process killed inside
-`write`) is cut off when the file is opened again, before anything is appended.
+`write`) is cut off before anything is appended. Several processes may append to one file
+(workers, a second gateway): each batch is written, after any torn line is cut off, under the
+file's `flock`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,29 +92,37 @@ class JsonlPlugin:
     def _open(self) -> int:
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                _drop_torn_line(fd)
-            except OSError:
-                os.close(fd)
-                raise
-            self._fd = fd
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         return self._fd
 
     def _write(self, data: bytes) -> None:
         """Append `data` completely and fsync it, or leave the file as it was and raise (in a thread)."""
         fd = self._open()
-        size = os.fstat(fd).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):  # drop a partial line; the batch will be retried
-                os.ftruncate(fd, size)
-            raise
+        with _locked(fd):
+            _drop_torn_line(fd)  # another process's, killed inside its write
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # drop a partial line; the batch will be retried
+                    os.ftruncate(fd, size)
+                raise
         self.fsyncs += 1
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    """Hold the file's lock: the workers of `gateway run --workers N`, and a second gateway,
+    append to one file, and cutting back a torn or failed batch must never cut another
+    process's lines. The kernel releases it if its holder dies."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _drop_torn_line(fd: int) -> None:
@@ -119,6 +130,8 @@ def _drop_torn_line(fd: int) -> None:
     file back to its last whole line. Nothing of that batch was acknowledged, so the gateway
     delivers it again; appending behind the fragment would instead glue it to the next line."""
     size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
     end = size
     while end > 0:
         start = max(0, end - 65536)
