@@ -24,7 +24,8 @@ import run  # bench/ is not a package
 @click.option("--connections", default="1,8,32,128", show_default=True)
 @click.option("--seconds", type=float, default=8.0, show_default=True)
 @click.option("--kinds", default="gateway", show_default=True, help="Any of bare, minimal, gateway.")
-def main(workloads: str, connections: str, seconds: float, kinds: str) -> None:
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes per target.")
+def main(workloads: str, connections: str, seconds: float, kinds: str, workers: int) -> None:
     binary = run.ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="gateway-loads-") as tmp:
         folder = Path(tmp)
@@ -32,9 +33,10 @@ def main(workloads: str, connections: str, seconds: float, kinds: str) -> None:
             requests_file = None if workload == "tradrapi-500" else run.request_file(workload, folder, 150_000)
             for level in (int(c) for c in connections.split(",")):
                 for kind in kinds.split(","):
-                    result = run.load_run(binary, kind, workload, level, seconds, folder, requests_file)
+                    result = run.load_run(binary, kind, workload, level, seconds, folder, requests_file, workers)
                     click.echo(json.dumps({"checkout": Path.cwd().name, "kind": kind, "workload": workload,
-                                           "connections": level, "rps": round(result["rps"]),
+                                           "connections": level, "workers": workers, "rps": round(result["rps"]),
+                                           "cpu_s_per_1k": round(result["cpu_s_per_1k_requests"], 3),
                                            "events_per_s": round(result["events_per_s"]),
                                            "p99_ms": round(result["p99_us"] / 1000, 2), "non2xx": result["non2xx"]}))
 

@@ -95,36 +95,80 @@ secret = "{CLIENT_SECRET}"
 class Target:
     """A server process on 127.0.0.1, started fresh and stopped after each run."""
 
-    def __init__(self, kind: str, folder: Path, plugins: str = "") -> None:
+    def __init__(self, kind: str, folder: Path, plugins: str = "", workers: int = 1) -> None:
+        """`workers` > 1: uvicorn's own supervisor for bare and minimal, `gateway run
+        --workers` for the gateway; each worker process is a full copy of the target."""
         self.port = free_port()
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         env = None
         if kind in ("bare", "minimal"):
             cmd = [PYTHON, "-m", "uvicorn", f"{kind}_app:app", "--port", str(self.port), "--log-level", "warning",
-                   "--no-access-log", "--app-dir", str(HERE)]
+                   "--no-access-log", "--app-dir", str(HERE), "--workers", str(workers)]
             env = {**os.environ, "MINIMAL_DB": str(folder / "minimal.db")}
         else:
             cmd = [PYTHON, "-m", "gateway", "run", "--config", str(gateway_config(folder, self.port, plugins)),
-                   "--log-format", "json"]
+                   "--log-format", "json", "--workers", str(workers)]
         self.log = (folder / f"{kind}.log").open("wb")
         self.proc = subprocess.Popen(cmd, cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
-        while True:
+        while not self._answers() or (workers > 1 and not self._all_serving(kind)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (folder / f"{kind}.log").read_text()[-500:]
+                raise click.ClickException(f"{kind} did not start: {log}") from None
+            time.sleep(0.05)
+
+    def _all_serving(self, kind: str) -> bool:
+        """Every worker serves: the gateway's supervisor says so; uvicorn's says nothing at
+        log level warning, so its workers get a second once they are all running."""
+        if kind == "gateway":
+            return b"workers serving" in (self.folder / f"{kind}.log").read_bytes()
+        time.sleep(1.0)
+        return True
+
+    def _answers(self) -> bool:
+        """Whether an HTTP request gets an answer (a supervisor's socket accepts before its
+        workers serve)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                return conn.recv(16).startswith(b"HTTP/")
+        except OSError:
+            return False
+
+    def processes(self) -> list[int]:
+        """The target's processes: the server and, under a supervisor, its workers (Linux /proc)."""
+        found, queue = [], [self.proc.pid]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
+                queue += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (folder / f"{kind}.log").read_text()[-500:]
-                    raise click.ClickException(f"{kind} did not start: {log}") from None
-                time.sleep(0.05)
+                continue
+        return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by every live process of the target."""
+        ticks = 0
+        for pid in self.processes():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """The sum of the processes' peak resident sizes."""
+        total = 0.0
+        for pid in self.processes():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))
+        return total
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -185,13 +229,16 @@ def wrk(binary: str, port: int, connections: int, seconds: float, args: list[str
 
 
 def load_run(binary: str, kind: str, workload: str, connections: int, seconds: float, folder: Path,
-             requests_file: Path | None) -> dict[str, Any]:
-    target = Target(kind, folder / f"{kind}-{workload}-{connections}")
+             requests_file: Path | None, workers: int = 1) -> dict[str, Any]:
+    target = Target(kind, folder / f"{kind}-{workload}-{connections}-w{workers}", workers=workers)
     try:
         args = ["tradrapi", hashlib.sha1(TR_KEY.encode()).hexdigest(), "500"] if workload == "tradrapi-500" \
             else ["file", str(requests_file)]
+        cpu = target.cpu_seconds()
         result = wrk(binary, target.port, connections, seconds, args)
+        result["cpu_s_per_1k_requests"] = (target.cpu_seconds() - cpu) / max(1, result["requests"]) * 1000
         result["peak_rss_mb"] = target.peak_rss_mb()
+        result["workers"] = workers
         if kind == "gateway":
             db = target.folder / "gateway.db"
             with sqlite3.connect(db) as conn:
@@ -367,20 +414,32 @@ def floors(folder: Path, groups: int) -> dict[str, Any]:
 
 
 def summarise(runs: list[dict[str, Any]]) -> None:
-    """Add each run's ratios to the other targets of its (workload, connections), and print them."""
-    by = {(r["kind"], r["workload"], r["connections"]): r for r in runs}
-    click.echo("workload         conns  minimal/bare  gateway/bare  gateway/minimal  p99 gateway/minimal")
+    """Add each run's ratios to the other targets of its (workload, connections, workers), and
+    print them; with several worker counts, also the gateway's CPU per request against one worker."""
+    def key(run: dict[str, Any], kind: str, workers: int | None = None) -> tuple[str, str, int, int]:
+        return kind, run["workload"], run["connections"], run.get("workers", 1) if workers is None else workers
+
+    by = {key(r, r["kind"]): r for r in runs}
+    click.echo("workload         conns workers  minimal/bare  gateway/bare  gateway/minimal  p99 gateway/minimal  "
+               "gateway CPU s/1k req")
     for run in runs:
         if run["kind"] != "bare":
-            run["ratio_to_bare"] = run["rps"] / by[("bare", run["workload"], run["connections"])]["rps"]
+            run["ratio_to_bare"] = run["rps"] / by[key(run, "bare")]["rps"]
     for run in runs:
         if run["kind"] == "gateway":
-            minimal = by[("minimal", run["workload"], run["connections"])]
+            minimal = by[key(run, "minimal")]
             run["ratio_to_minimal"] = run["rps"] / minimal["rps"]
             run["p99_ratio_to_minimal"] = run["p99_us"] / max(1, minimal["p99_us"])
-            click.echo(f"{run['workload']:16} {run['connections']:5}  {minimal['ratio_to_bare']:12.2f}  "
-                       f"{run['ratio_to_bare']:12.2f}  {run['ratio_to_minimal']:15.2f}  "
-                       f"{run['p99_ratio_to_minimal']:19.2f}")
+            one = by.get(key(run, "gateway", 1))
+            if one is not None and run.get("workers", 1) > 1:
+                run["cpu_ratio_to_one_worker"] = run["cpu_s_per_1k_requests"] / one["cpu_s_per_1k_requests"]
+                run["rps_ratio_to_one_worker"] = run["rps"] / one["rps"]
+            click.echo(f"{run['workload']:16} {run['connections']:5} {run.get('workers', 1):7}  "
+                       f"{minimal['ratio_to_bare']:12.2f}  {run['ratio_to_bare']:12.2f}  "
+                       f"{run['ratio_to_minimal']:15.2f}  {run['p99_ratio_to_minimal']:19.2f}  "
+                       f"{run['cpu_s_per_1k_requests']:8.3f}"
+                       + (f" (x{run['cpu_ratio_to_one_worker']:.2f} of 1 worker)" if "cpu_ratio_to_one_worker" in run
+                          else ""))
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -421,7 +480,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
 @click.option("--seconds", type=float, default=8.0, show_default=True, help="Per load run.")
 @click.option("--connections", default="1,8,32,128", show_default=True)
 @click.option("--workloads", default=",".join(WORKLOADS), show_default=True)
-def main(out: Path, quick: bool, seconds: float, connections: str, workloads: str) -> None:
+@click.option("--workers", "worker_counts", default="1", show_default=True,
+              help="Worker processes per target, a list: e.g. 1,2 runs every load with 1 and with 2.")
+def main(out: Path, quick: bool, seconds: float, connections: str, workloads: str, worker_counts: str) -> None:
     """Benchmark the gateway against a bare Starlette app and the minimal durable pipeline."""
     binary = ensure_wrk()
     levels = [1, 8] if quick else [int(c) for c in connections.split(",")]
@@ -440,14 +501,16 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
             count = 2000 if quick else 150_000
             requests_file = None if workload == "tradrapi-500" else request_file(workload, folder, count)
             for level in levels:
-                for kind in KINDS:
-                    run = load_run(binary, kind, workload, level, seconds, folder, requests_file)
-                    run.update(kind=kind, workload=workload, connections=level)
-                    results["load"].append(run)
-                    click.echo(f"{workload:16} c={level:<3} {kind:7} {run['rps']:9.0f} req/s "
-                               f"{run['events_per_s']:9.0f} ev/s  p50 {run['p50_us'] / 1000:6.2f} ms  "
-                               f"p99 {run['p99_us'] / 1000:6.2f} ms  p99.9 {run['p999_us'] / 1000:6.2f} ms  "
-                               f"rss {run['peak_rss_mb']:5.0f} MB  non2xx {run['non2xx']}")
+                for workers in (int(w) for w in worker_counts.split(",")):
+                    for kind in KINDS:
+                        run = load_run(binary, kind, workload, level, seconds, folder, requests_file, workers)
+                        run.update(kind=kind, workload=workload, connections=level)
+                        results["load"].append(run)
+                        click.echo(f"{workload:16} c={level:<3} w={workers} {kind:7} {run['rps']:9.0f} req/s "
+                                   f"{run['events_per_s']:9.0f} ev/s  p50 {run['p50_us'] / 1000:6.2f} ms  "
+                                   f"p99 {run['p99_us'] / 1000:6.2f} ms  p99.9 {run['p999_us'] / 1000:6.2f} ms  "
+                                   f"cpu {run['cpu_s_per_1k_requests']:.3f} s/1k  rss {run['peak_rss_mb']:5.0f} MB  "
+                                   f"non2xx {run['non2xx']}")
         summarise(results["load"])
         results["fanout"] = fanout_lag(folder, rate=500 if quick else 5000, seconds=1 if quick else 10)
         click.echo(f"fan-out lag at {results['fanout']['rate_events_per_s']} ev/s: "

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -196,6 +197,9 @@ def run(config_path: Path | None, host: str | None, port: int | None, workers: i
     count = workers or config.server.workers
     try:
         if count == 1:
+            signal.signal(signal.SIGHUP, lambda _sig, _frame: log.warning(
+                "SIGHUP: a single process does not reload; with [server] workers >= 2 a SIGHUP replaces the "
+                "workers one at a time on the config on disk. Restart to apply an edit."))
             serve(config, plugins, host=host, port=port, sock=sock,
                   on_listening=lambda address: _record_address(config, address))
             return

@@ -275,7 +275,12 @@ class IngestApp:
             self._check_credential_shape(name, headers, self.clock())
         self._admit(remote)
         try:
-            body = await read_body(scope, receive, self.max_body, seen)
+            try:
+                body = await read_body(scope, receive, self.max_body, seen)
+            except GatewayError:  # too large: the same answer whether or not it came with its head
+                if scope.get(BODY_COMPLETE):
+                    self._check_credential_shape(name, headers, self.clock())
+                raise
             seen.body = body
             taken = await self.budget.acquire(len(body))
             try:

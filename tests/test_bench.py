@@ -65,3 +65,15 @@ def test_load_runs_alone_print_one_line_each() -> None:
     runs = [orjson.loads(line) for line in proc.stdout.splitlines()]
     assert [r["kind"] for r in runs] == ["minimal", "gateway"]
     assert all(r["rps"] > 0 and r["non2xx"] == 0 for r in runs)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by scripts/setup test")
+def test_load_runs_with_two_workers_report_cpu_per_request() -> None:
+    """`--workers 2`: every target runs two worker processes, and the CPU of all of them is counted."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "loads.py"), "--workloads", "metacopier",
+                           "--connections", "8", "--seconds", "1", "--kinds", "bare,gateway", "--workers", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["kind"], r["workers"]) for r in runs] == [("bare", 2), ("gateway", 2)]
+    assert all(r["rps"] > 0 and r["non2xx"] == 0 and r["cpu_s_per_1k"] > 0 for r in runs)

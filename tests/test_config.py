@@ -578,6 +578,8 @@ LIMIT_ERRORS: list[tuple[str, str, str, str]] = [
      "must be between 1 and 1000000, got 0"),
     ("reserve-all", "[server]\nmax_connections = 64\nreserved_hook_connections = 64\n" + MC_SOURCE,
      "server.reserved_hook_connections", "must be from 0 to max_connections - 1, got 64"),
+    ("workers-zero", "[server]\nworkers = 0\n" + MC_SOURCE, "server.workers", "must be between 1 and 64, got 0"),
+    ("workers-many", "[server]\nworkers = 65\n" + MC_SOURCE, "server.workers", "must be between 1 and 64, got 65"),
     ("header-too-small", "[server]\nmax_header_bytes = 1023\n" + MC_SOURCE, "server.max_header_bytes",
      "must be between 1024 and 1048576, got 1023"),
     ("header-float", "[server]\nmax_header_bytes = 2048.0\n" + MC_SOURCE, "server.max_header_bytes",

@@ -145,9 +145,30 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     assert shipped in text
     unit = tmp_path / "trading-webhook-gateway.service"
     unit.write_text(text.replace(shipped, GATEWAY))
-    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    socket_unit = tmp_path / "trading-webhook-gateway.socket"
+    shutil.copy(DEPLOY / "systemd" / "trading-webhook-gateway.socket", socket_unit)
+    proc = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit), str(socket_unit)], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "trading-webhook-gateway" not in proc.stdout + proc.stderr  # no warning about it either
+
+
+def test_the_socket_unit_listens_where_the_service_would_and_reload_is_sighup() -> None:
+    """Socket activation (issue 15): systemd holds the example config's address, so a restart
+    queues connections; `systemctl reload` sends the supervisor SIGHUP, and `stop` signals the
+    supervisor alone (KillMode=mixed), which drains its workers: a SIGTERM to every worker as
+    well would be each one's second signal, an exit without draining."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / "systemd" / "trading-webhook-gateway.socket")
+    server = tomllib.loads((ROOT / "config.example.toml").read_text())["server"]
+    assert unit["Socket"]["ListenStream"] == f"{server['host']}:{server['port']}"
+    service = _unit()
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["KillMode"] == "mixed"
+    text = (DEPLOY / "systemd" / "trading-webhook-gateway.service").read_text()
+    assert "Wants=trading-webhook-gateway.socket" in text
+    assert "After=network-online.target trading-webhook-gateway.socket" in text
 
 
 def test_dockerignore_keeps_data_and_secrets_out_of_the_build_context() -> None:

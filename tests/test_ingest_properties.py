@@ -15,6 +15,7 @@ is new. The hostile ids come from a small alphabet, so identities meet with othe
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sqlite3
 import time
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Config, parse_config
 from gateway.errors import CODES, PROBLEM_CONTENT_TYPE, Rejected
-from gateway.ingest import PREFIX
+from gateway.ingest import HEADER_CODES, PREFIX
 from gateway.model import ParsedEvent, dedup_key
 from gateway.schemes import get_scheme
 from tests.conftest import MC_BODY, RunningGateway, mc_sign, ps_sign, source_table, tr_sign
@@ -180,8 +181,10 @@ class Expected:
 
 
 def expected(config: Config, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]],
-             body: bytes) -> Expected | None:
-    """What the gateway should answer; None when the path left /hooks/ (the client normalised it)."""
+             body: bytes, chunked: bool = False) -> Expected | None:
+    """What the gateway should answer; None when the path left /hooks/ (the client normalised it).
+    A chunked body declares no size: what the head alone shows about the credential (missing or
+    malformed) is answered first, and only then is the body found too large."""
     path = unquote(raw_path.partition(b"?")[0].decode("ascii"))  # as uvicorn decodes it
     if not path.startswith(PREFIX):
         return None
@@ -194,9 +197,17 @@ def expected(config: Config, raw_path: bytes, method: str, headers: list[tuple[b
         return Expected(405, "method_not_allowed")
     if not source.allows("127.0.0.1"):
         return Expected(403, "ip_denied")
-    if len(body) > MAX_BODY:
-        return Expected(413, "payload_too_large")
     seen = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}  # the last one wins
+    if len(body) > MAX_BODY:
+        if chunked:
+            try:
+                get_scheme(source.scheme).verify(b"", seen, time.time(), dataclasses.replace(source, secrets=()))
+            except Rejected as exc:
+                if exc.code in HEADER_CODES:
+                    return Expected(401, exc.code)
+            except Exception:  # a verifier that needs the body: the size decides
+                pass
+        return Expected(413, "payload_too_large")
     try:
         verified = get_scheme(source.scheme).verify(body, seen, time.time(), source)
     except Rejected as exc:
@@ -269,7 +280,7 @@ def test_hostile_requests_match_the_model_and_store_nothing_unauthenticated(tmp_
         r = _send(gw.client, req)
         raw_path = httpx.URL(gw.url + req.path).raw_path if r is None else r.request.url.raw_path
         method = req.method.upper() if r is None else r.request.method  # httpx upper-cases it
-        want = expected(config, raw_path, method, req.headers, req.body)
+        want = expected(config, raw_path, method, req.headers, req.body, req.chunked)
         if want is None:
             return
         if r is None:

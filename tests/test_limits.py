@@ -1,14 +1,61 @@
-"""The pure abuse limits: the token bucket, and the client address behind trusted proxies."""
+"""The abuse limits: the token bucket (also shared between processes), the limits divided
+between workers, and the client address behind trusted proxies."""
 
 from __future__ import annotations
 
 import ipaddress
+import multiprocessing
+import time
+from pathlib import Path
 
 import pytest
 
-from gateway.limits import TokenBucket, client_address
+from gateway.config import ApiConfig, Config, ServerConfig
+from gateway.limits import SharedTokenBucket, TokenBucket, client_address, divided
 
 # --- token bucket -----------------------------------------------------------------------------
+
+
+def _take_all(path: Path, attempts: int) -> int:
+    """In another process: the tokens `attempts` takes got from the shared bucket."""
+    bucket = SharedTokenBucket(path, rate=0.001, burst=50)
+    return sum(bucket.take(time.time()) == 0.0 for _ in range(attempts))
+
+
+def test_a_shared_bucket_is_one_bucket_across_processes(tmp_path: Path) -> None:
+    """Three processes drawing at once from one source's bucket get its burst between them,
+    not three times it: a rate limit means the same with N workers as with one."""
+    path = tmp_path / "rate-mc"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        got = pool.starmap(_take_all, [(path, 200)] * 3)
+    assert sum(got) == 50, got
+    bucket = SharedTokenBucket(path, rate=0.001, burst=50)
+    assert bucket.take(time.time()) > 900  # empty: the next token is 1/rate seconds away
+    bucket.close()
+
+
+def test_a_shared_bucket_computes_as_a_private_one(tmp_path: Path) -> None:
+    shared = SharedTokenBucket(tmp_path / "b", rate=2.0, burst=3)
+    private = TokenBucket(rate=2.0, burst=3, now=100.0)
+    for now in (100.0, 100.0, 100.0, 100.0, 100.25, 101.0, 101.0, 99.0, 200.0):
+        assert shared.take(now) == pytest.approx(private.take(now))
+    shared.close()
+
+
+def test_divided_limits_sum_to_the_configured_ones() -> None:
+    config = Config(sources={}, server=ServerConfig(max_in_flight=256, max_connections=2048,
+                                                    reserved_hook_connections=256),
+                    api=ApiConfig(max_streams=256, max_streams_per_client=16, token_failures_per_minute=10))
+    assert divided(config, 1) is config
+    three = divided(config, 3)
+    assert (three.server.max_in_flight, three.server.max_connections, three.server.reserved_hook_connections) == \
+        (85, 682, 85)
+    assert (three.api.max_streams, three.api.max_streams_per_client, three.api.token_failures_per_minute) == \
+        (85, 5, 3)
+    tiny = divided(Config(sources={}, server=ServerConfig(max_in_flight=1, max_connections=2,
+                                                          reserved_hook_connections=1)), 8)
+    assert (tiny.server.max_in_flight, tiny.server.max_connections, tiny.server.reserved_hook_connections) == \
+        (1, 1, 0)  # never below one; the reserve stays below the connections
 
 
 def test_bucket_starts_full_then_refuses_with_the_wait() -> None:

@@ -18,6 +18,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -279,6 +280,22 @@ def test_workers_follow_the_config_count_on_sighup(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
 
 
+def test_a_single_process_logs_and_ignores_sighup(tmp_path: Path) -> None:
+    """SIGHUP's default action ends a process: `systemctl reload` must not stop a one-worker gateway."""
+    port = free_port()
+    (tmp_path / "gateway.toml").write_text(config_text(tmp_path))
+    log = tmp_path / "gateway.log"
+    proc = run_gateway(["run", "--config", str(tmp_path / "gateway.toml"), "--port", str(port), "--log-format",
+                        "text"], cwd=tmp_path, port=port, log=log)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "a single process does not reload" in log.read_text(), 10, "the SIGHUP line")
+        assert proc.poll() is None and serving(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+
+
 METRIC = re.compile(r'^(gateway_\w+)\{([^}]*)\} ([0-9.e+-]+)$', re.MULTILINE)
 
 
@@ -406,11 +423,14 @@ def test_a_socket_passed_by_systemd_is_used_and_queued_connections_survive_a_res
     log = tmp_path / "gateway.log"
 
     def activate(*extra: str) -> subprocess.Popen[bytes]:
-        command = (f'export LISTEN_PID=$$ LISTEN_FDS=1; exec {GATEWAY} run --config {tmp_path / "gateway.toml"} '
-                   f'--log-format text {" ".join(extra)} 3<&{listener.fileno()}')
+        # As systemd does: the socket becomes fd 3, and LISTEN_PID names the process that execs.
+        argv = [GATEWAY, "run", "--config", str(tmp_path / "gateway.toml"), "--log-format", "text", *extra]
+        launcher = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_PID=str(os.getpid()), "
+                    "LISTEN_FDS='1'); os.execv(sys.argv[2], sys.argv[2:])")
         with log.open("ab") as out:
-            proc = subprocess.Popen(["sh", "-c", command], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                    pass_fds=[listener.fileno()], env={**os.environ, "PYTHONPATH": str(ROOT)})
+            proc = subprocess.Popen([sys.executable, "-c", launcher, str(listener.fileno()), *argv], cwd=tmp_path,
+                                    stdout=out, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()],
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
         wait_for(lambda: proc.poll() is None and "Application startup complete" in log.read_text() and serving(port),
                  30, "the activated gateway", seen=lambda: log.read_text()[-2000:])
         return proc
