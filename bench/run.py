@@ -67,9 +67,13 @@ def ensure_wrk() -> str:
 
 def gateway_config(folder: Path, port: int, plugins: str = "") -> Path:
     path = folder / "gateway.toml"
+    # wrk opens every connection from one address, and a client may hold half of a worker's
+    # share of max_in_flight: 1024 lets 128 connections through even when the kernel gives
+    # most of them to one of two workers (with one worker, 256 already does).
     path.write_text(f"""
 [server]
 port = {port}
+max_in_flight = 1024
 [store]
 path = "gateway.db"
 [[sources]]

@@ -5,10 +5,13 @@
   deliveries claimed at the kills, and the supervisor restarts the workers;
 - SIGHUP under steady load replaces every worker with zero failed requests, counted by the
   clients; a config made invalid on disk is refused and the workers carry on;
-- SIGTERM, and Ctrl-C sent to the whole process group, drain every worker;
+- SIGTERM, and Ctrl-C sent to the whole process group, drain every worker; a worker whose
+  event loop stops is killed and replaced; a single process ignores SIGHUP;
 - /metrics from any worker, and `[metrics] listen` served by the supervisor alone, count
   every worker's traffic exactly, a killed worker's included;
-- two separate `gateway run` processes on one store never deliver an event twice.
+- two separate `gateway run` processes on one store never deliver an event twice;
+- a socket passed as systemd does (LISTEN_FDS) is used, and connections queued while no
+  process runs are answered by the next one.
 """
 
 from __future__ import annotations
@@ -166,6 +169,24 @@ def test_killed_workers_lose_nothing_and_are_restarted(supervised, tmp_path: Pat
     print(f"\nworkers killed: seed {seed}, {kills} kills, {len(ledger.acked)} events in {ledger.answers} answers, "
           f"{ledger.unknown} retried, {redelivered} deliveries repeated (claims held at the kills: {held}), "
           f"{events} events checked")
+
+
+def test_a_hung_worker_is_killed_and_replaced(supervised) -> None:  # type: ignore[no-untyped-def]
+    """A worker whose event loop stops (here: SIGSTOP) answers nothing while it holds its share
+    of the connections: past HEARTBEAT_TIMEOUT the supervisor kills it and starts another."""
+    from gateway.supervisor import HEARTBEAT_TIMEOUT
+
+    gw = supervised(2)
+    gw.start()
+    frozen = gw.workers()[0]
+    os.kill(frozen, signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_for(lambda: frozen not in gw.workers() and len(gw.workers()) == 2, HEARTBEAT_TIMEOUT + 30,
+             "the frozen worker to be replaced", seen=gw.tail)
+    assert time.monotonic() - stopped >= HEARTBEAT_TIMEOUT - 1
+    assert f"worker pid {frozen}: its event loop has not run for" in gw.text()
+    assert f"worker pid {frozen} was killed by SIGKILL; starting another" in gw.text()
+    assert serving(gw.port)
 
 
 @dataclass

@@ -91,6 +91,14 @@ class Transactor(Protocol):
         """Connect now (creating or migrating the schema). A fault that may clear by itself
         (read-only, locked, full) is logged, not raised: later groups retry."""
 
+    def acquire(self) -> None:
+        """Wait for this process's turn to write, if the store has writers in other processes
+        (raise when it does not come in time: the group is refused). The group is formed after
+        it: what queues up while another process commits joins this process's next group."""
+
+    def release(self) -> None:
+        """End the turn `acquire` began."""
+
     def transaction(self, group: Sequence[Item]) -> Committed:
         """Run the whole group in one transaction (opening the connection if needed) and
         commit; roll back and raise if anything fails. Fills `Committed.results` in order."""
@@ -205,26 +213,49 @@ class GroupCommitter:
             if isinstance(first, _Call):
                 self._run_call(first)
                 continue
-            group: list[Item] = [first]
-            size = _size(first)
-            while size < MAX_GROUP_EVENTS:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Call | _Stop):
-                    after = nxt  # runs once this group is committed
-                    break
-                group.append(nxt)
-                size += _size(nxt)
+            turn: Exception | None = None
             try:
-                outcomes = self._commit_isolated(group)
+                self.transactor.acquire()
+            except Exception as exc:  # another process held the store too long: refuse this group
+                turn = exc
+            try:
+                group, after = self._group(first)
+                if turn is not None:
+                    log.error("store commit failed for %d item(s): %s", len(group), turn)
+                    outcomes: list[Committed | BaseException] = [turn]
+                else:
+                    outcomes = self._commit_isolated(group)
             except Exception as exc:  # a bug in a backend's fault handling: fail the group, keep the thread
                 log.exception("store writer: unexpected error; the group is refused")
                 outcomes = [exc]
+            finally:
+                if turn is None:
+                    self._release()
             self._post(self._settle, group, outcomes)
             if time.monotonic() - self._foreign_checked >= FOREIGN_POLL_SECONDS:
                 self._check_foreign()
+
+    def _group(self, first: Item) -> tuple[list[Item], _Call | _Stop | None]:
+        """`first` and what queued after it, up to MAX_GROUP_EVENTS; and the call or stop
+        that ended the draining (it runs once this group is committed)."""
+        group: list[Item] = [first]
+        size = _size(first)
+        while size < MAX_GROUP_EVENTS:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(nxt, _Call | _Stop):
+                return group, nxt
+            group.append(nxt)
+            size += _size(nxt)
+        return group, None
+
+    def _release(self) -> None:
+        try:
+            self.transactor.release()
+        except Exception:
+            log.exception("store writer: releasing the write turn failed")
 
     def _next(self) -> Item | _Call | _Stop:
         """The next queued item; while none comes, ask every `FOREIGN_POLL_SECONDS` whether

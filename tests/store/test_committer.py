@@ -25,6 +25,10 @@ class Scripted:
 
     def open(self) -> None: ...
 
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
     def transaction(self, group: Sequence[Item]) -> Committed:
         self.calls += 1
         if self.calls == 1:

@@ -2,8 +2,11 @@
 
 `SQLiteTransactor` is what `gateway.store.committer.GroupCommitter` drives in its thread:
 BEGIN IMMEDIATE, the dedup lookup and inserts of every queued request, the other queued
-writes, COMMIT. A lock held by another process fails the group after `busy_timeout` without
-a reset; any other SQLite error resets the connection, and the next group reopens it.
+writes, COMMIT. The committer takes the store's write lock (`acquire`; `_lock.py`: a
+`flock` that hands over to another gateway process the moment it is free, where SQLite's own
+busy handler polls) before it forms each group, so what queued while another process
+committed joins the group. A lock held by another process fails the group after `busy_timeout` without a reset;
+any other SQLite error resets the connection, and the next group reopens it.
 
 Before each group the writer checks, with one `stat`, that the store's path still names the
 file it opened (same device and inode). A file deleted, renamed or replaced under a running
@@ -29,8 +32,11 @@ from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, dedup_key
 from gateway.store.committer import Committed, Ingest, Item, needs_sync
 from gateway.store.sqlite import _outbox
+from gateway.store.sqlite._lock import WriterBusy, WriterLock
 from gateway.store.sqlite._rows import insert_rows
 from gateway.store.sqlite._schema import migrate
+
+LOCK_SUFFIX = "-writer.lock"  # beside the store: the write lock of every process on it
 
 log = logging.getLogger("gateway.store")
 
@@ -105,6 +111,7 @@ class SQLiteTransactor:
         self._file: tuple[int, int] | None = None  # (device, inode) of the store once opened
         self._moved = False
         self._data_version: int | None = None
+        self._lock: WriterLock | None = None
 
     def _connection(self) -> sqlite3.Connection:
         self._check_file()  # also before a reopen: never create a new store in the old one's place
@@ -138,6 +145,16 @@ class SQLiteTransactor:
         except sqlite3.OperationalError as exc:  # read-only, locked, full: wait for it to clear
             log.error("the event store is not writable yet (%s); ingest answers 503 until it is", exc)
 
+    def acquire(self) -> None:
+        if self._lock is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = WriterLock(self.path.with_name(self.path.name + LOCK_SUFFIX))
+        self._lock.acquire(self.busy_timeout_ms / 1000)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
     def transaction(self, group: Sequence[Item]) -> Committed:
         conn = self._connection()
         if needs_sync(group) or self.synchronous != "FULL":
@@ -168,6 +185,9 @@ class SQLiteTransactor:
 
     def reset(self) -> None:
         self._data_version = None  # a new connection counts afresh
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -182,6 +202,8 @@ class SQLiteTransactor:
         return isinstance(error, sqlite3.Error) and not is_busy(error)
 
     def unavailable(self, error: BaseException) -> StoreUnavailable:
+        if isinstance(error, WriterBusy):
+            return StoreUnavailable()
         if isinstance(error, StoreMoved):
             return StoreUnavailable(f"{error}; retry later")
         if isinstance(error, sqlite3.Error):
