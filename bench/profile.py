@@ -3,6 +3,7 @@
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile.py metacopier 32          # workload, connections
     .venv/bin/python bench/profile.py tradrapi-500 8 --seconds 10
+    .venv/bin/python bench/profile.py metacopier 32 --workers 2   # every worker, summed
 
 Starts the gateway exactly as bench/run.py does, samples it with `py-spy record --format raw`
 while wrk drives the workload, and prints the CPU the process used (user/system, as a share of
@@ -30,12 +31,20 @@ import run as bench  # bench/ is not a package
 
 # Where a thread waits for work: the loop's epoll, the executors' and the writer's queue.get.
 IDLE = ("Runner.run (", "_worker (concurrent/futures/thread.py:81)", "_connection_worker_thread (aiosqlite/core.py:59)",
-        "select (selectors.py", "GroupCommitter._run (")  # the writer's own frame: its blocking get
+        "select (selectors.py", "GroupCommitter._run (",  # the writer's own frame: its blocking get
+        "WriterLock._help (")  # the helper blocked in flock for the writer
 
 
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])  # utime, stime in clock ticks
+def tree_ticks(target: bench.Target) -> tuple[int, int]:
+    """User and system CPU, in clock ticks, of the target's live processes (workers included)."""
+    user = system = 0
+    for pid in target.processes():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
 
 
 def summarise(raw: Path, top: int) -> str:
@@ -46,7 +55,11 @@ def summarise(raw: Path, top: int) -> str:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        if any("aiosqlite" in f for f in frames):
+        if any(f.startswith("WriterLock.acquire (") for f in frames):
+            kind = "store writer, waiting its turn (another process writes)"
+        elif any(f.startswith("WriterLock._help (") for f in frames):
+            kind = "store writer's lock helper"
+        elif any("aiosqlite" in f for f in frames):
             kind = "reader (aiosqlite)"
         elif any("GroupCommitter._run" in f or "concurrent/futures/thread.py" in f for f in frames):
             kind = "store writer"
@@ -79,24 +92,27 @@ def summarise(raw: Path, top: int) -> str:
 @click.argument("connections", type=int)
 @click.option("--seconds", type=float, default=8.0, show_default=True)
 @click.option("--top", type=int, default=20, show_default=True)
-def main(workload: str, connections: int, seconds: float, top: int) -> None:
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes (gateway run --workers); py-spy then samples all of them.")
+def main(workload: str, connections: int, seconds: float, top: int, workers: int) -> None:
     spy_binary = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy_binary is None:
         raise click.ClickException("py-spy is needed: .venv/bin/pip install py-spy")
     with tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp:
         folder = Path(tmp)
         requests_file = None if workload == "tradrapi-500" else bench.request_file(workload, folder, 150_000)
-        target = bench.Target("gateway", folder / "gateway")
+        target = bench.Target("gateway", folder / "gateway", workers=workers)
         raw = folder / "profile.txt"
         try:
             spy = subprocess.Popen([spy_binary, "record", "-p", str(target.proc.pid), "-o", str(raw), "--format",
-                                    "raw", "-r", "200", "-d", str(round(seconds) + 1)],
+                                    "raw", "-r", "200", "-d", str(round(seconds) + 1),
+                                    *(["--subprocesses"] if workers > 1 else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             args = ["tradrapi", hashlib.sha1(bench.TR_KEY.encode()).hexdigest(), "500"] \
                 if workload == "tradrapi-500" else ["file", str(requests_file)]
-            before, started = cpu_ticks(target.proc.pid), time.monotonic()
+            before, started = tree_ticks(target), time.monotonic()
             result = bench.wrk(bench.ensure_wrk(), target.port, connections, seconds, args)
-            after, elapsed = cpu_ticks(target.proc.pid), time.monotonic() - started
+            after, elapsed = tree_ticks(target), time.monotonic() - started
             metrics = httpx.get(f"http://127.0.0.1:{target.port}/metrics").text
             spy.wait(timeout=seconds + 30)
         finally:

@@ -137,19 +137,30 @@ def test_a_read_only_store_file_gets_503_and_recovers_when_writable(tmp_path: Pa
     assert stored_positions(db) == {"fault-1", "fault-6"}  # nothing refused was half-written
 
 
-def test_a_lock_held_by_another_process_gets_503_and_clears(tmp_path: Path, serve: Serve) -> None:
+LOCKERS = {
+    # another program (the sqlite3 shell, a backup tool) in a write transaction
+    "sqlite": "import sqlite3, sys\n"
+              "conn = sqlite3.connect({db!r}, isolation_level=None)\n"
+              "conn.execute('BEGIN EXCLUSIVE')\n"
+              "print('locked', flush=True)\n"
+              "sys.stdin.read()\n"
+              "conn.execute('ROLLBACK')\n",
+    # another gateway process stalled in its turn to write (the writers' own lock)
+    "gateway": "import fcntl, os, sys\n"
+               "fd = os.open({db!r} + '-writer.lock', os.O_RDWR | os.O_CREAT)\n"
+               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+               "print('locked', flush=True)\n"
+               "sys.stdin.read()\n",
+}
+
+
+@pytest.mark.parametrize("holder", sorted(LOCKERS))
+def test_a_lock_held_by_another_process_gets_503_and_clears(tmp_path: Path, serve: Serve, holder: str) -> None:
     db = tmp_path / "gateway.db"
     gw = serve(config_for(db, busy_timeout_ms=300))
     assert post_event(gw, 1)[0] == 200
-    locker = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys\n"
-         f"conn = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-         "conn.execute('BEGIN EXCLUSIVE')\n"
-         "print('locked', flush=True)\n"
-         "sys.stdin.read()\n"
-         "conn.execute('ROLLBACK')\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen([sys.executable, "-c", LOCKERS[holder].format(db=str(db))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         for n in range(2, 5):
