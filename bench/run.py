@@ -455,15 +455,19 @@ def chart(results: dict[str, Any], path: Path) -> None:
     runs = results["load"]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8))
     workloads = sorted({r["workload"] for r in runs}, key=WORKLOADS.index)
+    counts = sorted({r.get("workers", 1) for r in runs})
     for workload in workloads:
         for kind, style in (("gateway", "-o"), ("minimal", ":s"), ("bare", "--x")):
-            points = sorted((r["connections"], r) for r in runs if r["workload"] == workload and r["kind"] == kind)
-            if not points:
-                continue
-            xs = [c for c, _ in points]
-            top.plot(xs, [r["events_per_s"] for _, r in points], style, label=f"{kind} {workload}")
-            if kind != "bare":
-                bottom.plot(xs, [r["p99_us"] / 1000 for _, r in points], style, label=f"{kind} {workload}")
+            for workers in counts:
+                points = sorted(((r["connections"], r) for r in runs if r["workload"] == workload
+                                 and r["kind"] == kind and r.get("workers", 1) == workers), key=lambda p: p[0])
+                if not points:
+                    continue
+                xs = [c for c, _ in points]
+                label = f"{kind} {workload}" + (f", {workers} workers" if len(counts) > 1 else "")
+                top.plot(xs, [r["events_per_s"] for _, r in points], style, label=label)
+                if kind != "bare":
+                    bottom.plot(xs, [r["p99_us"] / 1000 for _, r in points], style, label=label)
     for axis, label in ((top, "events/s"), (bottom, "p99 latency (ms)")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("connections")
