@@ -213,6 +213,23 @@ def gateway(make_config: Callable[..., Config], serve: Callable[[Config], Runnin
 # --- `gateway run` as a child process ---------------------------------------------------------
 
 
+POSTGRES_ENV = "GATEWAY_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The PostgreSQL server the tests use: GATEWAY_TEST_POSTGRES_URL, which scripts/test sets
+    from scripts/postgres. Without one the test is skipped, saying how to get one, except under
+    CI (set by .ci/run), where a missing server fails it."""
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        return url
+    message = (f"no PostgreSQL: set {POSTGRES_ENV}=postgresql://user:password@host/db, or run scripts/test as "
+               "root on Debian (scripts/postgres provisions one)")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -250,6 +250,8 @@ class StoreFactory(Protocol):
 
 BACKENDS: dict[str, str] = {
     "sqlite": "gateway.store.sqlite:from_config",
+    "postgresql": "gateway.store.postgres:from_config",
+    "postgres": "gateway.store.postgres:from_config",
 }
 """URL scheme -> import string of its `StoreFactory`, imported only when used."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +26,7 @@ from gateway.config import StoreConfig
 from gateway.model import Outcome, ParsedEvent
 from gateway.store import Receipt, Store, open_store
 from gateway.store.committer import Op
+from tests.conftest import postgres_url
 from tests.store import testsqlite
 
 RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
@@ -120,7 +122,103 @@ class RegisteredBackend(SQLiteBackend):
         self.config = StoreConfig(path=path, url=f"{testsqlite.SCHEME}:///{path}")
 
 
-BACKENDS = [SQLiteBackend, RegisteredBackend]
+def _sql(url: str, *statements: str) -> list[Any]:
+    """Run statements on a connection of their own (from sync code), returning the last's rows."""
+    import concurrent.futures
+
+    import asyncpg
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows: list[Any] = []
+            for statement in statements:
+                rows = await conn.fetch(statement)
+            return rows
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+class PostgresBackend:
+    """A schema of its own on the test server (tests/conftest.py `postgres_url`) for each test,
+    named in the URL (`?search_path=`, which asyncpg passes on as a server setting)."""
+
+    name = "postgresql"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.server = postgres_url()
+        self.schema = f"t_{secrets.token_hex(6)}"
+        _sql(self.server, f"CREATE SCHEMA {self.schema}")
+        joiner = "&" if "?" in self.server else "?"
+        self.url = f"{self.server}{joiner}search_path={self.schema}"
+        self.config = StoreConfig(path=tmp_path / "x.db", url=self.url)
+        self.stores: list[Store] = []
+
+    def new(self, *, readonly: bool = False) -> Store:
+        store = open_store(self.config, readonly=readonly)
+        self.stores.append(store)
+        return store
+
+    async def open(self, *, readonly: bool = False) -> Store:
+        store = self.new(readonly=readonly)
+        await store.open()
+        return store
+
+    async def close_all(self) -> None:
+        for store in reversed(self.stores):
+            await store.close()
+        _sql(self.server, f"DROP SCHEMA {self.schema} CASCADE")
+
+    def run(self, *statements: str) -> list[Any]:
+        return _sql(self.url, *statements)
+
+    def create_without_schema(self) -> None:
+        self.run("CREATE TABLE unrelated (x int)")
+
+    def fail_inserts_of(self, entity_id: str) -> None:
+        self.run(
+            "CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN IF NEW.entity_id = '{entity_id}' THEN RAISE EXCEPTION 'injected fault'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER injected_fault BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION injected_fault()")
+
+    def heal(self) -> None:
+        self.run("DROP TRIGGER injected_fault ON events")
+
+    def forget_identities(self) -> None:
+        self.run("UPDATE events SET fingerprint = NULL")
+
+    @contextlib.asynccontextmanager
+    async def writer_busy(self, store: Store) -> AsyncIterator[None]:
+        """Another connection holds the id counters, which every group of the writer locks first."""
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url)
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("SELECT * FROM id_counters FOR UPDATE")
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+            await conn.close()
+
+    def raw_receipt(self, request_id: str) -> tuple[Any, bytes]:
+        rows = self.run(f"SELECT headers, body FROM receipts WHERE request_id = '{request_id}'")
+        assert len(rows) == 1, rows
+        return orjson.loads(rows[0][0]), bytes(rows[0][1])
+
+    def count_receipts(self) -> int:
+        return int(self.run("SELECT count(*) FROM receipts")[0][0])
+
+    def receipt_ids(self) -> list[int]:
+        return [row[0] for row in self.run("SELECT id FROM receipts ORDER BY id")]
+
+
+BACKENDS = [SQLiteBackend, RegisteredBackend, PostgresBackend]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda cls: cls.name)

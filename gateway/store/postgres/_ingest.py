@@ -1,0 +1,105 @@
+"""One group of ingests in one PostgreSQL transaction.
+
+The transaction first locks the id counters (`SELECT ... FOR UPDATE`, both rows in one
+order): a group that commits later always holds higher ids, because the next group's lock
+waits for this one's commit. So ids become visible in id order, and a reader that has seen id N
+has seen every id below it (streams, cursors and plugin runners scan by id and must never skip
+one; docs/architecture.md). The dedup lookup runs after the lock, in READ COMMITTED: it sees
+every version another instance committed before, so dedup and conflicts are exact across
+instances. Rows go in with one statement per table per group (`unnest`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from gateway.model import Outcome, dedup_key
+from gateway.store.committer import Committed, Ingest
+from gateway.store.postgres._schema import Conn
+
+US = 1_000_000
+
+LOCK_COUNTERS = "SELECT name, value FROM id_counters WHERE name IN ('events', 'receipts') ORDER BY name FOR UPDATE"
+_EXISTING = ("SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key = ANY($1::text[])"
+             " AND fingerprint IS NOT NULL ORDER BY id")
+_INSERT_RECEIPTS = """
+    INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
+                         $7::bytea[], $8::bytea[])
+"""
+_INSERT_EVENTS = """
+    INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint, status,
+                        conflicts_with, account, symbol, received_at, payload, quarantine_reason)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bytea[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[],
+                         $14::bytea[], $15::text[])
+"""
+INSERT_DELIVERIES = """
+    INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at, created_at,
+                            updated_at)
+    SELECT e, p, s, n, 'pending', 0, t, t, t FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                                         $5::bigint[]) AS u(e, p, s, n, t)
+"""
+_SET_COUNTER = "UPDATE id_counters SET value = $2 WHERE name = $1"
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+async def store_events(conn: Conn, items: list[Ingest], committed: Committed) -> list[list[Outcome]]:
+    """Inside the group's transaction, after LOCK_COUNTERS: the outcomes of each item."""
+    counters = {row["name"]: row["value"] for row in await conn.fetch(LOCK_COUNTERS)}
+    event_id, receipt_id = int(counters["events"]), int(counters["receipts"])
+    keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
+    known: dict[str, dict[bytes, int]] = {}  # identity -> {fingerprint: id}, the first version first
+    for key, fingerprint, stored_id in await conn.fetch(_EXISTING, sorted({k for ks in keys for k in ks})):
+        known.setdefault(key, {})[bytes(fingerprint)] = stored_id
+    receipt_rows: list[tuple[Any, ...]] = []
+    event_rows: list[tuple[Any, ...]] = []
+    delivery_rows: list[tuple[Any, ...]] = []
+    results: list[list[Outcome]] = []
+    for item, event_keys in zip(items, keys, strict=True):
+        receipt = item.receipt
+        outcomes: list[Outcome] = []
+        this_receipt: int | None = None
+        received_us = round(receipt.received_at * US)
+        for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
+            fingerprint = event.fingerprint
+            versions = known.get(key)
+            if versions is None:
+                first, status = None, event.status
+            elif fingerprint in versions:
+                outcomes.append(Outcome(versions[fingerprint], "duplicate", key))
+                continue
+            else:  # the identity is stored with other content: a second version, kept
+                first, status = next(iter(versions.values())), "conflict"
+            if this_receipt is None:
+                receipt_id += 1
+                this_receipt = receipt_id
+                receipt_rows.append((this_receipt, receipt.request_id, receipt.source, received_us,
+                                     receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body))
+            event_id += 1
+            known.setdefault(key, {})[fingerprint] = event_id
+            event_rows.append((event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
+                               event.entity_id, key, fingerprint, status, first, event.account, event.symbol,
+                               received_us, event.payload, event.quarantine_reason))
+            if item.routes:
+                for plugin in item.routes[index]:
+                    delivery_rows.append((event_id, plugin, receipt.source, event.entity_id, received_us))
+                    committed.plugins.add(plugin)
+            outcomes.append(Outcome(event_id, status, key, first))
+        results.append(outcomes)
+    if receipt_rows:
+        await conn.execute(_INSERT_RECEIPTS, *_columns(receipt_rows, 8))
+        await conn.execute(_INSERT_EVENTS, *_columns(event_rows, 15))
+        await conn.execute(_SET_COUNTER, "events", event_id)
+        await conn.execute(_SET_COUNTER, "receipts", receipt_id)
+        committed.newest_event = event_id
+        committed.stored = len(event_rows)
+    if delivery_rows:
+        await conn.execute(INSERT_DELIVERIES, *_columns(delivery_rows, 5))
+    return results
