@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway._asgi import Receive, RequestIdMiddleware, Scope, Send
 from gateway.api import Api
-from gateway.auth import Tokens, load_or_create_key
+from gateway.auth import MIN_KEY_BYTES, Tokens, load_or_create_key
 from gateway.browser_headers import BrowserHeadersMiddleware
 from gateway.config import Config, ip_allowed
 from gateway.error_handlers import EXCEPTION_HANDLERS
@@ -185,6 +185,9 @@ class GatewayApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.store.open()
+        shared = await self.store.signing_key(lambda: secrets.token_bytes(MIN_KEY_BYTES))
+        if shared is not None:  # every instance on this store signs with the same key
+            self.tokens.use_key(shared)
         upgrade = None
         retention = None
         exporter = None

@@ -56,6 +56,13 @@ class Tokens:
     def __init__(self, api: ApiConfig, key: bytes, clock: Callable[[], float] = time.time) -> None:
         self.api = api
         self.clock = clock
+        self.use_key(key)
+
+    def use_key(self, key: bytes) -> None:
+        """Sign and check with `key` from now on: the one the store shares between instances
+        (a PostgreSQL store keeps it in the database), so that a token, a cursor or a session
+        from one instance is good on every other behind the balancer."""
+        clock = self.clock
 
         class Signer(TimestampSigner):
             def get_timestamp(self) -> int:

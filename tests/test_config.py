@@ -600,3 +600,39 @@ LIMIT_ERRORS: list[tuple[str, str, str, str]] = [
 def test_abuse_limit_errors(write: Callable[[str], Path], text: str, key: str, fragment: str) -> None:
     path = write(text)
     assert_error(config_errors(path), path, key, fragment)
+
+
+PG = '[store]\nurl = "postgresql://gw@db.internal:5432/gateway"\n'
+POSTGRES_ERRORS: list[tuple[str, str, str, str]] = [
+    ("pool-on-sqlite", "[store]\npool_size = 5\n" + MC_SOURCE, "store.pool_size", "is a PostgreSQL setting"),
+    ("password-on-sqlite", '[store]\npassword = "env:X"\n' + MC_SOURCE, "store.password", "is a PostgreSQL setting"),
+    ("pool-zero", PG + "pool_size = 0\n" + MC_SOURCE, "store.pool_size", "must be between 1 and 1000, got 0"),
+    ("timeout-tiny", PG + "statement_timeout_ms = 5\n" + MC_SOURCE, "store.statement_timeout_ms",
+     "must be between 100 and 3600000"),
+    ("sslmode", PG + 'sslmode = "always"\n' + MC_SOURCE, "store.sslmode", "must be one of disable, allow, prefer"),
+    ("password-env", PG + 'password = "env:GWT_PG_MISSING"\n' + MC_SOURCE, "store.password",
+     "environment variable GWT_PG_MISSING is not set"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), [c[1:] for c in POSTGRES_ERRORS],
+                         ids=[c[0] for c in POSTGRES_ERRORS])
+def test_postgres_setting_errors(write: Callable[[str], Path], text: str, key: str, fragment: str) -> None:
+    path = write(text)
+    assert_error(config_errors(path), path, key, fragment)
+
+
+def test_postgres_settings_and_a_password_from_the_environment(write: Callable[[str], Path]) -> None:
+    path = write(PG + 'password = "env:GWT_PG_PASSWORD"\npool_size = 4\nstatement_timeout_ms = 2000\n'
+                 'application_name = "gw-east"\nsslmode = "verify-full"\n' + MC_SOURCE)
+    store = load_config(path, environ={"GWT_PG_PASSWORD": "s3cret-pg"}).store
+    assert store.password is not None and store.password.reveal() == "s3cret-pg"
+    assert (store.pool_size, store.statement_timeout_ms, store.application_name, store.sslmode) == (
+        4, 2000, "gw-east", "verify-full")
+    assert store.location == "postgresql://db.internal:5432/gateway"  # no user, no password in messages
+    assert "s3cret-pg" not in repr(store)
+
+
+def test_a_password_in_the_store_url_counts_as_a_secret_in_the_file(write: Callable[[str], Path]) -> None:
+    path = write('[store]\nurl = "postgresql://gw:pw@db/gateway"\n' + MC_SOURCE)
+    assert "store.url" in load_config(path, environ={}).literal_secrets

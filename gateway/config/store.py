@@ -8,10 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from gateway._secret import Secret
+
 if TYPE_CHECKING:
     from gateway.config.checker import Checker
 
 Synchronous = Literal["FULL", "NORMAL"]
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Keys that only a PostgreSQL store takes.
+POSTGRES_KEYS = ("password", "pool_size", "statement_timeout_ms", "application_name", "sslmode")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,13 @@ class StoreConfig:
     rejections_per_source: int = 1000
     retention_days: int = 0  # 0: keep forever (dedup is only as long as events are kept)
     url: str = ""
+    # PostgreSQL only. The password: `env:NAME` (or a libpq passfile / PGPASSWORD, which the
+    # driver reads itself); never in the URL of a config that is shared or logged.
+    password: Secret | None = None
+    pool_size: int = 10
+    statement_timeout_ms: int = 30_000
+    application_name: str = "trading-webhook-gateway"
+    sslmode: str | None = None  # libpq's sslmode; None: libpq's default (prefer)
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -66,7 +78,7 @@ def _store_location(c: Checker, st: Mapping[str, Any], base_dir: Path) -> tuple[
 
 def parse_store(c: Checker, data: Mapping[str, Any], base_dir: Path) -> StoreConfig:
     st = c.table(data, "store", {"url", "path", "synchronous", "busy_timeout_ms", "rejections_per_source",
-                                 "retention_days"})
+                                 "retention_days", *POSTGRES_KEYS})
     store_path, store_url = _store_location(c, st, base_dir)
     sync = c.get(st, "store.synchronous", "synchronous", str, "FULL").upper()
     if sync not in get_args(Synchronous):
@@ -77,7 +89,9 @@ def parse_store(c: Checker, data: Mapping[str, Any], base_dir: Path) -> StoreCon
     kept = c.get(st, "store.rejections_per_source", "rejections_per_source", int, 1000)
     if not 0 <= kept <= 1_000_000:
         c.error("store.rejections_per_source", f"must be between 0 and 1000000, got {kept}")
+    postgres = _postgres(c, st, store_url)
     store = StoreConfig(
+        **postgres,
         path=store_path,
         url=store_url,
         synchronous=sync,
@@ -88,3 +102,32 @@ def parse_store(c: Checker, data: Mapping[str, Any], base_dir: Path) -> StoreCon
     if not 0 <= store.retention_days <= 100 * 365:
         c.error("store.retention_days", f"must be between 0 (keep forever) and 36500, got {store.retention_days}")
     return store
+
+
+def _postgres(c: Checker, st: Mapping[str, Any], url: str) -> dict[str, Any]:
+    """The PostgreSQL settings, as StoreConfig keyword arguments; an error for any of them on
+    another backend."""
+    given = [key for key in POSTGRES_KEYS if key in st]
+    if not url.startswith(("postgresql:", "postgres:")):
+        for key in given:
+            c.error(f"store.{key}", "is a PostgreSQL setting: give url = \"postgresql://user@host/db\"")
+        return {}
+    settings: dict[str, Any] = {}
+    if "password" in st:
+        settings["password"] = c.secret("store.password", st["password"])
+    pool = c.get(st, "store.pool_size", "pool_size", int, 10)
+    if not 1 <= pool <= 1000:
+        c.error("store.pool_size", f"must be between 1 and 1000, got {pool}")
+    timeout = c.get(st, "store.statement_timeout_ms", "statement_timeout_ms", int, 30_000)
+    if not 100 <= timeout <= 3_600_000:
+        c.error("store.statement_timeout_ms", f"must be between 100 and 3600000, got {timeout}")
+    name = c.get(st, "store.application_name", "application_name", str, "trading-webhook-gateway")
+    if not 0 < len(name) <= 63:
+        c.error("store.application_name", "must be 1 to 63 characters")
+    sslmode = c.get(st, "store.sslmode", "sslmode", str, "prefer") if "sslmode" in st else None
+    if sslmode is not None and sslmode not in SSL_MODES:
+        c.error("store.sslmode", f"must be one of {', '.join(SSL_MODES)}, got {sslmode!r}")
+    if re.search(r"//[^/@:]*:[^/@]+@", url):  # a password in the URL: a secret written in the file
+        c.literal_secrets.append("store.url")
+    settings.update(pool_size=pool, statement_timeout_ms=timeout, application_name=name, sslmode=sslmode)
+    return settings

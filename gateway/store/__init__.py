@@ -10,7 +10,7 @@ capability flag (`file_backup`), and the tests skip by it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -220,6 +220,11 @@ class Store(Protocol):
     def size_bytes(self) -> int:
         """The store's size on disk, as far as it knows; cheap (read at each metrics scrape)."""
         ...
+
+    async def signing_key(self, make: Callable[[], bytes]) -> bytes | None:
+        """The key every instance on this store signs API tokens, cursors and sessions with:
+        the stored one, or `make()`'s, stored first by whichever instance asks first. None: this
+        store has no place for it, and the key file beside it (`gateway.auth`) serves."""
 
     async def check_writable(self) -> None:
         """Write and commit one small row through the writer; raises StoreUnavailable."""

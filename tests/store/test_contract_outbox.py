@@ -337,6 +337,17 @@ async def test_one_process_at_a_time_holds_a_background_job(backend: Any, store:
     assert not await store.hold_job("retention", "a", 60)
 
 
+async def test_every_instance_on_a_store_signs_with_one_key(backend: Any, store: Store) -> None:
+    """A token from one instance must verify on every other behind the balancer. A store with a
+    place for the key keeps the first one made; SQLite has none (None: the key file beside it)."""
+    first = await store.signing_key(lambda: b"k" * 32)
+    other = await backend.open()  # another instance
+    assert await other.signing_key(lambda: b"x" * 32) == first
+    assert first in (None, b"k" * 32)
+    if backend.name == "postgresql":
+        assert first == b"k" * 32
+
+
 async def test_a_job_lease_nobody_renews_ends(backend: Any, store: Store) -> None:
     assert await store.hold_job("retention", "a", 0.05)
     await asyncio.sleep(0.1)  # its holder died, say

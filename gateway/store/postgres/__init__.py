@@ -73,8 +73,11 @@ _SELECT_EVENTS = """
 
 def from_config(config: StoreConfig, *, readonly: bool = False) -> PostgresStore:
     """The `StoreFactory` of `postgresql:` (and `postgres:`) URLs."""
-    return PostgresStore(config.url, readonly=readonly, rejections_per_source=config.rejections_per_source,
-                         statement_timeout_ms=config.busy_timeout_ms)
+    return PostgresStore(
+        config.url, readonly=readonly, rejections_per_source=config.rejections_per_source,
+        password=None if config.password is None else config.password.reveal(), pool_size=config.pool_size,
+        statement_timeout_ms=config.statement_timeout_ms, application_name=config.application_name,
+        sslmode=config.sslmode)
 
 
 def glob_regex(glob: str) -> str:
@@ -116,12 +119,17 @@ class PostgresStore:
     file_backup = False
 
     def __init__(self, url: str, *, readonly: bool = False, rejections_per_source: int = 1000,
-                 statement_timeout_ms: int = 5000, pool_size: int = 10) -> None:
+                 password: str | None = None, pool_size: int = 10, statement_timeout_ms: int = 30_000,
+                 application_name: str = "trading-webhook-gateway", sslmode: str | None = None) -> None:
         self.url = url
         self.readonly = readonly
         self.rejections_per_source = rejections_per_source
-        self.statement_timeout_ms = statement_timeout_ms
         self.pool_size = pool_size
+        # What every connection gets (the pool's, and the one that listens for notifications).
+        self._connect: dict[str, Any] = {
+            "password": password, "ssl": sslmode,
+            "server_settings": {"application_name": application_name,
+                                "statement_timeout": str(statement_timeout_ms)}}
         self.instance = secrets.token_hex(8)  # tells our own notifications from other instances'
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[Any] | None = None
@@ -144,10 +152,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size, command_timeout=None,
-                server_settings={"application_name": "trading-webhook-gateway",
-                                 "statement_timeout": str(max(1000, self.statement_timeout_ms * 6))})
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size, **self._connect)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot connect to the store at {self.location}: {exc}") from exc
         try:
@@ -306,7 +311,7 @@ class PostgresStore:
         first = True
         while True:
             try:
-                conn = await asyncpg.connect(self.url)
+                conn = await asyncpg.connect(self.url, **self._connect)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.debug("store: cannot listen for notifications yet: %s", exc)
                 await asyncio.sleep(LISTEN_RETRY)
@@ -467,6 +472,15 @@ class PostgresStore:
 
     def size_bytes(self) -> int:
         return self._size
+
+    async def signing_key(self, make: Callable[[], bytes]) -> bytes | None:
+        async def run(conn: Conn) -> bytes:
+            await conn.execute("INSERT INTO shared_keys (name, value) VALUES ('api', $1) ON CONFLICT DO NOTHING",
+                               make())
+            return bytes(await conn.fetchval("SELECT value FROM shared_keys WHERE name = 'api'"))
+
+        key: bytes = await self._tx(run)
+        return key
 
     async def check_writable(self) -> None:
         async def beat(conn: Conn) -> None:

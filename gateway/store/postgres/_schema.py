@@ -98,6 +98,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         holder      text NOT NULL,
         until       bigint NOT NULL
     )""",
+    """CREATE TABLE shared_keys (
+        name        text PRIMARY KEY,      -- api: signs tokens, cursors and sessions on every instance
+        value       bytea NOT NULL
+    )""",
     "CREATE TABLE schema_version (version integer NOT NULL)",
     ),
 )

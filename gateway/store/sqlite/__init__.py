@@ -285,6 +285,9 @@ class SQLiteStore:
 
         await asyncio.to_thread(copy)
 
+    async def signing_key(self, make: Callable[[], bytes]) -> bytes | None:
+        return None  # the key file beside the store (gateway.auth.load_or_create_key)
+
     async def check_writable(self) -> None:
         def beat(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO heartbeat (id, at, probe) VALUES (1, ?, zeroblob(?))",
