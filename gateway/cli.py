@@ -527,10 +527,7 @@ def backup(config_path: Path | None, target: Path) -> None:
     config = resolve_config(config_path)
 
     async def copy(store: Store) -> None:
-        if not store.file_backup:
-            raise NotImplementedError(f"the {url_scheme(config.store.url)} store cannot back up to a file: "
-                                      "use its own backup tools")
-        await store.backup(target)
+        await store.backup(target)  # NotImplementedError says how, where the database backs itself up
 
     try:
         on_store(config, copy)

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -228,6 +229,39 @@ def postgres_url() -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def postgres_sql(url: str, *statements: str) -> list[Any]:
+    """Run statements on a connection of their own (from sync code); the last one's rows."""
+    import concurrent.futures
+
+    import asyncpg
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows: list[Any] = []
+            for statement in statements:
+                rows = await conn.fetch(statement)
+            return rows
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema on the test server, dropped afterwards; yields the URL that names it
+    (`?search_path=`, which asyncpg passes on to the server as a setting)."""
+    server = postgres_url()
+    schema = f"t_{secrets.token_hex(6)}"
+    postgres_sql(server, f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{server}{'&' if '?' in server else '?'}search_path={schema}"
+    finally:
+        postgres_sql(server, f"DROP SCHEMA {schema} CASCADE")
 
 
 def free_port() -> int:

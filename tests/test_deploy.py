@@ -23,12 +23,12 @@ import pytest
 
 from gateway.config import Config
 from tests.conftest import GATEWAY, ROOT, RunningGateway, free_port, mc_sign, start_gateway, wait_for
+from tests.nginx import nginx as run_nginx
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 needs_prometheus = pytest.mark.skipif(PROMTOOL is None or PROMETHEUS is None,
                                       reason="Debian's prometheus package is installed by scripts/setup test")
 
@@ -249,46 +249,14 @@ class _EchoHeaders(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[str]:
-    """deploy/nginx's server block, without TLS, on a free port, proxying to a server that
-    answers with the headers it received; the office network is this machine."""
-    if NGINX is None:
-        pytest.skip("nginx is not installed (apt-get install nginx)")
+    """deploy/nginx's server block, without TLS (tests/nginx.py), proxying to a server that
+    answers with the headers it received."""
     backend = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHeaders)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
-    port = free_port()
-    site = (DEPLOY / "nginx" / "trading-webhook-gateway.conf").read_text()
-    site = re.sub(r"(?m)^\s*ssl_.*$", "", site).replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port};")
-    site = site.replace("allow 10.0.0.0/8;", "allow 127.0.0.1;")
-    site = site.replace("proxy_pass http://127.0.0.1:8080", f"proxy_pass http://127.0.0.1:{backend.server_port}")
-    (tmp_path / "site.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(f"""
-user root;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log;
-events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    include {tmp_path}/site.conf;
-}}
-""")
-    conf = ["-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
-    checked = subprocess.run([NGINX, *conf, "-t"], capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, checked.stderr  # the whole file, limit_conn_zone included, is valid
-    proc = subprocess.Popen([NGINX, *conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
     try:
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 403
-            except httpx.TransportError:
-                return proc.poll() is not None
-        wait_for(up, 20, "nginx to answer", seen=lambda: (tmp_path / "error.log").read_text()[-2000:])
-        assert proc.poll() is None
-        yield f"http://127.0.0.1:{port}"
+        with run_nginx(tmp_path / "nginx", [backend.server_port]) as url:
+            yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
         backend.shutdown()
         backend.server_close()
 

@@ -49,7 +49,7 @@ shutdown_timeout_seconds = 20
 {server}
 
 [store]
-path = "gateway.db"
+{store}
 
 [[sources]]
 name = "metacopier"
@@ -122,6 +122,9 @@ class Ledger:
     unknown: int = 0  # connection errors and 503s: retried
     stored_unanswered: int = 0  # first answer "duplicate": an unanswered attempt had committed
     aborted: bool = False  # the run failed: stop retrying at once
+    # A balancer retries a request on another instance when the first died before answering:
+    # the sender then never saw the unanswered attempt, and its first answer may be `duplicate`.
+    proxied: bool = False
 
     def record(self, msg: Message, outcomes: list[dict[str, object]], resend: bool) -> None:
         with self.lock:
@@ -142,7 +145,7 @@ class Ledger:
                     continue
                 self.acked[key] = event_id
                 if status == "duplicate":
-                    if resend or not msg.unanswered:
+                    if resend or not (msg.unanswered or self.proxied):
                         self.errors.append(f"{key}: duplicate ({event_id}) on its first answer, never sent before")
                     self.stored_unanswered += 1
                 elif status != "stored":
@@ -297,17 +300,19 @@ def read_only(db: Path) -> contextlib.closing[sqlite3.Connection]:
 def pending_deliveries(folder: Path) -> int:
     return len(store_reads.deliveries(load_config(folder / "gateway.toml"), status="pending"))
 
-def config_text(folder: Path, server: str = "") -> str:
-    """CONFIG for a run in `folder`, with `server` lines added to its [server] table."""
+def config_text(folder: Path, server: str = "", store: str = 'path = "gateway.db"') -> str:
+    """CONFIG for a run in `folder`, with `server` lines added to its [server] table and `store`
+    as its [store] table (default: a SQLite file in `folder`)."""
     return CONFIG.format(mc=MC_SECRET, ps=PS_SECRET, tr=TR_KEY, dir=folder, slow_types=toml_list(SLOW_TYPES),
                          picky_sources=toml_list(PICKY_SOURCES), picky_types=toml_list(PICKY_TYPES),
-                         server=server)
+                         server=server, store=store)
 
 
 def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
     """Everything the run must have left behind; returns (events, redeliveries)."""
-    with read_only(folder / "gateway.db") as conn:  # the SQLite file itself
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    if (folder / "gateway.db").exists():  # a SQLite store: the file itself is sound
+        with read_only(folder / "gateway.db") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     config = load_config(folder / "gateway.toml")
     kept = store_reads.events(config)
     rows = [(e.id, e.source, e.event_type, e.entity_id, e.dedup_key) for e in kept]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +25,7 @@ from gateway.config import StoreConfig
 from gateway.model import Outcome, ParsedEvent
 from gateway.store import Receipt, Store, open_store
 from gateway.store.committer import Op
-from tests.conftest import postgres_url
+from tests.conftest import postgres_schema, postgres_sql
 from tests.store import testsqlite
 
 RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
@@ -122,26 +121,6 @@ class RegisteredBackend(SQLiteBackend):
         self.config = StoreConfig(path=path, url=f"{testsqlite.SCHEME}:///{path}")
 
 
-def _sql(url: str, *statements: str) -> list[Any]:
-    """Run statements on a connection of their own (from sync code), returning the last's rows."""
-    import concurrent.futures
-
-    import asyncpg
-
-    async def run() -> list[Any]:
-        conn = await asyncpg.connect(url)
-        try:
-            rows: list[Any] = []
-            for statement in statements:
-                rows = await conn.fetch(statement)
-            return rows
-        finally:
-            await conn.close()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run()).result()
-
-
 class PostgresBackend:
     """A schema of its own on the test server (tests/conftest.py `postgres_url`) for each test,
     named in the URL (`?search_path=`, which asyncpg passes on as a server setting)."""
@@ -149,11 +128,8 @@ class PostgresBackend:
     name = "postgresql"
 
     def __init__(self, tmp_path: Path) -> None:
-        self.server = postgres_url()
-        self.schema = f"t_{secrets.token_hex(6)}"
-        _sql(self.server, f"CREATE SCHEMA {self.schema}")
-        joiner = "&" if "?" in self.server else "?"
-        self.url = f"{self.server}{joiner}search_path={self.schema}"
+        self._schema = postgres_schema()
+        self.url = self._schema.__enter__()
         self.config = StoreConfig(path=tmp_path / "x.db", url=self.url)
         self.stores: list[Store] = []
 
@@ -170,10 +146,10 @@ class PostgresBackend:
     async def close_all(self) -> None:
         for store in reversed(self.stores):
             await store.close()
-        _sql(self.server, f"DROP SCHEMA {self.schema} CASCADE")
+        self._schema.__exit__(None, None, None)
 
     def run(self, *statements: str) -> list[Any]:
-        return _sql(self.url, *statements)
+        return postgres_sql(self.url, *statements)
 
     def create_without_schema(self) -> None:
         self.run("CREATE TABLE unrelated (x int)")

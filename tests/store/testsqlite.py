@@ -7,6 +7,8 @@ capability.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gateway.config import StoreConfig
 from gateway.store import register_backend
 from gateway.store.sqlite import SQLiteStore, sqlite_path
@@ -16,6 +18,9 @@ SCHEME = "testsqlite"
 
 class NoBackupStore(SQLiteStore):
     file_backup = False
+
+    async def backup(self, target: Path) -> None:  # the contract: NotImplementedError, saying what to do
+        raise NotImplementedError(f"the {SCHEME} store cannot back up to a file: use its own backup tools")
 
 
 def factory(config: StoreConfig, *, readonly: bool = False) -> NoBackupStore:
