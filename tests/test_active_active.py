@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import orjson
 
+from gateway.config import load_config
+from tests import store_reads
 from tests.conftest import (
     MC_SECRET,
     free_port,
@@ -146,3 +148,75 @@ def token_from_one_works_on_the_other(instances: list[Instance]) -> None:
     token = granted.json()["access_token"]
     listed = httpx.get(f"{b}/api/v1/events?limit=1", headers={"Authorization": f"Bearer {token}"})
     assert listed.status_code == 200, listed.text
+
+
+def local_cluster(url: str) -> tuple[str, str] | None:
+    """(version, name) of the Debian cluster serving `url` on this machine, if this process may
+    restart it (root, pg_ctlcluster); else None."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("pg_ctlcluster") is None or "127.0.0.1" not in url:
+        return None
+    port = url.split("127.0.0.1:", 1)[1].split("/", 1)[0]
+    for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if cluster_port == port:
+            return version, name
+    return None
+
+
+def test_a_database_restart_gets_503_meanwhile_and_recovers_by_itself(tmp_path: Path) -> None:
+    """PostgreSQL restarts under load: the gateway answers 503 `store_unavailable` while it is
+    away, never a 2xx for an event it did not store, and takes events again once it is back,
+    without a restart of its own."""
+    import pytest
+
+    with postgres_schema() as url:
+        cluster = local_cluster(url)
+        if cluster is None:
+            pytest.skip("restarting PostgreSQL needs root and the local Debian cluster (scripts/postgres)")
+        config = tmp_path / "gateway.toml"
+        config.write_text(config_text(tmp_path, store=f'url = "{url}"'))
+        gateway = Instance(tmp_path, config, "gw")
+        gateway.start()
+        acked: dict[str, int] = {}
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def send() -> None:
+            n = 0
+            with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=20) as http:
+                while not stop.is_set():
+                    n += 1
+                    body = orjson.dumps({"type": "position.opened", "accountId": "a", "position": {"id": f"r-{n}"}})
+                    try:
+                        reply = http.post("/hooks/metacopier", content=body, headers=mc_sign(body, MC_SECRET))
+                    except httpx.HTTPError:
+                        statuses.append(-1)
+                        continue
+                    statuses.append(reply.status_code)
+                    if reply.status_code == 200:
+                        outcome = reply.json()["events"][0]
+                        acked[outcome["dedup_key"]] = outcome["id"]
+                    else:
+                        assert reply.status_code == 503 and reply.json()["code"] == "store_unavailable", reply.text
+                    time.sleep(0.005)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            wait_for(lambda: statuses.count(200) >= 50, 30, "traffic before the restart")
+            subprocess.run(["pg_ctlcluster", *cluster, "restart"], check=True, timeout=120)
+            restarted = len(statuses)
+            wait_for(lambda: statuses[restarted:].count(200) >= 50, 60, "traffic after the restart",
+                     seen=lambda: gateway.log.read_text()[-2000:])
+        finally:
+            stop.set()
+            sender.join(timeout=30)
+        assert gateway.proc is not None and gateway.proc.poll() is None  # never restarted
+        assert gateway.stop() in (0, -signal.SIGTERM)
+        stored = {e.dedup_key: e.id for e in store_reads.events(load_config(config))}
+        assert {k: stored.get(k) for k in acked} == acked  # every 200 was stored, under its id
+        print(f"\ndatabase restart: {statuses.count(200)} answered 200, {statuses.count(503)} 503, "
+              f"{statuses.count(-1)} without an answer")

@@ -33,11 +33,20 @@ _DUE = """
           SELECT 1 FROM deliveries p
           WHERE p.plugin = d.plugin AND p.status = 'pending'
             AND p.source = d.source AND p.entity_id = d.entity_id AND p.id < d.id)
+      AND NOT EXISTS (  -- a later delivery of the entity is claimed (an earlier one was replayed)
+          SELECT 1 FROM deliveries c
+          WHERE c.plugin = d.plugin AND c.status = 'pending' AND c.claim_id IS NOT NULL
+            AND c.source = d.source AND c.entity_id = d.entity_id)
     ORDER BY d.id
     LIMIT $3
     FOR UPDATE OF d SKIP LOCKED
 """
 _CLAIM = "UPDATE deliveries SET claim_id = $1, lease_until = $2 WHERE id = ANY($3::bigint[])"
+# The reaper: claims whose lease ended (their holder died or stalled) are let go first, so that
+# the one-claim-per-entity index never blocks the next claim. A late outcome of such a holder is
+# refused (its claim id is gone); the delivery is due again at once.
+_REAP = ("UPDATE deliveries SET claim_id = NULL, lease_until = 0"
+         " WHERE plugin = $1 AND status = 'pending' AND claim_id IS NOT NULL AND lease_until <= $2")
 _FINISH = """
     UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, next_attempt_at = u.next_at,
         last_error = u.error, updated_at = $1, claim_id = NULL, lease_until = 0
@@ -80,6 +89,7 @@ def _count(status: str) -> int:
 
 async def claim(conn: Conn, plugin: str, now: float, limit: int, lease_until: float,
                 claim_id: int) -> list[Claim]:
+    await conn.execute(_REAP, plugin, round(now * US))
     rows = await conn.fetch(_DUE, plugin, round(now * US), limit)
     if rows:
         await conn.execute(_CLAIM, claim_id, round(lease_until * US), [r[0] for r in rows])

@@ -77,6 +77,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     "CREATE INDEX deliveries_order ON deliveries(plugin, source, entity_id, id) WHERE status = 'pending'",
     "CREATE INDEX deliveries_status ON deliveries(plugin, status, id)",
     "CREATE INDEX deliveries_event ON deliveries(event_id)",
+    # At most one claimed delivery per (plugin, entity), whatever a claim query gets wrong: the
+    # order per entity is enforced by the database itself (procrastinate's ordered lock mode).
+    "CREATE UNIQUE INDEX deliveries_one_claim ON deliveries(plugin, source, entity_id)"
+    " WHERE claim_id IS NOT NULL AND status = 'pending'",
     """CREATE TABLE rejections (
         id          bigserial PRIMARY KEY,
         received_at bigint NOT NULL,
