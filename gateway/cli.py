@@ -1,4 +1,5 @@
-"""`gateway` command line: run, check-config, send, events, deliveries, replay, tail, prune, backup, restore."""
+"""`gateway` command line: run, check-config, send, events, deliveries, replay, tail, prune, backup, restore,
+migrate-store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -563,3 +565,55 @@ def restore(config_path: Path | None, backup_file: Path, id_floor: int) -> None:
     moved = f"; the store it replaced is now {done.replaced}" if done.replaced else ""
     click.echo(f"restored {backup_file} to {config.store.location}{moved}; next ids above: "
                + ", ".join(f"{table} {seq}" for table, seq in done.ids.items()))
+
+
+@main.command("migrate-store")
+@click.option("--from", "source", required=True, metavar="sqlite:///PATH",
+              help="The SQLite store to copy (sqlite:///relative or sqlite:////absolute).")
+@click.option("--to", "target", required=True, metavar="postgresql://USER@HOST/DB",
+              help="The PostgreSQL database to copy it into; its schema is created if missing.")
+@click.option("--password", "password_env", metavar="ENV",
+              help="Read the database password from this environment variable (else libpq's passfile or "
+                   "PGPASSWORD).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted copy into a target that is not empty.")
+def migrate_store(source: str, target: str, password_env: str | None, resume: bool) -> None:
+    """Copy a SQLite store into PostgreSQL, keeping ids, dedup keys, deliveries and their states.
+
+    Stop the gateway first (events stored meanwhile would not be copied), then point
+    [store] url at the target. Refuses a target that already holds events unless --resume is
+    given; an interrupted copy resumes where it stopped."""
+    import asyncpg
+
+    from gateway.store.sqlite import sqlite_path
+    from gateway.store.transfer import TargetNotEmpty, copy_store, count_rows
+
+    if url_scheme(target) not in ("postgresql", "postgres"):
+        raise click.BadParameter(f"must be a postgresql:// URL, got {url_scheme(target) or target!r}",
+                                 param_hint="--to")
+    try:
+        path = sqlite_path(source)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    connect: dict[str, Any] = {}
+    if password_env is not None:
+        connect["password"] = os.environ.get(password_env)
+        if not connect["password"]:
+            raise click.BadParameter(f"environment variable {password_env} is not set or empty",
+                                     param_hint="--password")
+    try:
+        total = sum(count_rows(path).values())
+    except (FileNotFoundError, sqlite3.DatabaseError) as exc:
+        click.echo(f"cannot read {path}: {exc}", err=True)
+        sys.exit(1)
+    shown = re.sub(r"//[^@/]*@", "//", target)
+    try:
+        with click.progressbar(length=total, label=f"copying {path} to {shown}", file=sys.stderr) as bar:
+            copied = asyncio.run(copy_store(path, target, resume=resume, connect=connect, progress=bar.update))
+    except TargetNotEmpty as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except (OSError, asyncpg.PostgresError) as exc:
+        click.echo(f"the copy stopped: {exc}; run the same command with --resume to continue", err=True)
+        sys.exit(1)
+    click.echo(f"copied {', '.join(f'{n} {table}' for table, n in copied.items())} to {shown}; now set "
+               f'[store] url = "{shown}" (and the password)')
