@@ -45,6 +45,7 @@ PS_SECRET = "whsec_bench_pipsync_secret"
 TR_KEY = "bench-tradrapi-key-0123456789"
 CLIENT_SECRET = "bench-client-secret-0123456789"
 KINDS = ("bare", "minimal", "gateway")
+PG_KIND = "gateway-pg"  # the gateway on PostgreSQL (--store): a fresh schema for every run
 WORKLOADS = ("metacopier", "pipsync", "tradrapi-500", "mixed-10pct-dup", "bad-signature")
 
 
@@ -65,7 +66,28 @@ def ensure_wrk() -> str:
     raise click.ClickException("wrk is needed: apt-get install wrk")
 
 
-def gateway_config(folder: Path, port: int, plugins: str = "") -> Path:
+def pg_sql(url: str, statement: str) -> Any:
+    """One statement's value on a connection of its own."""
+    import asyncpg
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(statement)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def fresh_schema(server: str) -> str:
+    """A new, empty schema on `server`; the URL that names it."""
+    schema = f"bench_{int(time.time() * 1000)}_{os.getpid()}"
+    pg_sql(server, f"CREATE SCHEMA {schema}")
+    return f"{server}{'&' if '?' in server else '?'}search_path={schema}"
+
+
+def gateway_config(folder: Path, port: int, plugins: str = "", store: str = 'path = "gateway.db"') -> Path:
     path = folder / "gateway.toml"
     # wrk opens every connection from one address, and a client may hold half of a worker's
     # share of max_in_flight: 1024 lets 128 connections through even when the kernel gives
@@ -75,7 +97,7 @@ def gateway_config(folder: Path, port: int, plugins: str = "") -> Path:
 port = {port}
 max_in_flight = 1024
 [store]
-path = "gateway.db"
+{store}
 [[sources]]
 name = "metacopier"
 scheme = "metacopier"
@@ -99,9 +121,11 @@ secret = "{CLIENT_SECRET}"
 class Target:
     """A server process on 127.0.0.1, started fresh and stopped after each run."""
 
-    def __init__(self, kind: str, folder: Path, plugins: str = "", workers: int = 1) -> None:
+    def __init__(self, kind: str, folder: Path, plugins: str = "", workers: int = 1,
+                 store_url: str | None = None) -> None:
         """`workers` > 1: uvicorn's own supervisor for bare and minimal, `gateway run
-        --workers` for the gateway; each worker process is a full copy of the target."""
+        --workers` for the gateway; each worker process is a full copy of the target.
+        `store_url`: the gateway's PostgreSQL store (kind PG_KIND)."""
         self.port = free_port()
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +135,8 @@ class Target:
                    "--no-access-log", "--app-dir", str(HERE), "--workers", str(workers)]
             env = {**os.environ, "MINIMAL_DB": str(folder / "minimal.db")}
         else:
-            cmd = [PYTHON, "-m", "gateway", "run", "--config", str(gateway_config(folder, self.port, plugins)),
+            store = f'url = "{store_url}"' if store_url else 'path = "gateway.db"'
+            cmd = [PYTHON, "-m", "gateway", "run", "--config", str(gateway_config(folder, self.port, plugins, store)),
                    "--log-format", "json", "--workers", str(workers)]
         self.log = (folder / f"{kind}.log").open("wb")
         self.proc = subprocess.Popen(cmd, cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -125,7 +150,7 @@ class Target:
     def _all_serving(self, kind: str) -> bool:
         """Every worker serves: the gateway's supervisor says so; uvicorn's says nothing at
         log level warning, so its workers get a second once they are all running."""
-        if kind == "gateway":
+        if kind.startswith("gateway"):
             return b"workers serving" in (self.folder / f"{kind}.log").read_bytes()
         time.sleep(1.0)
         return True
@@ -233,8 +258,10 @@ def wrk(binary: str, port: int, connections: int, seconds: float, args: list[str
 
 
 def load_run(binary: str, kind: str, workload: str, connections: int, seconds: float, folder: Path,
-             requests_file: Path | None, workers: int = 1) -> dict[str, Any]:
-    target = Target(kind, folder / f"{kind}-{workload}-{connections}-w{workers}", workers=workers)
+             requests_file: Path | None, workers: int = 1, pg_server: str | None = None) -> dict[str, Any]:
+    store_url = fresh_schema(pg_server) if kind == PG_KIND and pg_server else None
+    target = Target(kind, folder / f"{kind}-{workload}-{connections}-w{workers}", workers=workers,
+                    store_url=store_url)
     try:
         args = ["tradrapi", hashlib.sha1(TR_KEY.encode()).hexdigest(), "500"] if workload == "tradrapi-500" \
             else ["file", str(requests_file)]
@@ -251,8 +278,13 @@ def load_run(binary: str, kind: str, workload: str, connections: int, seconds: f
         elif kind == "minimal":
             with sqlite3.connect(target.folder / "minimal.db") as conn:
                 result["events_stored"] = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        elif store_url is not None:
+            result["events_stored"] = pg_sql(store_url, "SELECT count(*) FROM events")
+            result["rejections_kept"] = pg_sql(store_url, "SELECT count(*) FROM rejections")
     finally:
         target.stop()
+        if store_url is not None:
+            pg_sql(store_url.split("?")[0], f"DROP SCHEMA {store_url.rsplit('=', 1)[1]} CASCADE")
     per_request = 500 if workload == "tradrapi-500" else 1
     result["events_per_s"] = result["rps"] * per_request
     return result
@@ -429,6 +461,11 @@ def summarise(runs: list[dict[str, Any]]) -> None:
     for run in runs:
         if run["kind"] != "bare":
             run["ratio_to_bare"] = run["rps"] / by[key(run, "bare")]["rps"]
+        if run["kind"] == PG_KIND:
+            run["ratio_to_sqlite"] = run["events_per_s"] / by[key(run, "gateway")]["events_per_s"]
+            click.echo(f"{run['workload']:16} {run['connections']:5} {run.get('workers', 1):7}  gateway on "
+                       f"PostgreSQL / on SQLite: {run['ratio_to_sqlite']:.2f} (events/s), p99 "
+                       f"{run['p99_us'] / 1000:.2f} ms vs {by[key(run, 'gateway')]['p99_us'] / 1000:.2f} ms")
     for run in runs:
         if run["kind"] == "gateway":
             minimal = by[key(run, "minimal")]
@@ -490,7 +527,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
 @click.option("--workloads", default=",".join(WORKLOADS), show_default=True)
 @click.option("--workers", "worker_counts", default="1", show_default=True,
               help="Worker processes per target, a list: e.g. 1,2 runs every load with 1 and with 2.")
-def main(out: Path, quick: bool, seconds: float, connections: str, workloads: str, worker_counts: str) -> None:
+@click.option("--store", "pg_server", metavar="postgresql://...",
+              help="Also run the gateway on this PostgreSQL server (target gateway-pg; a fresh schema per run), "
+                   "side by side with the SQLite store.")
+def main(out: Path, quick: bool, seconds: float, connections: str, workloads: str, worker_counts: str,
+         pg_server: str | None) -> None:
     """Benchmark the gateway against a bare Starlette app and the minimal durable pipeline."""
     binary = ensure_wrk()
     levels = [1, 8] if quick else [int(c) for c in connections.split(",")]
@@ -510,8 +551,9 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
             requests_file = None if workload == "tradrapi-500" else request_file(workload, folder, count)
             for level in levels:
                 for workers in (int(w) for w in worker_counts.split(",")):
-                    for kind in KINDS:
-                        run = load_run(binary, kind, workload, level, seconds, folder, requests_file, workers)
+                    for kind in (*KINDS, PG_KIND) if pg_server else KINDS:
+                        run = load_run(binary, kind, workload, level, seconds, folder, requests_file, workers,
+                                       pg_server)
                         run.update(kind=kind, workload=workload, connections=level)
                         results["load"].append(run)
                         click.echo(f"{workload:16} c={level:<3} w={workers} {kind:7} {run['rps']:9.0f} req/s "
