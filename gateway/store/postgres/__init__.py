@@ -272,20 +272,22 @@ class PostgresStore:
         ingests = [item for item in group if isinstance(item, Ingest)]
         async with self._db().acquire() as conn, conn.transaction():
             if ingests:
-                outcomes = iter(await store_events(conn, ingests, committed))
+                outcomes = iter(await store_events(conn, ingests, committed, CHANNEL, self._note))
             else:  # the group's writes wait their turn behind ingest, as with one writer
                 await conn.fetch(LOCK_COUNTERS)
                 outcomes = iter(())
             for item in group:
                 committed.results.append(next(outcomes) if isinstance(item, Ingest) else await item.run(conn))
-            if committed.newest_event or committed.plugins:
-                await self._notify(conn, committed.newest_event, committed.plugins)
         return committed
+
+    def _note(self, committed: Committed) -> str:
+        """A notification's payload: who sent it, the newest event id, the plugins made due."""
+        return orjson.dumps({"i": self.instance, "e": committed.newest_event, "p": sorted(committed.plugins)}).decode()
 
     async def _notify(self, conn: Conn, newest: int, plugins: Sequence[str] | set[str]) -> None:
         """One notification per committed transaction, delivered at its commit."""
-        payload = orjson.dumps({"i": self.instance, "e": newest, "p": sorted(plugins)}).decode()
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._note(Committed(newest_event=newest,
+                                                                                   plugins=set(plugins))))
 
     def _committed(self, committed: Committed) -> None:
         if committed.plugins:

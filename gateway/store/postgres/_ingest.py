@@ -6,12 +6,13 @@ waits for this one's commit. So ids become visible in id order, and a reader tha
 has seen every id below it (streams, cursors and plugin runners scan by id and must never skip
 one; docs/architecture.md). The dedup lookup runs after the lock, in READ COMMITTED: it sees
 every version another instance committed before, so dedup and conflicts are exact across
-instances. Rows go in with one statement per table per group (`unnest`).
+instances. Then one statement writes the group: an `unnest` insert per table, the counters and
+the notification, in one round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -25,33 +26,41 @@ US = 1_000_000
 LOCK_COUNTERS = "SELECT name, value FROM id_counters WHERE name IN ('events', 'receipts') ORDER BY name FOR UPDATE"
 _EXISTING = ("SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key = ANY($1::text[])"
              " AND fingerprint IS NOT NULL ORDER BY id")
-_INSERT_RECEIPTS = """
-    INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
-                         $7::bytea[], $8::bytea[])
+# Everything a group writes, and its notification, in one statement (one round trip): the
+# inserts, the counters, and pg_notify, which is delivered at the commit. Foreign keys between
+# the rows of one statement are checked at its end.
+_WRITE_GROUP = """
+    WITH receipt_rows AS (
+        INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
+                             $7::bytea[], $8::bytea[])
+    ), event_rows AS (
+        INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint, status,
+                            conflicts_with, account, symbol, received_at, payload, quarantine_reason)
+        SELECT * FROM unnest($9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[],
+                             $15::text[], $16::bytea[], $17::text[], $18::bigint[], $19::text[], $20::text[],
+                             $21::bigint[], $22::bytea[], $23::text[])
+    ), delivery_rows AS (
+        INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at, created_at,
+                                updated_at)
+        SELECT e, p, s, n, 'pending', 0, t, t, t FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[],
+                                                             $28::bigint[]) AS u(e, p, s, n, t)
+    ), counters AS (
+        UPDATE id_counters SET value = CASE name WHEN 'events' THEN $29::bigint ELSE $30::bigint END
+        WHERE name IN ('events', 'receipts')
+    )
+    SELECT pg_notify($31, $32)
 """
-_INSERT_EVENTS = """
-    INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint, status,
-                        conflicts_with, account, symbol, received_at, payload, quarantine_reason)
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::bytea[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[],
-                         $14::bytea[], $15::text[])
-"""
-INSERT_DELIVERIES = """
-    INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at, created_at,
-                            updated_at)
-    SELECT e, p, s, n, 'pending', 0, t, t, t FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
-                                                         $5::bigint[]) AS u(e, p, s, n, t)
-"""
-_SET_COUNTER = "UPDATE id_counters SET value = $2 WHERE name = $1"
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def store_events(conn: Conn, items: list[Ingest], committed: Committed) -> list[list[Outcome]]:
-    """Inside the group's transaction, after LOCK_COUNTERS: the outcomes of each item."""
+async def store_events(conn: Conn, items: list[Ingest], committed: Committed, channel: str,
+                       note: Callable[[Committed], str]) -> list[list[Outcome]]:
+    """Inside the group's transaction: lock the counters, look the identities up, write. The
+    outcomes of each item; `note(committed)` is the notification sent on `channel`."""
     counters = {row["name"]: row["value"] for row in await conn.fetch(LOCK_COUNTERS)}
     event_id, receipt_id = int(counters["events"]), int(counters["receipts"])
     keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
@@ -94,12 +103,8 @@ async def store_events(conn: Conn, items: list[Ingest], committed: Committed) ->
             outcomes.append(Outcome(event_id, status, key, first))
         results.append(outcomes)
     if receipt_rows:
-        await conn.execute(_INSERT_RECEIPTS, *_columns(receipt_rows, 8))
-        await conn.execute(_INSERT_EVENTS, *_columns(event_rows, 15))
-        await conn.execute(_SET_COUNTER, "events", event_id)
-        await conn.execute(_SET_COUNTER, "receipts", receipt_id)
         committed.newest_event = event_id
         committed.stored = len(event_rows)
-    if delivery_rows:
-        await conn.execute(INSERT_DELIVERIES, *_columns(delivery_rows, 5))
+        await conn.execute(_WRITE_GROUP, *_columns(receipt_rows, 8), *_columns(event_rows, 15),
+                           *_columns(delivery_rows, 5), event_id, receipt_id, channel, note(committed))
     return results
