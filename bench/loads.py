@@ -23,9 +23,11 @@ import run  # bench/ is not a package
 @click.option("--workloads", default="metacopier,tradrapi-500", show_default=True)
 @click.option("--connections", default="1,8,32,128", show_default=True)
 @click.option("--seconds", type=float, default=8.0, show_default=True)
-@click.option("--kinds", default="gateway", show_default=True, help="Any of bare, minimal, gateway.")
+@click.option("--kinds", default="gateway", show_default=True,
+              help="Any of bare, minimal, gateway, gateway-pg (with --store).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes per target.")
-def main(workloads: str, connections: str, seconds: float, kinds: str, workers: int) -> None:
+@click.option("--store", "pg_server", metavar="postgresql://...", help="The server for the gateway-pg kind.")
+def main(workloads: str, connections: str, seconds: float, kinds: str, workers: int, pg_server: str | None) -> None:
     binary = run.ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="gateway-loads-") as tmp:
         folder = Path(tmp)
@@ -33,7 +35,8 @@ def main(workloads: str, connections: str, seconds: float, kinds: str, workers: 
             requests_file = None if workload == "tradrapi-500" else run.request_file(workload, folder, 150_000)
             for level in (int(c) for c in connections.split(",")):
                 for kind in kinds.split(","):
-                    result = run.load_run(binary, kind, workload, level, seconds, folder, requests_file, workers)
+                    result = run.load_run(binary, kind, workload, level, seconds, folder, requests_file, workers,
+                                          pg_server)
                     click.echo(json.dumps({"checkout": Path.cwd().name, "kind": kind, "workload": workload,
                                            "connections": level, "workers": workers, "rps": round(result["rps"]),
                                            "cpu_s_per_1k": round(result["cpu_s_per_1k_requests"], 3),
