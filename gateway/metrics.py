@@ -112,6 +112,12 @@ class Metrics:
             registry=r)
         for reason in ("invalid_client", "throttled"):
             self.token_failures.labels(reason)
+        self.notification_lag = Histogram(
+            "gateway_store_notification_lag_seconds", "From another instance's commit to this instance hearing of "
+            "it (PostgreSQL's LISTEN/NOTIFY).", buckets=INGEST_BUCKETS, registry=r)
+        self.store_pool = Gauge("gateway_store_pool_connections", "The store's database connections by state "
+                                "(PostgreSQL's pool; per instance).", ["state"], registry=r,
+                                multiprocess_mode="liveall")
         self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
                                 registry=r, multiprocess_mode=STORE_WIDE)
         self._measure_store: Callable[[], float] | None = None
@@ -162,6 +168,13 @@ class Metrics:
 
     def rejection_dropped(self) -> None:
         self.rejections_dropped.inc()
+
+    def notification_heard(self, lag: float) -> None:
+        self.notification_lag.observe(max(0.0, lag))
+
+    def pool_measured(self, busy: int, idle: int) -> None:
+        self.store_pool.labels("busy").set(busy)
+        self.store_pool.labels("idle").set(idle)
 
     def add_plugin(self, plugin: str) -> None:
         """Create a plugin's series at zero, so dashboards and alerts see them from the start."""

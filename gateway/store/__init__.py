@@ -52,6 +52,12 @@ class StoreObserver(Protocol):
     def rejection_dropped(self) -> None:
         """A rejection's forensics were dropped: the buffer waiting for the writer was full."""
 
+    def notification_heard(self, lag: float) -> None:
+        """Another instance's commit was heard of `lag` s after it was sent (PostgreSQL)."""
+
+    def pool_measured(self, busy: int, idle: int) -> None:
+        """The store's connections: in use and idle (PostgreSQL's pool)."""
+
 
 class Store(Protocol):
     """What the gateway needs from an event store.

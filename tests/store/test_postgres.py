@@ -61,3 +61,38 @@ async def test_one_event_sent_to_two_instances_at_once_is_stored_once(pg: Postgr
         assert sorted(o.status for o in outcomes) == ["duplicate", "stored"], outcomes
         assert outcomes[0].id == outcomes[1].id
     assert len(await a.list_events(limit=100)) == 20
+
+
+class Heard:
+    """A StoreObserver that keeps what the PostgreSQL store reports."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.pools: list[tuple[int, int]] = []
+
+    def group_committed(self, events: int) -> None: ...
+
+    def rejection_dropped(self) -> None: ...
+
+    def notification_heard(self, lag: float) -> None:
+        self.lags.append(lag)
+
+    def pool_measured(self, busy: int, idle: int) -> None:
+        self.pools.append((busy, idle))
+
+
+async def test_notification_lag_and_pool_use_are_reported(pg: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.store import postgres
+    from tests.conftest import wait_for_async
+
+    monkeypatch.setattr(postgres, "MEASURE_SECONDS", 0.05)
+    a, b = await pg.open(), await pg.open()
+    heard = Heard()
+    a.observe(heard)
+    await one(b, receipt("rb"), event("x"))  # another instance's commit
+    await wait_for_async(lambda: heard.lags, 5, "the notification")
+    assert 0 <= heard.lags[0] < 1
+    await one(a, receipt("ra"), event("y"))  # its own: not a notification from another instance
+    await wait_for_async(lambda: heard.pools, 5, "a measurement of the pool")
+    busy, idle = heard.pools[-1]
+    assert busy >= 0 and idle >= 1 and len(heard.lags) == 1

@@ -59,6 +59,7 @@ CHANNEL = "gateway_commits"
 MAX_PENDING_REJECTIONS = 2000
 UNKNOWN_BUCKET = "?"
 LISTEN_RETRY = 1.0
+MEASURE_SECONDS = 5.0
 # Errors one request's data may cause (bad data, a constraint, a trigger): retry the group's
 # requests one by one, so that one bad request does not fail its neighbours.
 _ISOLATABLE = ("22", "23", "P0")
@@ -135,6 +136,7 @@ class PostgresStore:
         self._queue: asyncio.Queue[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._measurer: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
         self._event_listeners: list[EventListener] = []
         self._observer: StoreObserver | None = None
@@ -175,6 +177,7 @@ class PostgresStore:
             self._queue = asyncio.Queue()
             self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._listener = asyncio.create_task(self._listen(), name="store-listener")
+        self._measurer = asyncio.create_task(self._measure(), name="store-measure")
 
     async def close(self) -> None:
         if self._writer is not None and self._queue is not None:
@@ -182,11 +185,12 @@ class PostgresStore:
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-            self._listener = None
+        for task in (self._listener, self._measurer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._listener = self._measurer = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -281,8 +285,9 @@ class PostgresStore:
         return committed
 
     def _note(self, committed: Committed) -> str:
-        """A notification's payload: who sent it, the newest event id, the plugins made due."""
-        return orjson.dumps({"i": self.instance, "e": committed.newest_event, "p": sorted(committed.plugins)}).decode()
+        """A notification's payload: who sent it, when, the newest event id, the plugins made due."""
+        return orjson.dumps({"i": self.instance, "t": time.time(), "e": committed.newest_event,
+                             "p": sorted(committed.plugins)}).decode()
 
     async def _notify(self, conn: Conn, newest: int, plugins: Sequence[str] | set[str]) -> None:
         """One notification per committed transaction, delivered at its commit."""
@@ -340,6 +345,8 @@ class PostgresStore:
             return
         if note.get("i") == self.instance:
             return  # our own: the listeners heard of it at the commit
+        if self._observer is not None and isinstance(note.get("t"), float):
+            self._observer.notification_heard(time.time() - note["t"])
         plugins = note.get("p") or []
         if plugins:
             self._wake(frozenset(plugins))
@@ -473,7 +480,22 @@ class PostgresStore:
             total += done
 
     def size_bytes(self) -> int:
-        return self._size
+        return self._size  # measured every MEASURE_SECONDS (the contract's call is synchronous)
+
+    async def _measure(self) -> None:
+        """The database's size and the pool's use, every MEASURE_SECONDS."""
+        while True:
+            await asyncio.sleep(MEASURE_SECONDS)
+            pool = self._pool
+            if pool is None:
+                continue
+            if self._observer is not None:
+                idle = pool.get_idle_size()
+                self._observer.pool_measured(pool.get_size() - idle, idle)
+            try:
+                self._size = int(await pool.fetchval("SELECT pg_database_size(current_database())"))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("store: cannot measure the database: %s", exc)
 
     async def signing_key(self, make: Callable[[], bytes]) -> bytes | None:
         async def run(conn: Conn) -> bytes:
