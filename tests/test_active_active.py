@@ -3,19 +3,25 @@
 Concurrent retrying senders of all three schemes post through nginx, which balances over both
 instances and sends a request that found one gone to the other. One instance is SIGKILLed and
 restarted several times under load. Afterwards: every acknowledged event is stored exactly
-once, every plugin got every event in order per entity, and the repeats are bounded by the
-claims held at the kills. The same event posted to both instances at once is stored once, and
-a token from one instance is good on the other.
+once, every plugin got every event in order per entity (an `http` plugin's receiver, a small
+server in the test, among them), and the repeats are bounded by the claims held at the kills.
+The same event posted to both instances at once is stored once, and a token from one instance
+is good on the other.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import hmac
 import random
 import signal
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -34,6 +40,47 @@ from tests.conftest import (
 )
 from tests.nginx import nginx
 from tests.traffic import Ledger, Sender, check_store, config_text, pending_deliveries
+
+RECEIVER_KEY = b"receiver-signing-key-0123456789ab"
+RECEIVER = """
+[[plugins]]
+name = "receiver"
+use = "http"
+retry_backoff_seconds = 0.05
+retry_backoff_max_seconds = 0.2
+[plugins.options]
+url = "http://127.0.0.1:{port}/events"
+secret = "whsec_{secret}"
+"""
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """The downstream service of an `http` plugin: checks each delivery's Standard Webhooks
+    signature and records the event ids in the order they arrive."""
+
+    received: list[int]
+    refused: list[str]
+
+    def do_POST(self) -> None:
+        declared = int(self.headers["content-length"])
+        body = self.rfile.read(declared)
+        if len(body) < declared:  # its sender was killed while sending: nobody waits for the answer
+            self.send_response(400)
+            self.end_headers()
+            return
+        signed = f"{self.headers['webhook-id']}.{self.headers['webhook-timestamp']}.".encode() + body
+        expected = "v1," + base64.b64encode(hmac.new(RECEIVER_KEY, signed, hashlib.sha256).digest()).decode()
+        if self.headers["webhook-signature"] != expected:
+            self.refused.append(self.headers["webhook-id"])
+            self.send_response(401)
+        else:
+            self.received.append(orjson.loads(body)["id"])
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
 
 CLIENT = '\n[[clients]]\nid = "desk"\nsecret = "desk-secret-0123456789abcdef0123"\nscopes = ["events:read"]\n'
 
@@ -73,9 +120,16 @@ def claims_held(url: str) -> int:
 def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Path) -> None:
     seed = random.randrange(10**6)
     rng = random.Random(seed)
-    with postgres_schema() as url:
+    received: list[int] = []
+    refused: list[str] = []
+    handler = type("Handler", (Receiver,), {"received": received, "refused": refused})
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    plugin = RECEIVER.format(port=receiver.server_port, secret=base64.b64encode(RECEIVER_KEY).decode())
+    with postgres_schema() as url, contextlib.ExitStack() as cleanup:
+        cleanup.callback(receiver.server_close)
         config = tmp_path / "gateway.toml"
-        config.write_text(config_text(tmp_path, store=f'url = "{url}"') + CLIENT)
+        config.write_text(config_text(tmp_path, store=f'url = "{url}"') + plugin + CLIENT)
         instances = [Instance(tmp_path, config, "a"), Instance(tmp_path, config, "b")]
         try:
             for instance in instances:
@@ -113,7 +167,9 @@ def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Pa
         finally:
             codes = [instance.stop() for instance in instances]
         assert all(code in (0, -signal.SIGTERM) for code in codes), codes
-        events, redelivered = check_store(tmp_path, ledger)
+        receiver.shutdown()
+        assert not refused, f"deliveries with a wrong signature: {refused[:5]}"
+        events, redelivered = check_store(tmp_path, ledger, {"receiver": received})
         assert redelivered <= held, f"{redelivered} deliveries repeated; {held} claims were held at the kills"
         print(f"\ntwo instances behind nginx: seed {seed}, {kills} kills, {len(ledger.acked)} events in "
               f"{ledger.answers} answers, {ledger.unknown} retried by the senders, {redelivered} deliveries "

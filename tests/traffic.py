@@ -40,7 +40,7 @@ def wants(plugin: str, source: str, event_type: str) -> bool:
         return event_type in SLOW_TYPES
     if plugin == "picky":
         return source in PICKY_SOURCES and event_type in PICKY_TYPES
-    return True  # journal takes everything
+    return True  # journal (and any plugin a test adds) takes everything
 
 
 CONFIG = """
@@ -308,8 +308,9 @@ def config_text(folder: Path, server: str = "", store: str = 'path = "gateway.db
                          server=server, store=store)
 
 
-def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
-    """Everything the run must have left behind; returns (events, redeliveries)."""
+def check_store(folder: Path, ledger: Ledger, received: dict[str, list[int]] | None = None) -> tuple[int, int]:
+    """Everything the run must have left behind; returns (events, redeliveries). `received`:
+    what plugins the test added (each takes every event) got, event ids in arrival order."""
     if (folder / "gateway.db").exists():  # a SQLite store: the file itself is sound
         with read_only(folder / "gateway.db") as conn:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -331,7 +332,7 @@ def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
     events = {event_id: (source, event_type, entity) for event_id, source, event_type, entity, _ in rows}
 
     # The outbox holds exactly one row per matching (plugin, event), all delivered.
-    plugins = ("journal", "slow", "picky")
+    plugins = ("journal", "slow", "picky", *(received or {}))
     expected = {(p, i) for i, (source, event_type, _) in events.items()
                 for p in plugins if wants(p, source, event_type)}
     assert {(plugin, event_id) for plugin, event_id, _ in deliveries} == expected
@@ -343,6 +344,7 @@ def check_store(folder: Path, ledger: Ledger) -> tuple[int, int]:
         "journal": [orjson.loads(line)["id"] for line in (folder / "journal.jsonl").read_bytes().splitlines()],
         "slow": [int(line.split()[0]) for line in (folder / "slow.log").read_text().splitlines()],
         "picky": [int(line.split()[0]) for line in (folder / "picky.log").read_text().splitlines()],
+        **(received or {}),
     }
     redelivered = 0
     for plugin, ids in seen.items():
