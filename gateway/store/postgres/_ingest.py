@@ -15,13 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
-from gateway.model import Outcome, dedup_key
+from gateway.model import Outcome
 from gateway.store.committer import Committed, Ingest
+from gateway.store.group import identities, plan
 from gateway.store.postgres._schema import Conn
 
-US = 1_000_000
+US = 1_000_000  # time columns: Unix microseconds
 
 LOCK_COUNTERS = "SELECT name, value FROM id_counters WHERE name IN ('events', 'receipts') ORDER BY name FOR UPDATE"
 _EXISTING = ("SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key = ANY($1::text[])"
@@ -62,49 +61,12 @@ async def store_events(conn: Conn, items: list[Ingest], committed: Committed, ch
     """Inside the group's transaction: lock the counters, look the identities up, write. The
     outcomes of each item; `note(committed)` is the notification sent on `channel`."""
     counters = {row["name"]: row["value"] for row in await conn.fetch(LOCK_COUNTERS)}
-    event_id, receipt_id = int(counters["events"]), int(counters["receipts"])
-    keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
+    keys = identities(items)
     known: dict[str, dict[bytes, int]] = {}  # identity -> {fingerprint: id}, the first version first
     for key, fingerprint, stored_id in await conn.fetch(_EXISTING, sorted({k for ks in keys for k in ks})):
         known.setdefault(key, {})[bytes(fingerprint)] = stored_id
-    receipt_rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
-    delivery_rows: list[tuple[Any, ...]] = []
-    results: list[list[Outcome]] = []
-    for item, event_keys in zip(items, keys, strict=True):
-        receipt = item.receipt
-        outcomes: list[Outcome] = []
-        this_receipt: int | None = None
-        received_us = round(receipt.received_at * US)
-        for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
-            fingerprint = event.fingerprint
-            versions = known.get(key)
-            if versions is None:
-                first, status = None, event.status
-            elif fingerprint in versions:
-                outcomes.append(Outcome(versions[fingerprint], "duplicate", key))
-                continue
-            else:  # the identity is stored with other content: a second version, kept
-                first, status = next(iter(versions.values())), "conflict"
-            if this_receipt is None:
-                receipt_id += 1
-                this_receipt = receipt_id
-                receipt_rows.append((this_receipt, receipt.request_id, receipt.source, received_us,
-                                     receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body))
-            event_id += 1
-            known.setdefault(key, {})[fingerprint] = event_id
-            event_rows.append((event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
-                               event.entity_id, key, fingerprint, status, first, event.account, event.symbol,
-                               received_us, event.payload, event.quarantine_reason))
-            if item.routes:
-                for plugin in item.routes[index]:
-                    delivery_rows.append((event_id, plugin, receipt.source, event.entity_id, received_us))
-                    committed.plugins.add(plugin)
-            outcomes.append(Outcome(event_id, status, key, first))
-        results.append(outcomes)
-    if receipt_rows:
-        committed.newest_event = event_id
-        committed.stored = len(event_rows)
-        await conn.execute(_WRITE_GROUP, *_columns(receipt_rows, 8), *_columns(event_rows, 15),
-                           *_columns(delivery_rows, 5), event_id, receipt_id, channel, note(committed))
-    return results
+    rows = plan(items, keys, known, int(counters["receipts"]), int(counters["events"]), committed)
+    if rows.receipts:
+        await conn.execute(_WRITE_GROUP, *_columns(rows.receipts, 8), *_columns(rows.events, 15),
+                           *_columns(rows.deliveries, 5), rows.event_id, rows.receipt_id, channel, note(committed))
+    return rows.results

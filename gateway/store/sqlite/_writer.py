@@ -24,13 +24,13 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from gateway.errors import StoreUnavailable
-from gateway.model import Outcome, dedup_key
+from gateway.model import Outcome
 from gateway.store.committer import Committed, Ingest, Item, needs_sync
+from gateway.store.group import identities, plan
 from gateway.store.sqlite import _outbox
 from gateway.store.sqlite._lock import WriterBusy, WriterLock
 from gateway.store.sqlite._rows import insert_rows
@@ -232,64 +232,17 @@ def transaction(conn: sqlite3.Connection, group: Sequence[Item]) -> Committed:
 
 
 def _store_events(conn: sqlite3.Connection, items: list[Ingest], committed: Committed) -> list[list[Outcome]]:
-    keys = [[dedup_key(i.receipt.source, e.event_type, e.named_by) for e in i.events] for i in items]
-    flat = [k for ks in keys for k in ks]
+    keys = identities(items)
     # identity -> {fingerprint: id} of its stored versions, the first version first
     known: dict[str, dict[bytes, int]] = {}
-    for key, fingerprint, stored_id in conn.execute(_EXISTING, (orjson.dumps(flat),)):
+    for key, fingerprint, stored_id in conn.execute(_EXISTING, (orjson.dumps([k for ks in keys for k in ks]),)):
         known.setdefault(key, {})[fingerprint] = stored_id
     receipt_id, event_id = conn.execute(_NEXT_IDS).fetchone()
-    receipt_rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
-    delivery_rows: list[tuple[Any, ...]] = []
-    results: list[list[Outcome]] = []
-    for item, event_keys in zip(items, keys, strict=True):
-        receipt = item.receipt
-        routes = item.routes
-        outcomes: list[Outcome] = []
-        this_receipt: int | None = None
-        received_us = round(receipt.received_at * 1_000_000)
-        for index, (event, key) in enumerate(zip(item.events, event_keys, strict=True)):
-            fingerprint = event.fingerprint
-            versions = known.get(key)
-            if versions is None:
-                first = None
-                status = event.status
-            elif fingerprint in versions:
-                outcomes.append(Outcome(versions[fingerprint], "duplicate", key))
-                continue
-            else:  # the identity is stored with other content: no retry, a second version, kept
-                first = next(iter(versions.values()))
-                status = "conflict"
-            if this_receipt is None:
-                receipt_id += 1
-                this_receipt = receipt_id
-                receipt_rows.append((
-                    this_receipt, receipt.request_id, receipt.source, received_us,
-                    receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body,
-                ))
-            event_id += 1
-            if versions is None:
-                known[key] = {fingerprint: event_id}
-            else:
-                versions[fingerprint] = event_id
-            event_rows.append((
-                event_id, this_receipt, receipt.source, receipt.scheme, event.event_type,
-                event.entity_id, key, fingerprint, status, first, event.account, event.symbol,
-                received_us, event.payload, event.quarantine_reason,
-            ))
-            if routes:
-                for plugin in routes[index]:
-                    delivery_rows.append((event_id, plugin, receipt.source, event.entity_id,
-                                          received_us, received_us, received_us))
-                    committed.plugins.add(plugin)
-            outcomes.append(Outcome(event_id, status, key, first))
-        results.append(outcomes)
-    if receipt_rows:
-        insert_rows(conn, _INSERT_RECEIPTS, _RECEIPT, receipt_rows)
-        insert_rows(conn, _INSERT_EVENTS, _EVENT, event_rows)
-        committed.newest_event = event_id
-        committed.stored = len(event_rows)
-    if delivery_rows:
-        insert_rows(conn, _outbox.INSERT_DELIVERIES, _outbox.DELIVERY, delivery_rows)
-    return results
+    rows = plan(items, keys, known, receipt_id, event_id, committed)
+    if rows.receipts:
+        insert_rows(conn, _INSERT_RECEIPTS, _RECEIPT, rows.receipts)
+        insert_rows(conn, _INSERT_EVENTS, _EVENT, rows.events)
+    if rows.deliveries:  # the event's receive time is also the delivery's first due time
+        insert_rows(conn, _outbox.INSERT_DELIVERIES, _outbox.DELIVERY,
+                    [(e, plugin, source, entity, at, at, at) for e, plugin, source, entity, at in rows.deliveries])
+    return rows.results
