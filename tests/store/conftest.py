@@ -31,11 +31,12 @@ from tests.store import testsqlite
 RECEIVED_AT = 1763633702.123456  # 2025-11-20T10:15:02.123456Z
 
 
-class SQLiteBackend:
-    name = "sqlite"
+class Stores:
+    """Opening stores on one backend's location (`config`), all closed at teardown."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.config = StoreConfig(path=tmp_path / "x.db")  # url: sqlite:///<that path>
+    config: StoreConfig
+
+    def __init__(self) -> None:
         self.stores: list[Store] = []
 
     def new(self, *, readonly: bool = False) -> Store:
@@ -52,6 +53,14 @@ class SQLiteBackend:
     async def close_all(self) -> None:
         for store in reversed(self.stores):
             await store.close()
+
+
+class SQLiteBackend(Stores):
+    name = "sqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__()
+        self.config = StoreConfig(path=tmp_path / "x.db")  # url: sqlite:///<that path>
 
     def _connect(self) -> closing[sqlite3.Connection]:
         return closing(sqlite3.connect(self.config.path, isolation_level=None))
@@ -121,31 +130,20 @@ class RegisteredBackend(SQLiteBackend):
         self.config = StoreConfig(path=path, url=f"{testsqlite.SCHEME}:///{path}")
 
 
-class PostgresBackend:
+class PostgresBackend(Stores):
     """A schema of its own on the test server (tests/conftest.py `postgres_url`) for each test,
     named in the URL (`?search_path=`, which asyncpg passes on as a server setting)."""
 
     name = "postgresql"
 
     def __init__(self, tmp_path: Path) -> None:
+        super().__init__()
         self._schema = postgres_schema()
         self.url = self._schema.__enter__()
         self.config = StoreConfig(path=tmp_path / "x.db", url=self.url)
-        self.stores: list[Store] = []
-
-    def new(self, *, readonly: bool = False) -> Store:
-        store = open_store(self.config, readonly=readonly)
-        self.stores.append(store)
-        return store
-
-    async def open(self, *, readonly: bool = False) -> Store:
-        store = self.new(readonly=readonly)
-        await store.open()
-        return store
 
     async def close_all(self) -> None:
-        for store in reversed(self.stores):
-            await store.close()
+        await super().close_all()
         self._schema.__exit__(None, None, None)
 
     def run(self, *statements: str) -> list[Any]:
