@@ -95,4 +95,5 @@ async def test_notification_lag_and_pool_use_are_reported(pg: PostgresBackend, m
     await one(a, receipt("ra"), event("y"))  # its own: not a notification from another instance
     await wait_for_async(lambda: heard.pools, 5, "a measurement of the pool")
     busy, idle = heard.pools[-1]
-    assert busy >= 0 and idle >= 1 and len(heard.lags) == 1
+    assert busy >= 0 and idle >= 0 and busy + idle >= 1  # the pool holds its connection, in use or not
+    assert len(heard.lags) == 1
