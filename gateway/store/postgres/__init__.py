@@ -33,7 +33,7 @@ from gateway.model import Outcome, ParsedEvent, load_payload
 from gateway.store import StoreObserver, prune_in_batches
 from gateway.store.committer import MAX_GROUP_EVENTS, Committed, Ingest
 from gateway.store.postgres import _identity, _outbox
-from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events
+from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events, store_events_at_once
 from gateway.store.postgres._schema import MIGRATIONS, Conn, migrate, version
 from gateway.store.records import (
     Claim,
@@ -60,6 +60,8 @@ MAX_PENDING_REJECTIONS = 2000
 UNKNOWN_BUCKET = "?"
 LISTEN_RETRY = 1.0
 MEASURE_SECONDS = 5.0
+BACKSTOP_SECONDS = 1.0  # how often the listener also polls for commits no notification announced
+OPTIMISTIC_TRIES = 3  # lost races (another instance wrote between lookup and write) before locking first
 # Errors one request's data may cause (bad data, a constraint, a trigger): retry the group's
 # requests one by one, so that one bad request does not fail its neighbours.
 _ISOLATABLE = ("22", "23", "P0")
@@ -137,6 +139,8 @@ class PostgresStore:
         self._writer: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._measurer: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._announced = 0  # the newest event id the listeners have heard of
         self._listeners: list[CommitListener] = []
         self._event_listeners: list[EventListener] = []
         self._observer: StoreObserver | None = None
@@ -176,8 +180,11 @@ class PostgresStore:
         if not self.readonly:
             self._queue = asyncio.Queue()
             self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._announced = int(await self._pool.fetchval("SELECT value FROM id_counters WHERE name = 'events'"))
         self._listener = asyncio.create_task(self._listen(), name="store-listener")
         self._measurer = asyncio.create_task(self._measure(), name="store-measure")
+        with contextlib.suppress(TimeoutError):  # listening before the first commit it must hear of
+            await asyncio.wait_for(self._listening.wait(), LISTEN_RETRY * 2)
 
     async def close(self) -> None:
         if self._writer is not None and self._queue is not None:
@@ -272,16 +279,30 @@ class PostgresStore:
         self._committed(committed)
 
     async def _commit(self, group: list[Any]) -> Committed:
-        committed = Committed()
+        """The group's ingests (optimistically, in two round trips; in a transaction that locks
+        first after OPTIMISTIC_TRIES lost races), then its other writes, in their own transaction
+        behind the counters' lock."""
         ingests = [item for item in group if isinstance(item, Ingest)]
-        async with self._db().acquire() as conn, conn.transaction():
-            if ingests:
-                outcomes = iter(await store_events(conn, ingests, committed, CHANNEL, self._note))
-            else:  # the group's writes wait their turn behind ingest, as with one writer
-                await conn.fetch(LOCK_COUNTERS)
-                outcomes = iter(())
-            for item in group:
-                committed.results.append(next(outcomes) if isinstance(item, Ingest) else await item.run(conn))
+        others = [item for item in group if not isinstance(item, Ingest)]
+        committed = Committed()
+        outcomes: list[Any] = []
+        if ingests:
+            async with self._db().acquire() as conn:
+                for _ in range(OPTIMISTIC_TRIES):
+                    done = await store_events_at_once(conn, ingests, CHANNEL, self._note)
+                    if done is not None:
+                        committed, outcomes = done
+                        break
+                else:
+                    async with conn.transaction():
+                        outcomes = await store_events(conn, ingests, committed, CHANNEL, self._note)
+        results: list[Any] = []
+        if others:
+            async with self._db().acquire() as conn, conn.transaction():
+                await conn.fetch(LOCK_COUNTERS)  # in turn behind ingest, as with one writer
+                results = [await item.run(conn) for item in others]
+        ingested, written = iter(outcomes), iter(results)
+        committed.results = [next(ingested) if isinstance(item, Ingest) else next(written) for item in group]
         return committed
 
     def _note(self, committed: Committed) -> str:
@@ -300,6 +321,7 @@ class PostgresStore:
         if self._observer is not None and committed.stored:
             self._observer.group_committed(committed.stored)
         if committed.newest_event:
+            self._announced = max(self._announced, committed.newest_event)
             for event_listener in self._event_listeners:
                 event_listener(committed.newest_event)
 
@@ -313,24 +335,28 @@ class PostgresStore:
     # --- notifications from other instances -------------------------------------------------
 
     async def _listen(self) -> None:
-        """LISTEN on a dedicated connection; after a reconnect, wake everyone (what was missed
-        meanwhile is found by the readers' own scans, which resume by id)."""
-        first = True
+        """LISTEN on a dedicated connection, reconnecting. The backstop: every BACKSTOP_SECONDS
+        it also reads the newest event id, and wakes everyone if an event was committed that no
+        notification announced (one lost with a connection, or sent before it listened)."""
         while True:
             try:
                 conn = await asyncpg.connect(self.url, **self._connect)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.debug("store: cannot listen for notifications yet: %s", exc)
+                self._listening.set()  # open() waits no longer: the backstop will catch up
                 await asyncio.sleep(LISTEN_RETRY)
                 continue
             lost = asyncio.Event()
             try:
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
-                if not first:
-                    self._foreign(await conn.fetchval("SELECT value FROM id_counters WHERE name = 'events'"))
-                first = False
-                await lost.wait()
+                self._listening.set()
+                while not lost.is_set():
+                    newest = int(await conn.fetchval("SELECT value FROM id_counters WHERE name = 'events'"))
+                    if newest > self._announced:
+                        self._foreign(newest)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), BACKSTOP_SECONDS)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("store: the notification connection failed, reconnecting: %s", exc)
             finally:
@@ -351,14 +377,16 @@ class PostgresStore:
         if plugins:
             self._wake(frozenset(plugins))
         if note.get("e"):
+            self._announced = max(self._announced, int(note["e"]))
             for event_listener in self._event_listeners:
                 event_listener(int(note["e"]))
 
-    def _foreign(self, newest: int | None) -> None:
+    def _foreign(self, newest: int) -> None:
+        """Events up to `newest` were committed unannounced: wake every runner and stream."""
+        self._announced = max(self._announced, newest)
         self._wake(None)
-        if newest:
-            for event_listener in self._event_listeners:
-                event_listener(int(newest))
+        for event_listener in self._event_listeners:
+            event_listener(newest)
 
     # --- other writes, each its own transaction ----------------------------------------------
 
