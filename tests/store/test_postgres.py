@@ -18,8 +18,15 @@ from tests.store.conftest import PostgresBackend, event, one, receipt
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def pg(tmp_path: Path, anyio_backend: str) -> Any:
+@pytest.fixture(params=["optimistic", "locking"])
+async def pg(request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: str,
+             monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test on both of the writer's paths: the optimistic write, and the transaction that
+    locks first (taken after lost races; here from the first try)."""
+    if request.param == "locking":
+        from gateway.store import postgres
+
+        monkeypatch.setattr(postgres, "OPTIMISTIC_TRIES", 0)
     backend = PostgresBackend(tmp_path)
     try:
         yield backend

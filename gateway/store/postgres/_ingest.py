@@ -1,13 +1,12 @@
-"""One group of ingests in one PostgreSQL transaction.
+"""One group of ingests on PostgreSQL (docs/architecture.md, "PostgreSQL").
 
-The transaction first locks the id counters (`SELECT ... FOR UPDATE`, both rows in one
-order): a group that commits later always holds higher ids, because the next group's lock
-waits for this one's commit. So ids become visible in id order, and a reader that has seen id N
-has seen every id below it (streams, cursors and plugin runners scan by id and must never skip
-one; docs/architecture.md). The dedup lookup runs after the lock, in READ COMMITTED: it sees
-every version another instance committed before, so dedup and conflicts are exact across
-instances. Then one statement writes the group: an `unnest` insert per table, the counters and
-the notification, in one round trip.
+Every write of a group holds the id counters' row locks (`FOR UPDATE`, both rows in one order)
+to its commit: a group that commits later always has higher ids, so ids become visible in id
+order, and a reader that has seen id N has seen every id below it. One statement writes a whole
+group (an `unnest` insert per table, the counters and the notification), and only if the
+counters are still the ones its identity lookup saw: then no other instance wrote an event
+since, and dedup and conflicts are exact across instances. Optimistically that is two round
+trips and no explicit transaction; after lost races, a transaction that locks first.
 """
 
 from __future__ import annotations
@@ -17,41 +16,12 @@ from typing import Any
 
 from gateway.model import Outcome
 from gateway.store.committer import Committed, Ingest
-from gateway.store.group import identities, plan
+from gateway.store.group import Planned, identities, plan
 from gateway.store.postgres._schema import Conn
 
 US = 1_000_000  # time columns: Unix microseconds
 
 LOCK_COUNTERS = "SELECT name, value FROM id_counters WHERE name IN ('events', 'receipts') ORDER BY name FOR UPDATE"
-_EXISTING = ("SELECT dedup_key, fingerprint, id FROM events WHERE dedup_key = ANY($1::text[])"
-             " AND fingerprint IS NOT NULL ORDER BY id")
-# Everything a group writes, and its notification, in one statement (one round trip): the
-# inserts, the counters, and pg_notify, which is delivered at the commit. Foreign keys between
-# the rows of one statement are checked at its end.
-_WRITE_GROUP = """
-    WITH receipt_rows AS (
-        INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)
-        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
-                             $7::bytea[], $8::bytea[])
-    ), event_rows AS (
-        INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint, status,
-                            conflicts_with, account, symbol, received_at, payload, quarantine_reason)
-        SELECT * FROM unnest($9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[],
-                             $15::text[], $16::bytea[], $17::text[], $18::bigint[], $19::text[], $20::text[],
-                             $21::bigint[], $22::bytea[], $23::text[])
-    ), delivery_rows AS (
-        INSERT INTO deliveries (event_id, plugin, source, entity_id, status, attempts, next_attempt_at, created_at,
-                                updated_at)
-        SELECT e, p, s, n, 'pending', 0, t, t, t FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[],
-                                                             $28::bigint[]) AS u(e, p, s, n, t)
-    ), counters AS (
-        UPDATE id_counters SET value = CASE name WHEN 'events' THEN $29::bigint ELSE $30::bigint END
-        WHERE name IN ('events', 'receipts')
-    )
-    SELECT pg_notify($31, $32)
-"""
-
-
 # The optimistic path: one lookup without a transaction (the counters with the identities, in
 # one snapshot), then one statement that writes only if the counters are unchanged, which it
 # checks under their lock. Unchanged counters mean no other instance wrote an event since the
@@ -94,25 +64,38 @@ _WRITE_IF_UNCHANGED = """
 """
 
 
-async def store_events_at_once(conn: Conn, items: list[Ingest], channel: str,
-                               note: Callable[[Committed], str]) -> tuple[Committed, list[list[Outcome]]] | None:
-    """The group in two round trips and no explicit transaction (the write commits by itself);
-    None when another instance wrote in between: nothing was written, try again."""
+async def _lookup(conn: Conn, items: list[Ingest]) -> tuple[list[list[str]], dict[str, dict[bytes, int]], int, int]:
+    """The group's identities, their stored versions (fingerprint -> id, the first version
+    first), and the id counters, all in one snapshot."""
     keys = identities(items)
     found = await conn.fetch(_LOOKUP, sorted({k for ks in keys for k in ks}))
-    events_seen, receipts_seen = int(found[0][0]), int(found[0][1])
     known: dict[str, dict[bytes, int]] = {}
     for row in found:
         if row[2] is not None:
             known.setdefault(row[2], {})[bytes(row[3])] = row[4]
+    return keys, known, int(found[0][0]), int(found[0][1])
+
+
+async def _write(conn: Conn, rows: Planned, channel: str, notice: str, events_seen: int,
+                 receipts_seen: int) -> bool:
+    """Write the group's rows if the counters are still the ones seen; whether it did."""
+    written = await conn.fetchrow(_WRITE_IF_UNCHANGED, *_columns(rows.receipts, 8), *_columns(rows.events, 15),
+                                  *_columns(rows.deliveries, 5), rows.event_id, rows.receipt_id, channel, notice,
+                                  events_seen, receipts_seen)
+    return written is not None and bool(written[0])
+
+
+async def store_events_at_once(conn: Conn, items: list[Ingest], channel: str,
+                               note: Callable[[Committed], str]) -> tuple[Committed, list[list[Outcome]]] | None:
+    """The group in two round trips and no explicit transaction (the write commits by itself);
+    None when another instance wrote in between: nothing was written, try again."""
+    keys, known, events_seen, receipts_seen = await _lookup(conn, items)
     committed = Committed()
     rows = plan(items, keys, known, receipts_seen, events_seen, committed)
     if not rows.receipts:  # duplicates only: the versions they name are committed
         return committed, rows.results
-    written = await conn.fetchrow(_WRITE_IF_UNCHANGED, *_columns(rows.receipts, 8), *_columns(rows.events, 15),
-                                  *_columns(rows.deliveries, 5), rows.event_id, rows.receipt_id, channel,
-                                  note(committed), events_seen, receipts_seen)
-    return (committed, rows.results) if written is not None and written[0] else None
+    written = await _write(conn, rows, channel, note(committed), events_seen, receipts_seen)
+    return (committed, rows.results) if written else None
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -121,15 +104,12 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 async def store_events(conn: Conn, items: list[Ingest], committed: Committed, channel: str,
                        note: Callable[[Committed], str]) -> list[list[Outcome]]:
-    """Inside the group's transaction: lock the counters, look the identities up, write. The
-    outcomes of each item; `note(committed)` is the notification sent on `channel`."""
-    counters = {row["name"]: row["value"] for row in await conn.fetch(LOCK_COUNTERS)}
-    keys = identities(items)
-    known: dict[str, dict[bytes, int]] = {}  # identity -> {fingerprint: id}, the first version first
-    for key, fingerprint, stored_id in await conn.fetch(_EXISTING, sorted({k for ks in keys for k in ks})):
-        known.setdefault(key, {})[bytes(fingerprint)] = stored_id
-    rows = plan(items, keys, known, int(counters["receipts"]), int(counters["events"]), committed)
-    if rows.receipts:
-        await conn.execute(_WRITE_GROUP, *_columns(rows.receipts, 8), *_columns(rows.events, 15),
-                           *_columns(rows.deliveries, 5), rows.event_id, rows.receipt_id, channel, note(committed))
+    """Inside a transaction: lock the counters, look the identities up, write (the counters
+    cannot change under the lock, so the write always happens). The outcomes of each item;
+    `note(committed)` is the notification sent on `channel`."""
+    await conn.fetch(LOCK_COUNTERS)
+    keys, known, events_seen, receipts_seen = await _lookup(conn, items)
+    rows = plan(items, keys, known, receipts_seen, events_seen, committed)
+    if rows.receipts and not await _write(conn, rows, channel, note(committed), events_seen, receipts_seen):
+        raise RuntimeError("the id counters changed while this transaction held their lock")
     return rows.results
