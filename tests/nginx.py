@@ -17,25 +17,38 @@ from tests.conftest import ROOT, free_port, wait_for
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 SITE = ROOT / "deploy" / "nginx" / "trading-webhook-gateway.conf"
+BALANCER = ROOT / "deploy" / "nginx" / "compose-balancer.conf"  # compose.postgres.yaml's
 # Several gateways: the balancer's part. A POST that found an instance gone (connection refused
 # or reset) or overloaded goes to the next one: safe, since the gateway deduplicates retries.
 FAILOVER = "proxy_next_upstream error timeout http_502 http_503 non_idempotent;"
 
 
 @contextlib.contextmanager
-def nginx(folder: Path, upstreams: Sequence[int]) -> Iterator[str]:
-    """deploy/nginx's server block without TLS, balancing over 127.0.0.1:`upstreams`; the
-    office network is this machine. Yields its base URL."""
+def nginx(folder: Path, upstreams: Sequence[int], config: str = "site") -> Iterator[str]:
+    """A real nginx on 127.0.0.1 balancing over 127.0.0.1:`upstreams`, configured from
+    deploy/nginx: "site" is the TLS site without TLS, its proxy_pass turned into an upstream and
+    the office network this machine; "balancer" is compose-balancer.conf, the instances' names
+    turned into the ports. Yields its base URL."""
     if NGINX is None:
         pytest.skip("nginx is not installed (apt-get install nginx)")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    site = SITE.read_text()
-    site = re.sub(r"(?m)^\s*ssl_.*$", "", site).replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port};")
-    site = site.replace("allow 10.0.0.0/8;", "allow 127.0.0.1;")
-    site = site.replace("proxy_pass http://127.0.0.1:8080;", f"proxy_pass http://gateways; {FAILOVER}")
-    servers = "".join(f"    server 127.0.0.1:{upstream} max_fails=0;\n" for upstream in upstreams)
-    (folder / "site.conf").write_text(f"upstream gateways {{\n{servers}}}\n{site}")
+    servers = [f"server 127.0.0.1:{upstream} max_fails=0;" for upstream in upstreams]
+    if config == "site":
+        site = SITE.read_text()
+        site = re.sub(r"(?m)^\s*ssl_.*$", "", site).replace("listen 443 ssl http2;", f"listen 127.0.0.1:{port};")
+        site = site.replace("allow 10.0.0.0/8;", "allow 127.0.0.1;")
+        site = site.replace("proxy_pass http://127.0.0.1:8080;", f"proxy_pass http://gateways; {FAILOVER}")
+        site = "upstream gateways {\n" + "".join(f"    {server}\n" for server in servers) + "}\n" + site
+    else:
+        site = BALANCER.read_text()
+        named = re.findall(r"(?m)^\s*server gateway-\w+:8080 max_fails=0;$", site)
+        assert len(named) == len(servers), named
+        for line, server in zip(named, servers, strict=True):
+            site = site.replace(line, "    " + server)
+        assert "listen 8080;" in site
+        site = site.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (folder / "site.conf").write_text(site)
     (folder / "nginx.conf").write_text(f"""
 user root;
 pid {folder}/nginx.pid;
@@ -55,7 +68,8 @@ http {{
     try:
         def up() -> bool:
             try:
-                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 403
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                return True  # nginx answered (whatever the instances behind it said)
             except httpx.TransportError:
                 return proc.poll() is not None
         wait_for(up, 20, "nginx to answer", seen=lambda: (folder / "error.log").read_text()[-2000:])

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from gateway.config import load_config
 from tests import store_reads
@@ -117,7 +118,10 @@ def claims_held(url: str) -> int:
     return int(rows[0][0])
 
 
-def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("balancer_config", ["site", "balancer"])
+def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Path, balancer_config: str) -> None:
+    """Behind the TLS site turned into an upstream (deploy/README.md's multi-host recipe) and
+    behind compose.postgres.yaml's balancer."""
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     received: list[int] = []
@@ -134,7 +138,7 @@ def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Pa
         try:
             for instance in instances:
                 instance.start()
-            with nginx(tmp_path / "nginx", [i.port for i in instances]) as balancer:
+            with nginx(tmp_path / "nginx", [i.port for i in instances], balancer_config) as balancer:
                 port = int(balancer.rsplit(":", 1)[1])
                 ledger, stop = Ledger(proxied=True), threading.Event()
                 same_event_at_once(instances, ledger)
@@ -171,7 +175,7 @@ def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Pa
         assert not refused, f"deliveries with a wrong signature: {refused[:5]}"
         events, redelivered = check_store(tmp_path, ledger, {"receiver": received})
         assert redelivered <= held, f"{redelivered} deliveries repeated; {held} claims were held at the kills"
-        print(f"\ntwo instances behind nginx: seed {seed}, {kills} kills, {len(ledger.acked)} events in "
+        print(f"\ntwo instances behind nginx ({balancer_config}): seed {seed}, {kills} kills, {len(ledger.acked)} events in "
               f"{ledger.answers} answers, {ledger.unknown} retried by the senders, {redelivered} deliveries "
               f"repeated (claims held at the kills: {held}), {events} events checked")
 
@@ -226,8 +230,6 @@ def test_a_database_restart_gets_503_meanwhile_and_recovers_by_itself(tmp_path: 
     """PostgreSQL restarts under load: the gateway answers 503 `store_unavailable` while it is
     away, never a 2xx for an event it did not store, and takes events again once it is back,
     without a restart of its own."""
-    import pytest
-
     with postgres_schema() as url:
         cluster = local_cluster(url)
         if cluster is None:

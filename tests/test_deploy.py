@@ -216,6 +216,48 @@ def test_container_files_set_a_writable_state_directory() -> None:
     assert "gateway.toml:/etc/gateway/gateway.toml:ro" in compose and "gateway-data:/var/lib/gateway" in compose
 
 
+def test_the_postgres_compose_variant_balances_two_instances_on_one_database(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """compose.postgres.yaml: two identical gateway instances on the postgres service, behind
+    the balancer whose upstreams (compose-balancer.conf, run for real by test_active_active) are
+    exactly those instances, scraped by Prometheus one by one; the database never sees the
+    senders' secrets; only 127.0.0.1 is published; the [store] it documents is a valid config."""
+    import yaml
+
+    text = (DEPLOY / "compose.postgres.yaml").read_text()
+    compose = yaml.safe_load(text)
+    services = compose["services"]
+    instances = sorted(name for name in services if name.startswith("gateway"))
+    assert instances == ["gateway-a", "gateway-b"]
+    a, b = (services[name] for name in instances)
+    assert a == b and "postgres.env" in a["env_file"] and "secrets.env" in a["env_file"]
+    assert a["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "./gateway.toml:/etc/gateway/gateway.toml:ro" in a["volumes"] and a["read_only"] is True
+    assert services["postgres"]["env_file"] == "postgres.env" and "healthcheck" in services["postgres"]
+    conf = "./nginx/compose-balancer.conf:/etc/nginx/conf.d/default.conf:ro"
+    assert conf in services["balancer"]["volumes"]
+    upstreams = re.findall(r"(?m)^\s*server ([\w-]+):8080 max_fails=0;", (DEPLOY / "nginx" / "compose-balancer.conf").read_text())
+    assert sorted(upstreams) == instances
+    scrape = (DEPLOY / "prometheus" / "compose-postgres-prometheus.yml").read_text()
+    assert yaml.safe_load(scrape)["scrape_configs"][0]["static_configs"][0]["targets"] == [f"{name}:8080" for name in instances]
+    assert services["prometheus"]["volumes"][0].startswith("./prometheus/compose-postgres-prometheus.yml:")
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published)
+    for mount in [v for s in services.values() for v in s.get("volumes", []) if v.startswith("./")]:
+        assert (DEPLOY / mount.split(":")[0]).exists() or mount.split(":")[0] == "./gateway.toml", mount
+    # the gateway.toml lines from the file's header, on top of the example configuration
+    header = text.split("In gateway.toml:\n", 1)[1].split("\nx-gateway", 1)[0]
+    snippet = "\n".join(line.removeprefix("#   ") for line in header.splitlines())
+    assert "[store]" in snippet and "[server]" in snippet
+    source = '\n[[sources]]\nname = "metacopier"\nscheme = "metacopier"\nsecret = "env:MC_SECRET"\n'
+    (tmp_path / "gateway.toml").write_text(snippet + "\n" + source)
+    monkeypatch.setenv("POSTGRES_PASSWORD", "a-long-random-string")
+    monkeypatch.setenv("MC_SECRET", "mc-secret-0123456789abcdef0123456789")
+    checked = subprocess.run([GATEWAY, "check-config", "--config", str(tmp_path / "gateway.toml")],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_the_store_file_is_created_private(make_config: Callable[..., Config],
                                            serve: Callable[..., RunningGateway]) -> None:
     """Item 20: gateway.db (and its -wal, which SQLite gives the database's mode) is 0600, like

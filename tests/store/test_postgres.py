@@ -104,3 +104,37 @@ async def test_notification_lag_and_pool_use_are_reported(pg: PostgresBackend, m
     busy, idle = heard.pools[-1]
     assert busy >= 0 and idle >= 0 and busy + idle >= 1  # the pool holds its connection, in use or not
     assert len(heard.lags) == 1
+
+
+async def test_the_identity_lookup_probes_the_index_even_with_a_plan_made_on_an_empty_table(
+        tmp_path: Path, anyio_backend: str) -> None:
+    """A new store: the lookup's plan is made while `events` is empty and has no statistics,
+    and a prepared statement keeps it. It must still probe the index per key once the table has
+    grown, not scan the whole table (which made each group's lookup cost 0.25 ms per 1,000
+    stored events until autovacuum's first ANALYZE)."""
+    import asyncpg
+
+    from gateway.store.postgres._ingest import _LOOKUP
+
+    backend = PostgresBackend(tmp_path)
+    try:
+        await backend.open()
+        conn = await asyncpg.connect(backend.url)
+        try:
+            await conn.execute("SET plan_cache_mode = force_generic_plan")  # the plan asyncpg would keep
+            await conn.execute(f"PREPARE lookup(text[]) AS {_LOOKUP}")
+            await conn.execute("EXECUTE lookup('{k1}')")  # planned now, on the empty table
+            await conn.execute(
+                "INSERT INTO receipts (id, request_id, source, received_at, attempt, headers, body)"
+                " VALUES (1, 'r', 's', 0, 1, '', '');"
+                "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
+                " status, received_at, payload) SELECT g, 1, 's', 'metacopier', 't', 'e' || g, 'k' || g, '\\x01',"
+                " 'stored', 0, '' FROM generate_series(1, 5000) g")
+            plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN ANALYZE EXECUTE lookup('{k1,k4999,none}')"))
+            found = await conn.fetch("EXECUTE lookup('{k1,k4999,none}')")
+        finally:
+            await conn.close()
+    finally:
+        await backend.close_all()
+    assert "Seq Scan on events" not in plan and "events_identity" in plan, plan
+    assert [row["id"] for row in found] == [1, 4999]
