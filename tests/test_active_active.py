@@ -175,7 +175,8 @@ def test_two_instances_behind_nginx_lose_nothing_when_one_is_killed(tmp_path: Pa
         assert not refused, f"deliveries with a wrong signature: {refused[:5]}"
         events, redelivered = check_store(tmp_path, ledger, {"receiver": received})
         assert redelivered <= held, f"{redelivered} deliveries repeated; {held} claims were held at the kills"
-        print(f"\ntwo instances behind nginx ({balancer_config}): seed {seed}, {kills} kills, {len(ledger.acked)} events in "
+        print(f"\ntwo instances behind nginx ({balancer_config}): seed {seed}, {kills} kills, "
+              f"{len(ledger.acked)} events in "
               f"{ledger.answers} answers, {ledger.unknown} retried by the senders, {redelivered} deliveries "
               f"repeated (claims held at the kills: {held}), {events} events checked")
 

@@ -236,10 +236,12 @@ def test_the_postgres_compose_variant_balances_two_instances_on_one_database(
     assert services["postgres"]["env_file"] == "postgres.env" and "healthcheck" in services["postgres"]
     conf = "./nginx/compose-balancer.conf:/etc/nginx/conf.d/default.conf:ro"
     assert conf in services["balancer"]["volumes"]
-    upstreams = re.findall(r"(?m)^\s*server ([\w-]+):8080 max_fails=0;", (DEPLOY / "nginx" / "compose-balancer.conf").read_text())
+    balancer = (DEPLOY / "nginx" / "compose-balancer.conf").read_text()
+    upstreams = re.findall(r"(?m)^\s*server ([\w-]+):8080 max_fails=0;", balancer)
     assert sorted(upstreams) == instances
     scrape = (DEPLOY / "prometheus" / "compose-postgres-prometheus.yml").read_text()
-    assert yaml.safe_load(scrape)["scrape_configs"][0]["static_configs"][0]["targets"] == [f"{name}:8080" for name in instances]
+    targets = yaml.safe_load(scrape)["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"{name}:8080" for name in instances]
     assert services["prometheus"]["volumes"][0].startswith("./prometheus/compose-postgres-prometheus.yml:")
     published = [port for service in services.values() for port in service.get("ports", [])]
     assert published and all(port.startswith("127.0.0.1:") for port in published)
