@@ -16,6 +16,7 @@ import orjson
 from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
+from gateway.normalized import Normalized, Reader
 from gateway.schemes._base import (
     at_path,
     check_window,
@@ -166,6 +167,34 @@ def parse(body: bytes, source: SourceConfig) -> ParsedEvent:
     )
 
 
+def normalize(event_type: str, event: Any) -> Normalized | None:
+    """`position.opened` and `position.closed` with the position fields table (the vendor's page);
+    `history.updated` has no trading meaning. The close carries the volume it closes."""
+    if event_type not in ("position.opened", "position.closed"):
+        return None
+    read = Reader(event)
+    opened = event_type == "position.opened"
+    position = read.text("position.id", "ticket")
+    read.require("position_id", position)
+    volume = read.number("position.volume", positive=True)
+    read.require("volume", volume)
+    return Normalized(
+        kind="position.opened" if opened else "position.closed",
+        account=read.text("accountId"),
+        position_id=position,
+        symbol=read.text("position.symbol", "symbol"),
+        side=read.side("position.orderType", "orderType"),
+        volume=volume,
+        price=read.number("position.openPrice" if opened else "position.closePrice"),
+        sl=read.number("position.stopLoss"),
+        tp=read.number("position.takeProfit"),
+        profit=None if opened else read.number("position.profit"),
+        occurred_at=read.when(*(("position.openTime", "openTime") if opened else ("position.closeTime", "closeTime")),
+                              "timestamp"),
+        problems=tuple(read.problems),
+    )
+
+
 def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
     """A stored request body read again (this scheme sends one event per request)."""
     return parse(data, source)
@@ -221,6 +250,7 @@ scheme: Scheme = SchemeSpec(
     identify=identify,
     sign=sign,
     sample=sample,
+    normalize=normalize,
     new_secret=new_secret,
     secrets=secret_rule,
     dedup_fields=DEFAULT_ID_PATHS,

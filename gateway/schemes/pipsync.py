@@ -15,6 +15,7 @@ import orjson
 from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
+from gateway.normalized import Normalized, Reader
 from gateway.schemes._base import (
     at_path,
     check_window,
@@ -111,6 +112,40 @@ def _entity(obj: Any) -> str | None:
     return None
 
 
+# PipSync's trade events (senders.md's reading: the vendor page has no outbound field table).
+# A take-profit or stop-loss hit is a close.
+KINDS = {"trade.opened": "position.opened", "trade.closed": "position.closed",
+         "trade.tp_hit": "position.closed", "trade.sl_hit": "position.closed"}
+
+
+def normalize(event_type: str, event: Any) -> Normalized | None:
+    """`trade.*` with `data.*`: the position is `data.position_id` (else `data.trade_id`, as
+    delivery orders them), `lots` the volume, `price` the open or the close price, `created` the
+    time. `signal.received` has no trading meaning (it is an instruction, not a fill)."""
+    kind = KINDS.get(event_type)
+    if kind is None:
+        return None
+    read = Reader(event)
+    position = read.text("data.position_id", "data.trade_id")
+    read.require("position_id", position)
+    volume = read.number("data.lots", "data.volume", positive=True)
+    read.require("volume", volume)
+    return Normalized(
+        kind="position.opened" if kind == "position.opened" else "position.closed",
+        account=read.text("data.account_id"),
+        position_id=position,
+        symbol=read.text("data.symbol"),
+        side=read.side("data.side"),
+        volume=volume,
+        price=read.number("data.close_price", "data.price") if kind == "position.closed" else read.number("data.price"),
+        sl=read.number("data.sl"),
+        tp=read.number("data.tp"),
+        profit=read.number("data.profit") if kind == "position.closed" else None,
+        occurred_at=read.when("created"),
+        problems=tuple(read.problems),
+    )
+
+
 def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
     """A stored request body read again (this scheme sends one event per request)."""
     return parse(data, source)
@@ -153,6 +188,7 @@ scheme: Scheme = SchemeSpec(
     identify=identify,
     sign=sign,
     sample=sample,
+    normalize=normalize,
     new_secret=new_secret,
     secrets=SecretRule(8, why="use the webhook secret PipSync shows"),
     dedup_fields=DEFAULT_ID_PATHS,

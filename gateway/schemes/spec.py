@@ -15,6 +15,7 @@ from gateway.model import ParsedEvent, Verified
 
 if TYPE_CHECKING:  # the config imports the registry; the registry must not import the config
     from gateway.config import SourceConfig
+    from gateway.normalized import Normalized
 
 Headers = Mapping[str, str]
 """Request headers with lower-case names; values decoded as Latin-1, as HTTP carries them."""
@@ -97,9 +98,18 @@ class Scheme(Protocol):
     def new_secret(self) -> str:
         """A fresh secret this scheme accepts, for the embedded default config."""
 
+    def normalize(self, event_type: str, event: Any) -> Normalized | None:
+        """The trading meaning of one stored event (its parsed JSON), or None when it has none
+        (gateway/normalized.py). Pure, never raises. Optional for schemes registered from
+        outside: without it, their events have no normalized form."""
+
 
 def _no_problems(source: SourceConfig) -> Problems:
     return ()
+
+
+def _no_meaning(event_type: str, event: Any) -> Normalized | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,7 @@ class SchemeSpec:
     secret_form: Callable[[bytes], str] | None = None
     options: Mapping[str, Option] = field(default_factory=dict)
     check: Callable[[SourceConfig], Problems] = _no_problems
+    normalize: Callable[[str, Any], Normalized | None] = _no_meaning
 
     def secret_rule(self, options: Mapping[str, Any]) -> SecretRule | None:
         return self.secrets if isinstance(self.secrets, SecretRule) else self.secrets(options)

@@ -17,6 +17,7 @@ import orjson
 from gateway.config import SourceConfig
 from gateway.errors import Rejected
 from gateway.model import ParsedEvent, Verified
+from gateway.normalized import Normalized, Reader
 from gateway.schemes._base import (
     at_path,
     event,
@@ -144,6 +145,56 @@ def parse(body: bytes, source: SourceConfig) -> Verified:
     return Verified(events=(quarantined(body, reason),), attempt=attempt)
 
 
+# The event interfaces of TradrAPI's page: which kind, and where the sender's time is.
+# Challenges (the PROP API's own shapes) have no trading meaning here.
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "open_position": ("position.opened", ("payload.openedAt",)),
+    "close_position": ("position.closed", ("payload.closedAt",)),
+    "open_order": ("order.placed", ("payload.placedAt",)),
+    "cancel_order": ("order.cancelled", ("payload.cancelledAt",)),
+    "balance_operation": ("balance.operation", ("payload.createdAt",)),
+    "account_created": ("account.created", ("payload.createdAt",)),
+    "account_updated": ("account.updated", ("payload.updatedAt", "payload.createdAt")),
+}
+
+
+def normalize(event_type: str, event: Any) -> Normalized | None:
+    """One batch member (`{brandId, serverId, accountId?, eventType, platform, payload}`) by the
+    page's interfaces: PositionOpenEvent, PositionClosedEvent, OrderOpenEvent,
+    OrderCancelledEvent, BalanceTransactionPayload, AccountCreatedEvent/AccountUpdatedEvent.
+    The position is `platformTradeId` (the same ticket on its open and its close), else `id`."""
+    found = KINDS.get(event_type)
+    if found is None:
+        return None
+    kind, when = found
+    read = Reader(event)
+    account = read.text("accountId", "exchangeAccountId", *(("payload.id",) if kind.startswith("account") else ()))
+    fields: dict[str, Any] = {"account": account, "occurred_at": read.when(*when)}
+    if kind.startswith("position") or kind.startswith("order"):
+        fields |= {"symbol": read.text("payload.symbol"), "side": read.side("payload.type"),
+                   "volume": read.number("payload.lots", positive=True), "sl": read.number("payload.stopLoss"),
+                   "tp": read.number("payload.takeProfit")}
+        read.require("volume", fields["volume"])
+    if kind.startswith("position"):
+        fields["position_id"] = read.text("payload.platformTradeId", "payload.id")
+        read.require("position_id", fields["position_id"])
+        closed = kind == "position.closed"
+        fields["price"] = read.number("payload.closePrice" if closed else "payload.openPrice")
+        if closed:
+            fields["profit"] = read.number("payload.profit")
+    elif kind.startswith("order"):
+        fields |= {"order_id": read.text("payload.id"), "price": read.number("payload.openPrice")}
+        read.require("order_id", fields["order_id"])
+    elif kind == "balance.operation":
+        fields |= {"amount": read.number("payload.amount"), "currency": read.text("payload.currency"),
+                   "operation": read.text("payload.operation")}
+        read.require("amount", fields["amount"])
+    else:
+        fields["currency"] = read.text("payload.currency")
+    read.require("account", account)
+    return Normalized(kind=kind, problems=tuple(read.problems), **fields)  # type: ignore[arg-type]
+
+
 def identify(data: bytes, source: SourceConfig, member: bool) -> ParsedEvent:
     """A stored event read again: a batch member from its own JSON (as `parse` wrote it), else
     the one event of a body stored whole (a root event, or a body quarantined whole)."""
@@ -195,6 +246,7 @@ scheme: Scheme = SchemeSpec(
     identify=identify,
     sign=sign,
     sample=sample,
+    normalize=normalize,
     new_secret=new_secret,
     secrets=SecretRule(20, 140, "TradrAPI keys are 20 to 140 characters"),
     dedup_fields=DEFAULT_ID_PATHS,

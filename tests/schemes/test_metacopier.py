@@ -612,3 +612,41 @@ def test_moved_timestamp_replay_is_not_stored(make_config, serve) -> None:  # ty
     replayed = headers["X-MetaCopier-Timestamp"].encode() + b"." + MC_BODY
     r = gw.post("/hooks/mc", replayed, {"X-MetaCopier-Signature": headers["X-MetaCopier-Signature"]})
     assert r.status_code == 401 and r.json()["code"] == "bad_signature"  # refused: nothing of it is stored
+
+
+# --- normalization: the vendor page's position fields table ------------------------------
+
+def test_reference_open_normalizes_with_the_position_fields_table() -> None:
+    normalized = metacopier.normalize("position.opened", orjson.loads(MC_BODY))
+    assert normalized is not None
+    assert normalized.to_json() == {
+        "kind": "position.opened", "source": "", "event_id": None,
+        "account": "6f1c2d7e-5b0a-4c1e-9a53-2f7c8f0b9d11", "position_id": "88412231", "order_id": None,
+        "symbol": "EURUSD", "side": "buy", "volume": 0.5, "price": 1.08512, "sl": 1.081, "tp": 1.092,
+        "profit": None, "currency": None, "amount": None, "operation": None,
+        "occurred_at": "2026-11-20T10:15:01.000Z", "problems": [],
+    }
+
+
+def test_a_close_carries_close_price_profit_and_close_time() -> None:
+    event = {"type": "position.closed", "timestamp": "2026-11-20T11:00:00.000Z", "accountId": "acc",
+             "position": {"id": "88412231", "symbol": "EURUSD", "orderType": "Sell", "volume": 0.2,
+                          "openPrice": 1.085, "closePrice": 1.081, "openTime": "2026-11-20T10:15:01Z",
+                          "closeTime": "2026-11-20T10:59:58.5Z", "profit": 80.0, "netProfit": 78.5}}
+    normalized = metacopier.normalize("position.closed", event)
+    assert normalized is not None and normalized.problems == ()
+    assert (normalized.kind, normalized.side, normalized.volume, normalized.price, normalized.profit,
+            normalized.occurred_at) == ("position.closed", "sell", 0.2, 1.081, 80.0, "2026-11-20T10:59:58.500Z")
+
+
+def test_without_position_details_the_ticket_is_the_position_and_the_gaps_are_recorded() -> None:
+    normalized = metacopier.normalize("position.closed", {"type": "position.closed", "ticket": 991,
+                                                          "timestamp": "2026-11-20T11:00:00Z"})
+    assert normalized is not None
+    assert normalized.position_id == "991" and normalized.occurred_at == "2026-11-20T11:00:00.000Z"
+    assert normalized.volume is None and normalized.side is None
+    assert set(normalized.problems) == {"volume: missing", "side: missing (position.orderType or orderType)"}
+
+
+def test_history_updated_has_no_trading_meaning() -> None:
+    assert metacopier.normalize("history.updated", {"type": "history.updated"}) is None

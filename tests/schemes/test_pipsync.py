@@ -455,3 +455,31 @@ def test_property_authentic_body_never_raises(body: bytes) -> None:
         assert event.event_type.strip()
         assert event.entity_id
         assert event.identity and len(event.fingerprint) == 32
+
+
+# --- normalization: trade.* with data.* as senders.md reads them ------------------------
+
+def test_reference_trade_opened_normalizes() -> None:
+    normalized = pipsync.normalize("trade.opened", orjson.loads(PS_BODY))
+    assert normalized is not None and normalized.problems == ()
+    assert (normalized.kind, normalized.account, normalized.position_id, normalized.symbol, normalized.side,
+            normalized.volume, normalized.price, normalized.sl, normalized.tp, normalized.occurred_at) == (
+        "position.opened", "acc_12", "771203", "EURUSD", "buy", 0.5, 1.08512, 1.081, 1.092,
+        "2025-11-20T10:15:02.000Z")
+
+
+@pytest.mark.parametrize("event_type", ["trade.closed", "trade.tp_hit", "trade.sl_hit"])
+def test_closes_and_tp_sl_hits_are_closes(event_type: str) -> None:
+    event = {"id": "evt_2", "type": event_type, "created": 1763637302000,
+             "data": {"trade_id": "tr_9f2c", "account_id": "acc_12", "symbol": "EURUSD", "side": "SELL",
+                      "lots": "0.25", "price": 1.09, "profit": -12.5}}
+    normalized = pipsync.normalize(event_type, event)
+    assert normalized is not None and normalized.problems == ()
+    assert normalized.kind == "position.closed"
+    assert normalized.position_id == "tr_9f2c"  # no position_id: the trade, as delivery orders it
+    assert (normalized.side, normalized.volume, normalized.price, normalized.profit) == ("sell", 0.25, 1.09, -12.5)
+    assert normalized.occurred_at == "2025-11-20T11:15:02.000Z"  # created in milliseconds
+
+
+def test_signals_have_no_trading_meaning() -> None:
+    assert pipsync.normalize("signal.received", {"type": "signal.received", "data": {"symbol": "EURUSD"}}) is None

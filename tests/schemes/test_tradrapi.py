@@ -470,3 +470,63 @@ def _load(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+# --- normalization: the page's event interfaces ----------------------------------------
+
+def _member(event_type: str, payload: dict[str, Any], **root: Any) -> dict[str, Any]:
+    return {"brandId": 12, "serverId": 3, "accountId": 99121, "eventType": event_type, "platform": "MT5",
+            "payload": payload} | root
+
+
+def test_reference_open_position_normalizes() -> None:
+    member = orjson.loads(TR_BODY)["payload"][0]
+    normalized = tradrapi.normalize("open_position", member)
+    assert normalized is not None and normalized.problems == ()
+    assert (normalized.kind, normalized.account, normalized.position_id, normalized.symbol, normalized.side,
+            normalized.volume, normalized.price, normalized.occurred_at) == (
+        "position.opened", "99121", "t-1", "EURUSD", "buy", 1.0, 1.0851, "2026-11-20T10:15:01.000Z")
+
+
+def test_close_position_with_the_position_closed_interface() -> None:
+    payload = {"id": 5561202, "platformOperationId": "op-2", "platformTradeId": "t-1", "symbol": "EURUSD",
+               "openPrice": 1.0851, "closePrice": 1.0871, "takeProfit": 1.09, "stopLoss": 1.08, "profit": 200,
+               "lots": 0.4, "type": "BUY", "balance": 10200, "openedAt": "2026-11-20T10:15:01.000Z",
+               "closedAt": "2026-11-20T12:00:00.000Z"}
+    normalized = tradrapi.normalize("close_position", _member("close_position", payload))
+    assert normalized is not None and normalized.problems == ()
+    assert (normalized.kind, normalized.position_id, normalized.volume, normalized.price, normalized.sl,
+            normalized.tp, normalized.profit, normalized.occurred_at) == (
+        "position.closed", "t-1", 0.4, 1.0871, 1.08, 1.09, 200.0, "2026-11-20T12:00:00.000Z")
+
+
+def test_orders_balance_operations_and_accounts() -> None:
+    order = {"id": 77, "platformOperationId": "op-9", "symbol": "XAUUSD", "openPrice": 2400.5, "lots": 1,
+             "type": "SELL_STOP_LIMIT", "placedAt": "2026-11-20T09:00:00Z", "cancelledAt": "2026-11-20T09:30:00Z"}
+    placed = tradrapi.normalize("open_order", _member("open_order", order))
+    cancelled = tradrapi.normalize("cancel_order", _member("cancel_order", order))
+    assert placed is not None and cancelled is not None
+    assert (placed.kind, placed.order_id, placed.side, placed.price, placed.occurred_at) == (
+        "order.placed", "77", "sell", 2400.5, "2026-11-20T09:00:00.000Z")
+    assert (cancelled.kind, cancelled.occurred_at) == ("order.cancelled", "2026-11-20T09:30:00.000Z")
+    balance = {"id": 5, "platformOperationId": "op-5", "referenceId": "dep-1", "amount": 500, "currency": "USD",
+               "operation": "add", "balance": 10500, "createdAt": "2026-11-20T08:00:00Z"}
+    operation = tradrapi.normalize("balance_operation", _member("balance_operation", balance))
+    assert operation is not None and operation.problems == ()
+    assert (operation.kind, operation.account, operation.amount, operation.currency, operation.operation) == (
+        "balance.operation", "99121", 500.0, "USD", "add")
+    account = {"id": 99122, "platform": "MT5", "type": "FULL", "status": "ACTIVE", "monetization": "REAL",
+               "leverage": 100, "currency": "EUR", "email": "a@example.com", "groups": {"userGroupId": 1},
+               "createdAt": 1763633701000, "updatedAt": 1763637301000}
+    created = tradrapi.normalize("account_created", {"eventType": "account_created", "payload": account})
+    updated = tradrapi.normalize("account_updated", _member("account_updated", account, accountId=None))
+    assert created is not None and updated is not None
+    assert (created.kind, created.account, created.currency, created.occurred_at) == (
+        "account.created", "99122", "EUR", "2025-11-20T10:15:01.000Z")  # createdAt: UTC milliseconds
+    assert (updated.kind, updated.account, updated.occurred_at) == ("account.updated", "99122",
+                                                                    "2025-11-20T11:15:01.000Z")
+
+
+def test_challenges_have_no_trading_meaning() -> None:
+    assert tradrapi.normalize("challenge_created", _member("challenge_created", {"id": 1})) is None
+    assert tradrapi.normalize("some_future_type", _member("some_future_type", {"id": 1})) is None
