@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 
 from gateway.config import PluginConfig
 from gateway.metrics import Metrics
+from gateway.normalized import normalize
 from gateway.plugins import PermanentFailure, Plugin
 from gateway.store import Claim, DeliveryResult, Store
 
@@ -217,6 +219,8 @@ class PluginRunner:
 
     async def _deliver(self, claim: Claim) -> None:
         event = claim.event
+        if self.config.shape == "normalized":
+            event = dataclasses.replace(event, shape="normalized", normalized=normalize(event))
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.config.timeout_seconds):

@@ -129,7 +129,7 @@ class IngestApp:
         self.max_body = config.server.max_body_bytes
         self.store = store
         self.clock = clock
-        self.router = Router(config.plugins)
+        self.router = Router(config.plugins, {name: s.scheme for name, s in config.sources.items()})
         self.secrets = SecretScanner(config.all_secrets())  # misplaced secrets: never echoed nor kept
         self.metrics = metrics if metrics is not None else Metrics()
         self.budget = ByteBudget(BODY_BUDGET_BYTES)
@@ -258,6 +258,13 @@ class IngestApp:
         if verified.sent_at is not None:
             self._skew[source].observe(verified.sent_at - received_at)
 
+    def _count_filtered(self, filtered: list[list[tuple[str, str]]], outcomes: list[Outcome]) -> None:
+        """Events a plugin's `where` kept from it, counted once per stored event (not for repeats)."""
+        for kept, outcome in zip(filtered, outcomes, strict=True):
+            if outcome.status != "duplicate":
+                for plugin, why in kept:
+                    self.metrics.plugin_filtered.labels(plugin, why).inc()
+
     async def _handle(self, name: str, scope: Scope, receive: Receive, request_id: str, seen: _Seen) -> bytes:
         # Everything the head alone shows is answered at once, before the request takes a place
         # in flight: only requests that may be authentic wait for their bodies there.
@@ -310,7 +317,9 @@ class IngestApp:
             headers=self._kept_headers(headers),
             body=body,
         )
-        routes = self.router.routes(name, verified.events)
+        routes, filtered = self.router.routes(name, verified.events)
         outcomes = await self.store.ingest(receipt, verified.events, routes)
         self._observe(name, received_at, verified, outcomes)
+        if filtered is not None:
+            self._count_filtered(filtered, outcomes)
         return answer(request_id, outcomes)

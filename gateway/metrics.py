@@ -85,6 +85,9 @@ class Metrics:
             "start), 0 for the others. With several workers, one series per worker (pid).", ["plugin", "health"],
             registry=r, multiprocess_mode="liveall",
         )
+        self.plugin_filtered = Counter(
+            "gateway_plugin_filtered", "Stored events a plugin's `where` kept from it: no_match, or error (the "
+            "expression failed on the event; logged).", ["plugin", "reason"], registry=r)
         # ingest
         self.requests = Counter("gateway_requests", "Webhook requests by source ('?' for unknown names).",
                                 ["source"], registry=r)

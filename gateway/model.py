@@ -48,6 +48,8 @@ class ParsedEvent:
     quarantine_reason: str | None = None
     identity: Identity = ()
     fingerprint: bytes = b""
+    # The event's parsed JSON, for the plugins' `where` filters (gateway/routing.py); not stored.
+    document: Any = None
 
     @property
     def status(self) -> EventStatus:
@@ -265,11 +267,18 @@ class Event(EventRecord):
         body: the event's own bytes: the raw request body, byte for byte, for a
             single-event request; the member's JSON (keys sorted) for a TradrAPI batch member.
         attempt: this plugin's delivery attempt for this event, starting at 1.
+        shape: `raw`, or `normalized` for a plugin configured with `shape = "normalized"`.
+        normalized: with that shape, the event's trading meaning (`gateway.normalized.Normalized`),
+            or None for an event that has none; the JSON then carries it as `normalized`.
     """
 
     body: bytes
     attempt: int = 1
+    shape: Literal["raw", "normalized"] = "raw"
+    normalized: Any = None
 
     def to_json(self) -> dict[str, Any]:
         """The event as JSON-ready data (without the raw body), as the built-ins send it."""
+        if self.shape == "normalized":
+            return event_json(self, normalized=None if self.normalized is None else self.normalized.to_json())
         return event_json(self)

@@ -174,13 +174,21 @@ def normalize(record: EventRecord) -> Normalized | None:
     trading meaning, was quarantined, or its scheme has no mapping."""
     if record.payload is None or record.status == "quarantined":
         return None
+    found = _mapped(record.scheme, record.event_type, record.payload)
+    return None if found is None else replace(found, source=record.source, event_id=record.id)
+
+
+def normalize_document(scheme: str | None, source: str, event_type: str, document: Any) -> dict[str, Any] | None:
+    """An event not yet stored (no id), normalized as JSON: what a `where` filter sees."""
+    found = None if scheme is None or document is None else _mapped(scheme, event_type, document)
+    return None if found is None else replace(found, source=source).to_json()
+
+
+def _mapped(scheme: str, event_type: str, event: Any) -> Normalized | None:
     from gateway.schemes import SchemeError, get_scheme  # the registry imports the config
 
     try:
-        mapping = getattr(get_scheme(record.scheme), "normalize", None)
+        mapping = getattr(get_scheme(scheme), "normalize", None)
     except SchemeError:
         return None
-    if mapping is None:
-        return None
-    found: Normalized | None = mapping(record.event_type, record.payload)
-    return None if found is None else replace(found, source=record.source, event_id=record.id)
+    return None if mapping is None else mapping(event_type, event)

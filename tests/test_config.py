@@ -636,3 +636,31 @@ def test_postgres_settings_and_a_password_from_the_environment(write: Callable[[
 def test_a_password_in_the_store_url_counts_as_a_secret_in_the_file(write: Callable[[str], Path]) -> None:
     path = write('[store]\nurl = "postgresql://gw:pw@db/gateway"\n' + MC_SOURCE)
     assert "store.url" in load_config(path, environ={}).literal_secrets
+
+
+# --- plugins: shape and where -----------------------------------------------------------------
+
+WHERE_SOURCE = '[[sources]]\nname = "mc"\nscheme = "metacopier"\nsecret = "env:MC"\n'
+
+
+@pytest.mark.parametrize(("where", "fragment"), [
+    ("volume >", "the expression ends too early at position 8:\n  volume >\n          ^"),
+    ("a ~ b", "Unknown token ~ at position 2:\n  a ~ b\n    ^"),
+    ("a b", "Unexpected token: b at position 2"),
+    ("  ", "is empty"),
+])
+def test_a_bad_where_is_refused_at_load_naming_the_key_and_the_position(
+        write: Callable[[str], Path], where: str, fragment: str) -> None:
+    path = write(WHERE_SOURCE + f'[[plugins]]\nname = "big"\nuse = "jsonl"\nwhere = "{where}"\n')
+    assert_error(config_errors(path, {"MC": "m" * 40}), path, "plugins[0] (big).where", fragment)
+
+
+def test_shape_is_raw_or_normalized_and_where_compiles(write: Callable[[str], Path]) -> None:
+    path = write(WHERE_SOURCE + '[[plugins]]\nname = "p"\nuse = "jsonl"\nshape = "flat"\n')
+    assert_error(config_errors(path, {"MC": "m" * 40}), path, "plugins[0] (p).shape",
+                 "must be one of raw, normalized, got 'flat'")
+    path = write(WHERE_SOURCE + '[[plugins]]\nname = "p"\nuse = "jsonl"\nshape = "normalized"\n'
+                 "where = \"account == 'real-1' && volume > `1`\"\n")
+    plugin = load_config(path, environ={"MC": "m" * 40}).plugins[0]
+    assert (plugin.shape, plugin.where) == ("normalized", "account == 'real-1' && volume > `1`")
+    assert plugin.condition.search({"account": "real-1", "volume": 2}) is True

@@ -321,3 +321,55 @@ def test_metrics_backlog_and_oldest_pending_age(make_config: Callable[..., Confi
     wait_for(lambda: metric(gw, "gateway_delivery_oldest_pending_age_seconds", plugin="lagging") > 0.5,
              what="age gauge")
     assert metric(gw, "gateway_delivery_dead_letters", plugin="lagging") == 0
+
+
+def test_where_filters_keep_events_from_a_plugin_and_are_counted(make_config: Callable[..., Config],
+                                                                 serve: Serve) -> None:
+    """`where` over the raw event (one symbol) and over the normalized one (a volume above a
+    size, across two senders); an event a filter refuses gets no delivery row, and is counted."""
+    gw = serve(make_config(plugins=[
+        plugin("gold", where="position.symbol == 'XAUUSD'"),
+        plugin("big", shape="normalized", where="volume > `1`"),
+        plugin("typed", where="abs(position.symbol) > `0`"),  # abs() of a string: an error on every event
+    ]))
+    gold = send(gw, opened("w-1", symbol="XAUUSD"))
+    small = send(gw, orjson.dumps({"type": "position.opened", "accountId": "a",
+                                   "position": {"id": "w-2", "symbol": "EURUSD", "orderType": "Buy", "volume": 0.5}}))
+    large = send(gw, orjson.dumps({"type": "position.opened", "accountId": "a",
+                                   "position": {"id": "w-3", "symbol": "EURUSD", "orderType": "Sell", "volume": 3}}))
+    trade = orjson.dumps({"id": "evt_w4", "type": "trade.opened", "created": int(time.time()),
+                          "data": {"position_id": "w-4", "account_id": "a", "symbol": "EURUSD", "side": "buy",
+                                   "lots": 2.5}})
+    assert gw.post("/hooks/pipsync", trade, ps_sign(trade)).status_code == 200
+    wait_for(lambda: len(recorder(gw, "big").delivered) == 2 and len(recorder(gw, "gold").delivered) == 1,
+             what="deliveries")
+    assert [e.id for e in recorder(gw, "gold").delivered] == [gold]
+    big = recorder(gw, "big").delivered
+    assert big[0].id == large and big[1].event_type == "trade.opened"
+    assert [e.normalized.volume for e in big] == [3.0, 2.5] and big[1].normalized.position_id == "w-4"
+    assert recorder(gw, "typed").delivered == []
+    assert {d.plugin for d in deliveries(gw.app.config)} == {"gold", "big"}  # no rows for what was filtered
+    assert small not in {d.event_id for d in deliveries(gw.app.config)}
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="gold", reason="no_match") == 3
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="big", reason="no_match") == 2
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="typed", reason="error") == 4
+    send(gw, opened("w-1", symbol="XAUUSD"))  # a repeat: answered duplicate, not counted again
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="big", reason="no_match") == 2
+
+
+def test_the_normalized_shape_serves_every_sender_and_keeps_events_without_meaning(
+        make_config: Callable[..., Config], serve: Serve, tmp_path: Path) -> None:
+    """A jsonl plugin with shape = "normalized" writes the stored event with `normalized` beside
+    it; `history.updated` (no trading meaning) still arrives, with `normalized: null`."""
+    out = tmp_path / "normalized.jsonl"
+    gw = serve(make_config(plugins=[{"name": "desk", "use": "jsonl", "shape": "normalized",
+                                     "options": {"path": str(out)}}]))
+    position = send(gw, orjson.dumps({"type": "position.opened", "accountId": "a",
+                                      "position": {"id": "n-1", "orderType": "Buy", "volume": 0.5}}))
+    history = send(gw, orjson.dumps({"type": "history.updated", "accountId": "a"}))
+    wait_for(lambda: out.exists() and len(out.read_bytes().splitlines()) == 2, what="two lines")
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [line["id"] for line in lines] == [position, history]
+    assert lines[0]["normalized"]["kind"] == "position.opened" and lines[0]["normalized"]["event_id"] == position
+    assert lines[0]["normalized"]["side"] == "buy" and lines[0]["payload"]["position"]["id"] == "n-1"
+    assert lines[1]["normalized"] is None and lines[1]["event_type"] == "history.updated"

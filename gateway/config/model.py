@@ -63,6 +63,11 @@ class PluginConfig:
     retry_backoff_seconds: float = 1.0
     retry_backoff_max_seconds: float = 300.0
     degraded_after_seconds: float = 300.0  # health `degraded` once the oldest pending is older
+    # raw: events as stored; normalized: with `normalized` (gateway/normalized.py) beside them
+    shape: str = "raw"
+    # A JMESPath expression over the event in its shape: events it is not true for get no delivery
+    where: str | None = None
+    condition: Any = field(default=None, repr=False, compare=False)  # `where`, compiled at load
     # Options can hold secrets (the http plugin's): never shown in repr or logs.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

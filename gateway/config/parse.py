@@ -53,7 +53,7 @@ def _plugin(c: Checker, raw: Any, index: int) -> PluginConfig | None:
     allowed = {
         "name", "use", "sources", "events", "quarantined", "max_attempts", "timeout_seconds",
         "concurrency", "retry_backoff_seconds", "retry_backoff_max_seconds", "options",
-        "degraded_after_seconds",
+        "degraded_after_seconds", "shape", "where",
     }
     c.unknown(raw, key, allowed)
     before = len(c.errors)
@@ -71,6 +71,11 @@ def _plugin(c: Checker, raw: Any, index: int) -> PluginConfig | None:
     concurrency = c.get(raw, f"{key}.concurrency", "concurrency", int, 4)
     if not 1 <= concurrency <= 256:
         c.error(f"{key}.concurrency", f"must be between 1 and 256, got {concurrency}")
+    shape = c.get(raw, f"{key}.shape", "shape", str, "raw")
+    if shape not in SHAPES:
+        c.error(f"{key}.shape", f"must be one of {', '.join(SHAPES)}, got {shape!r}")
+    where = c.get(raw, f"{key}.where", "where", str, None)
+    condition = None if where is None else _condition(c, f"{key}.where", where)
     options = c.get(raw, f"{key}.options", "options", dict, {}, echo=False)
     c.literal_secrets.extend(literal_option_secrets(options, f"{key}.options"))
     plugin = PluginConfig(
@@ -86,8 +91,38 @@ def _plugin(c: Checker, raw: Any, index: int) -> PluginConfig | None:
         retry_backoff_max_seconds=c.number(raw, key, "retry_backoff_max_seconds", 300.0, 0.001, 86400),
         degraded_after_seconds=c.number(raw, key, "degraded_after_seconds", 300.0, 0.001, 30 * 86400),
         options=MappingProxyType(dict(options)),
+        shape=shape,
+        where=where,
+        condition=condition,
     )
     return None if len(c.errors) > before else plugin
+
+
+SHAPES = ("raw", "normalized")
+
+
+def _condition(c: Checker, key: str, where: str) -> Any:
+    """`where` compiled; a JMESPath error names the position in the expression."""
+    import jmespath
+    from jmespath.exceptions import IncompleteExpressionError, JMESPathError, LexerError, ParseError
+
+    if not where.strip():
+        c.error(key, "is empty: give a JMESPath expression, or leave where out")
+        return None
+    try:
+        return jmespath.compile(where)
+    except (LexerError, ParseError) as exc:
+        position = int(exc.lex_position or 0)
+        if isinstance(exc, LexerError):
+            reason = exc.message
+        elif isinstance(exc, IncompleteExpressionError):
+            reason = "the expression ends too early"
+        else:
+            reason = exc.msg
+        c.error(key, f"is not a JMESPath expression: {reason} at position {position}:\n  {where}\n  {' ' * position}^")
+    except JMESPathError as exc:
+        c.error(key, f"is not a JMESPath expression: {exc}")
+    return None
 
 
 def _metrics(c: Checker, data: Mapping[str, Any]) -> MetricsConfig:

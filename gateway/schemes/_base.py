@@ -265,7 +265,7 @@ def event(event_type: str, obj: Any, raw: bytes | None, *, identity: tuple[str, 
         content = fingerprint(obj, (), raw, canonical=payload) if ignore else digest
         named, entity = content, entity or "sha256-" + content.hex()
     return ParsedEvent(event_type=event_type, entity_id=entity, account=account, symbol=symbol,
-                       payload=payload, identity=named, fingerprint=digest)
+                       payload=payload, identity=named, fingerprint=digest, document=obj)
 
 
 def first_part(obj: Any, paths: Iterable[str]) -> str | None:
