@@ -1,0 +1,174 @@
+"""The position ledger's rules: a position's state and anomalies from its normalized events.
+
+Pure: `fold` is a function of the *set* of a position's events, never of the order they arrived
+in. They are replayed sorted by the sender's time (then our id), so a close that arrived before
+its open ends in the same state as in order, and a ledger rebuilt from the store equals the one
+kept incrementally (docs/ledger.md, "The ledger"). Volumes are summed as decimals of their
+shortest repr, so 0.1 + 0.2 closes a 0.3 position exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+from gateway.normalized import Normalized
+
+State = Literal["open", "partially_closed", "closed"]
+AnomalyKind = Literal["close_without_open", "overclosed", "stale_open", "conflict", "reopened",
+                      "side_or_symbol_mismatch"]
+ANOMALY_KINDS: tuple[AnomalyKind, ...] = ("close_without_open", "overclosed", "stale_open", "conflict", "reopened",
+                                          "side_or_symbol_mismatch")
+POSITION_KINDS = ("position.opened", "position.closed")
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event of a position, as the ledger keeps it: the normalized record and whether the
+    store kept it as a `conflict` (a repeat with other content)."""
+
+    record: Normalized
+    conflict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    kind: AnomalyKind
+    event_ids: tuple[int, ...]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One (source, account, position id) as its events say."""
+
+    source: str
+    account: str
+    position_id: str
+    state: State
+    side: str | None = None
+    symbol: str | None = None
+    opened_volume: float | None = None
+    closed_volume: float = 0.0
+    open_price: float | None = None
+    close_prices: tuple[float, ...] = ()
+    profit: float | None = None
+    opened_at: str | None = None
+    closed_at: str | None = None
+    event_ids: tuple[int, ...] = ()
+    anomalies: tuple[Anomaly, ...] = field(default=())
+
+
+def key(record: Normalized) -> tuple[str, str, str] | None:
+    """The position a record belongs to, or None when it is no position event or lacks its ids."""
+    if record.kind not in POSITION_KINDS or record.position_id is None:
+        return None
+    return record.source, record.account or "", record.position_id
+
+
+def _order(entry: Entry) -> tuple[str, int]:
+    # Events without a time sort first; within one time, by our id (arrival)
+    return entry.record.occurred_at or "", entry.record.event_id or 0
+
+
+def _decimal(value: float | None) -> Decimal:
+    return Decimal(repr(value)) if value is not None else Decimal(0)
+
+
+def fold(entries: Iterable[Entry], *, now: float | None = None, max_open_days: float | None = None) -> Position:
+    """The position `entries` (one position's, at least one) describe. `now` and `max_open_days`
+    raise `stale_open` for a position open since longer than that (off when either is None)."""
+    ordered = sorted(entries, key=_order)
+    if not ordered:
+        raise ValueError("a position needs at least one event")
+    first = ordered[0].record
+    source, account, position_id = first.source, first.account or "", first.position_id or ""
+    opens = [e for e in ordered if e.record.kind == "position.opened"]
+    closes = [e for e in ordered if e.record.kind == "position.closed"]
+    anomalies: list[Anomaly] = []
+    ids = tuple(e.record.event_id for e in ordered if e.record.event_id is not None)
+
+    opening = opens[0].record if opens else None
+    # Opens add up (a netting account adds to a position). An open that comes once everything
+    # opened before it was closed reopens the position id: the volumes start again from it.
+    opened_sum, closed, reopened, overclosed = Decimal(0), Decimal(0), [], []
+    unknown_close, life = False, opening  # `life`: the open the position's current life began with
+    for entry in ordered:
+        record = entry.record
+        if record.kind == "position.closed":
+            closed += _decimal(record.volume)
+            unknown_close |= record.volume is None
+            if opening is not None and closed > opened_sum > 0:
+                overclosed.append(entry)
+            continue
+        if record is not opening and closed >= opened_sum > 0:
+            reopened.append(record.event_id or 0)
+            opened_sum, closed, unknown_close, life = Decimal(0), Decimal(0), False, record
+        opened_sum += _decimal(record.volume)
+    opened = opened_sum if opening is not None and any(e.record.volume is not None for e in opens) else None
+    if opening is None:
+        anomalies.append(Anomaly("close_without_open", _ids(closes),
+                                 f"{len(closes)} close(s) and no open: an open was lost"))
+    if overclosed:
+        anomalies.append(Anomaly("overclosed", _ids(overclosed),
+                                 f"closed {_plain(closed)} lots of a position opened with {_plain(opened_sum)}"))
+    if reopened:
+        anomalies.append(Anomaly("reopened", tuple(reopened), "an open for a position already closed"))
+    if opening is not None:
+        mismatched = [e for e in closes if _differs(opening, e.record)]
+        if mismatched:
+            anomalies.append(Anomaly("side_or_symbol_mismatch", _ids(mismatched),
+                                     f"opened {opening.side} {opening.symbol}; "
+                                     + ", ".join(f"closed {e.record.side} {e.record.symbol}" for e in mismatched)))
+    conflicts = [e for e in ordered if e.conflict]
+    if conflicts:
+        anomalies.append(Anomaly("conflict", _ids(conflicts),
+                                 "the sender re-sent an event with other content (both versions are kept)"))
+
+    if opening is None or unknown_close:  # a close of unknown volume closes what is left
+        state: State = "closed"
+    elif opened is None or closed == 0:
+        state = "open" if closed == 0 else "partially_closed"
+    else:
+        state = "closed" if closed >= opened else "partially_closed"
+    if (state != "closed" and now is not None and max_open_days is not None and opening is not None
+            and opening.occurred_at is not None and _age_days(opening.occurred_at, now) > max_open_days):
+        anomalies.append(Anomaly("stale_open", (opening.event_id or 0,),
+                                 f"open since {opening.occurred_at}, more than {max_open_days:g} days"))
+    reference = opening or first
+    profits = [e.record.profit for e in closes if e.record.profit is not None]
+    return Position(
+        source=source, account=account, position_id=position_id, state=state,
+        side=reference.side, symbol=reference.symbol,
+        opened_volume=None if opened is None else float(opened), closed_volume=float(closed),
+        open_price=life.price if life is not None else None,
+        close_prices=tuple(e.record.price for e in closes if e.record.price is not None),
+        profit=float(sum((_decimal(p) for p in profits), Decimal(0))) if profits else None,
+        opened_at=life.occurred_at if life is not None else None,
+        closed_at=closes[-1].record.occurred_at if closes and state == "closed" else None,
+        event_ids=ids,
+        anomalies=tuple(sorted(anomalies, key=lambda a: ANOMALY_KINDS.index(a.kind))),
+    )
+
+
+def _ids(entries: Sequence[Entry]) -> tuple[int, ...]:
+    return tuple(e.record.event_id or 0 for e in entries)
+
+
+def _differs(opening: Normalized, close: Normalized) -> bool:
+    side = close.side is not None and opening.side is not None and close.side != opening.side
+    symbol = close.symbol is not None and opening.symbol is not None and close.symbol != opening.symbol
+    return side or symbol
+
+
+def _plain(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def _age_days(iso: str, now: float) -> float:
+    from datetime import datetime
+
+    return (now - datetime.fromisoformat(iso).timestamp()) / DAY
