@@ -58,8 +58,19 @@ class Position:
     profit: float | None = None
     opened_at: str | None = None
     closed_at: str | None = None
+    last_event_at: str | None = None  # the latest sender time among its events
     event_ids: tuple[int, ...] = ()
     anomalies: tuple[Anomaly, ...] = field(default=())
+
+
+    @property
+    def open_volume(self) -> float | None:
+        """What is still open: opened minus closed (None when the opened volume is unknown)."""
+        if self.state == "closed":
+            return 0.0
+        if self.opened_volume is None:
+            return None
+        return float(_decimal(self.opened_volume) - _decimal(self.closed_volume))
 
 
 def key(record: Normalized) -> tuple[str, str, str] | None:
@@ -149,6 +160,7 @@ def fold(entries: Iterable[Entry], *, now: float | None = None, max_open_days: f
         profit=float(sum((_decimal(p) for p in profits), Decimal(0))) if profits else None,
         opened_at=life.occurred_at if life is not None else None,
         closed_at=closes[-1].record.occurred_at if closes and state == "closed" else None,
+        last_event_at=max((e.record.occurred_at for e in ordered if e.record.occurred_at), default=None),
         event_ids=ids,
         anomalies=tuple(sorted(anomalies, key=lambda a: ANOMALY_KINDS.index(a.kind))),
     )
