@@ -317,14 +317,22 @@ def unwritable_data(config: Config, plugins: dict[str, Plugin]) -> list[str]:
 @click.option("--event", "event_type", help="Event type of the sample body (default: the scheme's first).")
 @click.option("--file", "body_file", type=click.File("rb"), help="Send this body instead of a sample.")
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), help="Also write the body sent here.")
+@click.option("--position", help="The sample's position id: open one, then close it, fully or partly.")
+@click.option("--volume", type=click.FloatRange(min=0, min_open=True), help="The sample's volume in lots.")
 @click.option("--url", callback=base_url,
               help=URL_HELP + "this config's [server]); the body goes to URL/hooks/SOURCE.")
 @config_option
 def send(
-    source: str, event_type: str | None, body_file: Any, save: Path | None, url: str | None,
-    config_path: Path | None,
+    source: str, event_type: str | None, body_file: Any, save: Path | None, position: str | None,
+    volume: float | None, url: str | None, config_path: Path | None,
 ) -> None:
-    """Sign a body exactly as SOURCE's sender would and POST it to the gateway."""
+    """Sign a body exactly as SOURCE's sender would and POST it to the gateway.
+
+    \b
+    A position opened and closed in two parts:
+      gateway send metacopier --event position.opened --position 42 --volume 1
+      gateway send metacopier --event position.closed --position 42 --volume 0.4
+      gateway send metacopier --event position.closed --position 42 --volume 0.6"""
     import httpx
 
     from gateway.schemes import get_scheme
@@ -338,7 +346,13 @@ def send(
         raise click.BadParameter(f"{event_type!r} is not a {src.scheme} event type; it has: "
                                  f"{', '.join(scheme.event_types)}", param_hint="--event")
     url = url or local_url(config)
-    body = body_file.read() if body_file else scheme.sample(event_type or scheme.event_types[0])
+    if body_file and (position or volume):
+        raise click.BadParameter("--position and --volume shape the sample body; --file sends yours as it is")
+    shaped = {k: v for k, v in (("position", position), ("volume", volume)) if v is not None}
+    try:
+        body = body_file.read() if body_file else scheme.sample(event_type or scheme.event_types[0], **shaped)
+    except TypeError:
+        raise click.BadParameter(f"the {src.scheme} scheme's samples take no --position or --volume") from None
     if save:
         save.write_bytes(body)
     headers = scheme.sign(body, src, time.time())

@@ -347,3 +347,36 @@ def test_events_of_an_unknown_source(workdir: Path) -> None:
     _one_source(workdir, "other")
     kept = run("events", "--source", "copier", cwd=workdir)
     assert len(kept.stdout.splitlines()) == 2 and "not in the config" in kept.stderr
+
+
+def test_send_opens_a_position_and_closes_it_in_parts_for_every_sender(workdir: Path) -> None:
+    """`gateway send --position ID --volume V`: one position opened, then closed in two parts,
+    for each scheme; the stored events name that position and volume, and normalize to it."""
+    from gateway.normalized import normalize
+    from gateway.store.records import StoredEvent
+
+    server = Server(workdir)
+    try:
+        steps = {"metacopier": ("position.opened", "position.closed"), "pipsync": ("trade.opened", "trade.closed"),
+                 "tradrapi": ("open_position", "close_position")}
+        for name, (opening, closing) in steps.items():
+            for event_type, volume in ((opening, "1"), (closing, "0.4"), (closing, "0.6")):
+                sent = run("send", name, "--event", event_type, "--position", f"pos-{name}", "--volume", volume,
+                           "--url", server.url, cwd=workdir)
+                assert '"status": "stored"' in sent.stdout, sent.stdout
+        refused = run("send", "metacopier", "--volume", "-1", "--url", server.url, cwd=workdir, check=False)
+        assert refused.returncode == 2 and "--volume" in refused.stderr
+        events = [orjson.loads(line) for line in run("events", "--json", cwd=workdir).stdout.splitlines()]
+    finally:
+        server.stop()
+    assert len(events) == 9
+    for event in events:
+        assert event["entity_id"] == f"position:pos-{event['source']}"
+    records = [normalize(StoredEvent(id=e["id"], source=e["source"], scheme=e["scheme"], event_type=e["event_type"],
+                                     entity_id=e["entity_id"], dedup_key=e["dedup_key"], status=e["status"],
+                                     conflicts_with=None, account=e["account"], symbol=e["symbol"], received_at=0.0,
+                                     payload=e["payload"], request_id="", attempt=None, remote_addr=None,
+                                     quarantine_reason=None)) for e in reversed(events)]
+    assert [(r.source, r.kind, r.position_id, r.volume) for r in records if r is not None] == [
+        (source, kind, f"pos-{source}", volume) for source in ("metacopier", "pipsync", "tradrapi")
+        for kind, volume in (("position.opened", 1.0), ("position.closed", 0.4), ("position.closed", 0.6))]

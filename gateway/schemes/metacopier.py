@@ -212,7 +212,7 @@ def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     return headers
 
 
-def sample(event_type: str) -> bytes:
+def sample(event_type: str, position: str | None = None, volume: float | None = None) -> bytes:
     now = datetime.now(UTC)
     stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body: dict[str, object] = {
@@ -221,21 +221,21 @@ def sample(event_type: str) -> bytes:
         "accountId": "6f1c2d7e-5b0a-4c1e-9a53-2f7c8f0b9d11",
     }
     if event_type != "history.updated":
-        position: dict[str, object] = {
-            "id": str(_random.randbelow(10**9)),
+        details: dict[str, object] = {
+            "id": position or str(_random.randbelow(10**9)),
             "symbol": "EURUSD",
             "orderType": "Buy",
-            "volume": 0.5,
+            "volume": 0.5 if volume is None else volume,
             "openPrice": 1.08512,
             "stopLoss": 1.081,
             "takeProfit": 1.092,
-            "openTime": stamp[:19] + "Z",
+            "openTime": stamp,
             "magicNumber": "7001",
         }
         if event_type == "position.closed":
-            position |= {"closePrice": 1.0871, "closeTime": stamp[:19] + "Z", "profit": 99.0,
-                         "netProfit": 96.5, "swap": -0.5, "commission": -2.0}
-        body["position"] = position
+            details |= {"closePrice": 1.0871, "closeTime": stamp, "profit": 99.0,
+                        "netProfit": 96.5, "swap": -0.5, "commission": -2.0}
+        body["position"] = details
     return orjson.dumps(body)
 
 

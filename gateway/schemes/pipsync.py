@@ -157,16 +157,16 @@ def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     return {"Content-Type": "application/json", "X-PipSync-Signature": f"t={t},v1={sig}"}
 
 
-def sample(event_type: str) -> bytes:
+def sample(event_type: str, position: str | None = None, volume: float | None = None) -> bytes:
     data: dict[str, object] = {"account_id": "acc_12", "platform": "ctrader", "symbol": "EURUSD"}
     if event_type == "signal.received":
         data |= {"signal_id": f"sig_{_random.token_hex(4)}", "action": "buy", "lots": 0.5}
     else:
         data |= {
             "trade_id": f"tr_{_random.token_hex(4)}",
-            "position_id": str(_random.randbelow(10**9)),
+            "position_id": position or str(_random.randbelow(10**9)),
             "side": "buy",
-            "lots": 0.5,
+            "lots": 0.5 if volume is None else volume,
             "price": 1.08512,
             "sl": 1.081,
             "tp": 1.092,

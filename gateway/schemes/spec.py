@@ -93,7 +93,8 @@ class Scheme(Protocol):
         """The headers that sender would send with `body`."""
 
     def sample(self, event_type: str) -> bytes:
-        """A realistic body with fresh ids."""
+        """A realistic body with fresh ids. The built-in schemes also take `position` (an id) and
+        `volume` (lots) as keywords, for `gateway send --position`."""
 
     def new_secret(self) -> str:
         """A fresh secret this scheme accepts, for the embedded default config."""
@@ -121,7 +122,7 @@ class SchemeSpec:
     verify: Callable[[bytes, Headers, float, SourceConfig], Verified]
     identify: Callable[[bytes, SourceConfig, bool], ParsedEvent]
     sign: Callable[[bytes, SourceConfig, float], dict[str, str]]
-    sample: Callable[[str], bytes]
+    sample: Callable[..., bytes]  # (event_type, position=None, volume=None) for the built-ins
     new_secret: Callable[[], str]
     # One rule, or a function of the source's options (MetaCopier's depends on `auth`).
     secrets: SecretRule | Callable[[Mapping[str, Any]], SecretRule | None]

@@ -208,7 +208,7 @@ def sign(body: bytes, source: SourceConfig, now: float) -> dict[str, str]:
     return {"Content-Type": "application/json", "x-webhook-secret": source.secrets[0].derive(sha1_hex)}
 
 
-def sample(event_type: str, count: int = 1) -> bytes:
+def sample(event_type: str, count: int = 1, position: str | None = None, volume: float | None = None) -> bytes:
     def event() -> dict[str, Any]:
         now_ms = int(time.time() * 1000)
         payload: dict[str, Any] = {
@@ -217,8 +217,8 @@ def sample(event_type: str, count: int = 1) -> bytes:
             "symbol": "EURUSD",
         }
         if event_type in ("open_position", "close_position"):
-            payload |= {"platformTradeId": f"t-{_random.token_hex(4)}", "openPrice": 1.0851,
-                        "lots": 1, "type": "BUY", "balance": 10000, "openedAt": now_ms}
+            payload |= {"platformTradeId": position or f"t-{_random.token_hex(4)}", "openPrice": 1.0851,
+                        "lots": 1 if volume is None else volume, "type": "BUY", "balance": 10000, "openedAt": now_ms}
             if event_type == "close_position":
                 payload |= {"closePrice": 1.0871, "profit": 200.0, "closedAt": now_ms}
         elif event_type == "balance_operation":
