@@ -111,13 +111,14 @@ class Reader:
             except ValueError:
                 self.problems.append(f"{path}: {value[:40]!r} is not a number")
                 return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        number = None if isinstance(value, bool) or not isinstance(value, int | float) else _finite(value)
+        if number is None:
             self.problems.append(f"{path}: {str(value)[:40]!r} is not a finite number")
             return None
-        if positive and value <= 0:
-            self.problems.append(f"{path}: {'negative' if value < 0 else 'zero'} ({value})")
+        if positive and number <= 0:
+            self.problems.append(f"{path}: {'negative' if number < 0 else 'zero'} ({value})")
             return None
-        return float(value)
+        return number
 
     def side(self, *paths: str) -> Side | None:
         """buy or sell, from `buy`, `Buy`, `BUY`, or an order type such as `BuyLimit` or `SELL_STOP`."""
@@ -139,10 +140,10 @@ class Reader:
         if value is None:
             return None
         stamp: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            stamp = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            stamp = _finite(value)
         elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
-            stamp = float(value.strip())
+            stamp = _finite(value.strip())
         elif isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value.strip())
@@ -167,6 +168,15 @@ class Reader:
         """Record a field a record of this kind cannot do without."""
         if value is None and not any(p.startswith(what) for p in self.problems):
             self.problems.append(f"{what}: missing")
+
+
+def _finite(value: float | str) -> float | None:
+    """`value` as a finite float, or None (an integer beyond a float's range included)."""
+    try:
+        number = float(value)
+    except (OverflowError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def normalize(record: EventRecord) -> Normalized | None:

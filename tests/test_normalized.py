@@ -104,3 +104,9 @@ def test_quarantined_events_and_unknown_schemes_have_no_normalized_form() -> Non
     assert normalize(_record("metacopier", "position.opened", opened, status="quarantined")) is None
     assert normalize(_record("metacopier", "position.opened", None)) is None
     assert normalize(_record("no-such-scheme", "position.opened", opened)) is None
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), float("inf"), "9" * 400])
+def test_numbers_beyond_a_float_are_recorded_not_raised(value: Any) -> None:
+    read = Reader({"v": value, "t": value})
+    assert read.number("v") is None and read.when("t") is None and len(read.problems) == 2
