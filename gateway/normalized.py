@@ -9,12 +9,15 @@ has the tables). Events with no trading meaning (MetaCopier's `history.updated`,
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.model import EventRecord, iso_utc
+
+log = logging.getLogger("gateway.normalized")
 
 Kind = Literal["position.opened", "position.closed", "order.placed", "order.cancelled", "balance.operation",
                "account.created", "account.updated"]
@@ -201,4 +204,11 @@ def _mapped(scheme: str, event_type: str, event: Any) -> Normalized | None:
         mapping = getattr(get_scheme(scheme), "normalize", None)
     except SchemeError:
         return None
-    return None if mapping is None else mapping(event_type, event)
+    if mapping is None:
+        return None
+    try:
+        found: Normalized | None = mapping(event_type, event)
+    except Exception:  # a scheme registered from outside broke its promise: no normalized form
+        log.exception("scheme %s: normalize(%r) raised", scheme, event_type)
+        return None
+    return found

@@ -3,6 +3,7 @@ events. Odd fields never raise: each is left out and recorded."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from gateway.model import EventRecord
 from gateway.normalized import Reader, normalize
-from gateway.schemes import metacopier, pipsync, tradrapi
+from gateway.schemes import metacopier, pipsync, register_scheme, tradrapi
+from tests.schemes import toy_scheme
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -110,3 +112,18 @@ def test_quarantined_events_and_unknown_schemes_have_no_normalized_form() -> Non
 def test_numbers_beyond_a_float_are_recorded_not_raised(value: Any) -> None:
     read = Reader({"v": value, "t": value})
     assert read.number("v") is None and read.when("t") is None and len(read.problems) == 2
+
+
+def _raises(event_type: str, event: Any) -> None:
+    raise KeyError("a broken mapping")
+
+
+BROKEN = dataclasses.replace(toy_scheme.scheme, name="broken-map", normalize=_raises)
+
+
+def test_a_mapping_that_raises_gives_no_normalized_form_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A scheme registered from outside may break the never-raise promise: the event then has
+    no normalized form; nothing else breaks."""
+    register_scheme("broken-map", "tests.test_normalized:BROKEN")
+    assert normalize(_record("broken-map", "position.opened", {"position": {"id": "1"}})) is None
+    assert "scheme broken-map: normalize('position.opened') raised" in caplog.text
