@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.model import EventRecord
 from gateway.normalized import Reader, normalize
-from gateway.schemes import metacopier, pipsync, register_scheme, tradrapi
+from gateway.schemes import SCHEMES, metacopier, pipsync, tradrapi
 from tests.schemes import toy_scheme
 
 
@@ -121,9 +121,10 @@ def _raises(event_type: str, event: Any) -> None:
 BROKEN = dataclasses.replace(toy_scheme.scheme, name="broken-map", normalize=_raises)
 
 
-def test_a_mapping_that_raises_gives_no_normalized_form_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_mapping_that_raises_gives_no_normalized_form_and_is_logged(caplog: pytest.LogCaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheme registered from outside may break the never-raise promise: the event then has
     no normalized form; nothing else breaks."""
-    register_scheme("broken-map", "tests.test_normalized:BROKEN")
+    monkeypatch.setitem(SCHEMES, "broken-map", "tests.test_normalized:BROKEN")  # registered for this test only
     assert normalize(_record("broken-map", "position.opened", {"position": {"id": "1"}})) is None
     assert "scheme broken-map: normalize('position.opened') raised" in caplog.text
