@@ -67,6 +67,7 @@ class Difference:
 def read_snapshot(text: str) -> list[Open]:
     """Every open position of a snapshot: CSV whose first line names the columns, or one JSON
     object per line. Raises SnapshotError naming the first bad line."""
+    text = text.removeprefix("\ufeff")  # a byte order mark, as spreadsheets write CSV
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     rows = _json_lines(text) if first.startswith("{") else _csv_rows(text)
     seen: dict[tuple[str, str], int] = {}

@@ -37,6 +37,8 @@ def test_csv_and_json_lines_read_the_same() -> None:
     assert [(o.position_id, o.volume) for o in from_json] == [(o.position_id, o.volume) for o in from_csv]
     assert [o.line for o in from_json] == [1, 2, 4]
     assert read_snapshot("") == [] and read_snapshot("account,position_id,symbol,side,volume\n") == []
+    excel = "\ufeff" + CSV.replace("\n", "\r\n").replace("a-2,p-9,GBPUSD", '"a-2","p-9","GBPUSD"')
+    assert read_snapshot(excel) == from_csv  # a byte order mark, CRLF and quoted cells, as spreadsheets write
 
 
 @pytest.mark.parametrize(("text", "message"), [
