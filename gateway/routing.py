@@ -7,8 +7,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jmespath.exceptions import JMESPathError
-
 from gateway.config import PluginConfig
 from gateway.model import ParsedEvent
 
@@ -64,7 +62,7 @@ class Router:
     def _refuses(self, plugin: PluginConfig, source: str, event: ParsedEvent) -> str | None:
         try:
             found = plugin.condition.search(self._document(plugin, source, event))
-        except (JMESPathError, TypeError, ValueError) as exc:  # e.g. a function given the wrong type
+        except Exception as exc:
             log.warning("plugin %s: where %r failed on a %s event: %s", plugin.name, plugin.where,
                         event.event_type, exc)
             return "error"

@@ -331,8 +331,11 @@ def test_where_filters_keep_events_from_a_plugin_and_are_counted(make_config: Ca
         plugin("gold", where="position.symbol == 'XAUUSD'"),
         plugin("big", shape="normalized", where="volume > `1`"),
         plugin("typed", where="abs(position.symbol) > `0`"),  # abs() of a string: an error on every event
+        plugin("overflow", where="ceil(to_number(position.big)) > `1`"),  # ceil(inf) raises OverflowError
     ]))
     gold = send(gw, opened("w-1", symbol="XAUUSD"))
+    huge = send(gw, orjson.dumps({"type": "position.opened", "accountId": "a",
+                                  "position": {"id": "w-0", "big": "1e999"}}))
     small = send(gw, orjson.dumps({"type": "position.opened", "accountId": "a",
                                    "position": {"id": "w-2", "symbol": "EURUSD", "orderType": "Buy", "volume": 0.5}}))
     large = send(gw, orjson.dumps({"type": "position.opened", "accountId": "a",
@@ -350,11 +353,14 @@ def test_where_filters_keep_events_from_a_plugin_and_are_counted(make_config: Ca
     assert recorder(gw, "typed").delivered == []
     assert {d.plugin for d in deliveries(gw.app.config)} == {"gold", "big"}  # no rows for what was filtered
     assert small not in {d.event_id for d in deliveries(gw.app.config)}
-    assert metric(gw, "gateway_plugin_filtered_total", plugin="gold", reason="no_match") == 3
-    assert metric(gw, "gateway_plugin_filtered_total", plugin="big", reason="no_match") == 2
-    assert metric(gw, "gateway_plugin_filtered_total", plugin="typed", reason="error") == 4
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="gold", reason="no_match") == 4
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="big", reason="no_match") == 3
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="typed", reason="error") == 5
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="overflow", reason="error") == 5
+    # ...and w-0, whose ceil(inf) overflowed, was stored all the same
+    assert huge in {e.id for e in events(gw.app.config)}
     send(gw, opened("w-1", symbol="XAUUSD"))  # a repeat: answered duplicate, not counted again
-    assert metric(gw, "gateway_plugin_filtered_total", plugin="big", reason="no_match") == 2
+    assert metric(gw, "gateway_plugin_filtered_total", plugin="big", reason="no_match") == 3
 
 
 def test_the_normalized_shape_serves_every_sender_and_keeps_events_without_meaning(

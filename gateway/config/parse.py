@@ -120,8 +120,8 @@ def _condition(c: Checker, key: str, where: str) -> Any:
         else:
             reason = exc.msg
         c.error(key, f"is not a JMESPath expression: {reason} at position {position}:\n  {where}\n  {' ' * position}^")
-    except JMESPathError as exc:
-        c.error(key, f"is not a JMESPath expression: {exc}")
+    except (JMESPathError, RecursionError) as exc:
+        c.error(key, f"is not a JMESPath expression: {str(exc)[:200] or 'nested too deeply'}")
     return None
 
 
