@@ -80,9 +80,9 @@ def key(record: Normalized) -> tuple[str, str, str] | None:
     return record.source, record.account or "", record.position_id
 
 
-def _order(entry: Entry) -> tuple[str, int]:
-    # Events without a time sort first; within one time, by our id (arrival)
-    return entry.record.occurred_at or "", entry.record.event_id or 0
+def _order(entry: Entry) -> tuple[str, int, int]:
+    # Events without a time sort first; within one time, opens before closes, then by our id
+    return entry.record.occurred_at or "", entry.record.kind != "position.opened", entry.record.event_id or 0
 
 
 def _decimal(value: float | None) -> Decimal:
@@ -104,52 +104,55 @@ def fold(entries: Iterable[Entry], *, now: float | None = None, max_open_days: f
 
     opening = opens[0].record if opens else None
     # Opens add up (a netting account adds to a position). An open that comes once everything
-    # opened before it was closed reopens the position id: the volumes start again from it.
-    opened_sum, closed, reopened, overclosed = Decimal(0), Decimal(0), [], []
-    unknown_close, life = False, opening  # `life`: the open the position's current life began with
+    # opened before it was closed reopens the position id: the volumes start again from it. A
+    # close of unknown volume closes what is left. Overclosing is judged at the end of each life,
+    # so it does not depend on where a close sorts among its life's events.
+    opened_sum, closed, reopened, overclosed, mismatched = Decimal(0), Decimal(0), [], [], []
+    life, life_closes = opening, []  # the open the current life began with, and that life's closes
     for entry in ordered:
         record = entry.record
         if record.kind == "position.closed":
-            closed += _decimal(record.volume)
-            unknown_close |= record.volume is None
-            if opening is not None and closed > opened_sum > 0:
-                overclosed.append(entry)
+            closed = opened_sum if record.volume is None else closed + _decimal(record.volume)
+            life_closes.append(entry)
+            if life is not None and _differs(life, record):
+                mismatched.append((life, entry))
             continue
         if record is not opening and closed >= opened_sum > 0:
             reopened.append(record.event_id or 0)
-            opened_sum, closed, unknown_close, life = Decimal(0), Decimal(0), False, record
+            overclosed += life_closes if closed > opened_sum else []
+            opened_sum, closed, life, life_closes = Decimal(0), Decimal(0), record, []
         opened_sum += _decimal(record.volume)
+    if opening is not None and opened_sum > 0 and closed > opened_sum:
+        overclosed += life_closes
+    unknown_close = any(e.record.volume is None for e in life_closes)
     opened = opened_sum if opening is not None and any(e.record.volume is not None for e in opens) else None
     if opening is None:
         anomalies.append(Anomaly("close_without_open", _ids(closes),
                                  f"{len(closes)} close(s) and no open: an open was lost"))
     if overclosed:
-        anomalies.append(Anomaly("overclosed", _ids(overclosed),
-                                 f"closed {_plain(closed)} lots of a position opened with {_plain(opened_sum)}"))
+        anomalies.append(Anomaly("overclosed", _ids(overclosed), "more lots closed than were opened"))
     if reopened:
         anomalies.append(Anomaly("reopened", tuple(reopened), "an open for a position already closed"))
-    if opening is not None:
-        mismatched = [e for e in closes if _differs(opening, e.record)]
-        if mismatched:
-            anomalies.append(Anomaly("side_or_symbol_mismatch", _ids(mismatched),
-                                     f"opened {opening.side} {opening.symbol}; "
-                                     + ", ".join(f"closed {e.record.side} {e.record.symbol}" for e in mismatched)))
+    if mismatched:
+        anomalies.append(Anomaly("side_or_symbol_mismatch", _ids([e for _, e in mismatched]),
+                                 ", ".join(f"opened {o.side} {o.symbol}; closed {e.record.side} {e.record.symbol}"
+                                           for o, e in mismatched)))
     conflicts = [e for e in ordered if e.conflict]
     if conflicts:
         anomalies.append(Anomaly("conflict", _ids(conflicts),
                                  "the sender re-sent an event with other content (both versions are kept)"))
 
-    if opening is None or unknown_close:  # a close of unknown volume closes what is left
+    if opening is None or (unknown_close and closed >= opened_sum):
         state: State = "closed"
     elif opened is None or closed == 0:
         state = "open" if closed == 0 else "partially_closed"
     else:
         state = "closed" if closed >= opened else "partially_closed"
-    if (state != "closed" and now is not None and max_open_days is not None and opening is not None
-            and opening.occurred_at is not None and _age_days(opening.occurred_at, now) > max_open_days):
-        anomalies.append(Anomaly("stale_open", (opening.event_id or 0,),
-                                 f"open since {opening.occurred_at}, more than {max_open_days:g} days"))
-    reference = opening or first
+    if (state != "closed" and now is not None and max_open_days is not None and life is not None
+            and life.occurred_at is not None and _age_days(life.occurred_at, now) > max_open_days):
+        anomalies.append(Anomaly("stale_open", (life.event_id or 0,),
+                                 f"open since {life.occurred_at}, more than {max_open_days:g} days"))
+    reference = life or first
     profits = [e.record.profit for e in closes if e.record.profit is not None]
     return Position(
         source=source, account=account, position_id=position_id, state=state,

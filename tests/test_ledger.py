@@ -110,3 +110,25 @@ def test_the_state_depends_on_the_events_not_on_their_order(events: list[Any], r
     shuffled = entries[:]
     rng.shuffle(shuffled)
     assert fold(shuffled) == fold(entries)
+
+
+def test_found_in_review_overclose_reopen_and_unknown_volume() -> None:
+    """An overclose found whatever the arrival order of same-time events; a reopened position
+    takes its side, symbol and age from its new open; a close of unknown volume closes the rest
+    of its life only, so a later open is a reopen."""
+    at = "2026-11-20T10:00:00.000Z"
+    first_open = opened(1.0, at=at)
+    big_close = closed(2.0, at=at)
+    late_open, early_close = opened(1.0, at=at), closed(2.0, at=at)  # the close got the lower id here
+    assert kinds(fold([first_open, big_close])) == ["overclosed"]
+    assert kinds(fold([early_close, late_open])) == ["overclosed"]
+    assert kinds(fold([opened(1.0), closed(2.0, at=None)])) == ["overclosed"]
+    sold = fold([opened(1.0), closed(1.0), opened(1.0, at="2026-11-21T00:00:00.000Z", side="sell"),
+                 closed(0.5, at="2026-11-21T01:00:00.000Z", side="sell")])
+    assert (sold.side, sold.state, kinds(sold)) == ("sell", "partially_closed", ["reopened"])
+    stale = fold([opened(1.0, at="2020-01-01T00:00:00.000Z"), closed(1.0, at="2020-01-02T00:00:00.000Z"),
+                  opened(1.0, at="2026-11-20T00:00:00.000Z")], now=1_795_132_800.0 + 3600, max_open_days=1)
+    assert kinds(stale) == ["reopened"]  # open one hour, not since 2020
+    again = fold([opened(1.0), closed(None, at="2026-11-20T11:00:00.000Z"),
+                  opened(1.0, at="2026-11-20T12:00:00.000Z")])
+    assert (again.state, again.opened_volume, kinds(again)) == ("open", 1.0, ["reopened"])
