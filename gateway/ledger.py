@@ -97,10 +97,14 @@ def fold(entries: Iterable[Entry], *, now: float | None = None, max_open_days: f
         raise ValueError("a position needs at least one event")
     first = ordered[0].record
     source, account, position_id = first.source, first.account or "", first.position_id or ""
+    ids = tuple(e.record.event_id for e in ordered if e.record.event_id is not None)
+    # A conflict is a second version of an occurrence already counted: it raises its anomaly
+    # and is listed, but its volume is not counted again.
+    conflicts = [e for e in ordered if e.conflict]
+    ordered = [e for e in ordered if not e.conflict] or ordered
     opens = [e for e in ordered if e.record.kind == "position.opened"]
     closes = [e for e in ordered if e.record.kind == "position.closed"]
     anomalies: list[Anomaly] = []
-    ids = tuple(e.record.event_id for e in ordered if e.record.event_id is not None)
 
     opening = opens[0].record if opens else None
     # Opens add up (a netting account adds to a position). An open that comes once everything
@@ -137,7 +141,6 @@ def fold(entries: Iterable[Entry], *, now: float | None = None, max_open_days: f
         anomalies.append(Anomaly("side_or_symbol_mismatch", _ids([e for _, e in mismatched]),
                                  ", ".join(f"opened {o.side} {o.symbol}; closed {e.record.side} {e.record.symbol}"
                                            for o, e in mismatched)))
-    conflicts = [e for e in ordered if e.conflict]
     if conflicts:
         anomalies.append(Anomaly("conflict", _ids(conflicts),
                                  "the sender re-sent an event with other content (both versions are kept)"))
