@@ -655,6 +655,31 @@ def test_a_bad_where_is_refused_at_load_naming_the_key_and_the_position(
     assert_error(config_errors(path, {"MC": "m" * 40}), path, "plugins[0] (big).where", fragment)
 
 
+@pytest.mark.parametrize(("where", "fragment"), [
+    ("lenght(symbol) > `3`", "calls unknown function lenght() (did you mean length()?) at position 0:\n"
+                             "  lenght(symbol) > `3`\n  ^"),
+    ("length(a, b)", "length() takes 1 argument, got 2 at position 0"),
+    ("starts_with(a)", "starts_with() takes 2 arguments, got 1"),
+    ("not_null()", "not_null() takes at least 1 argument, got 0"),
+    # Found wherever it sits: in a filter, an expression reference, a multiselect, a pipe.
+    ("a[?length(@) == `1`].b | sort_by(@, &lenth(x))", "calls unknown function lenth() (did you mean "
+                                                        "length()?) at position 37"),
+    ("{k: length(a)}.k && length(a, b)", "length() takes 1 argument, got 2 at position 20"),
+    ("length(a,) && length(a, b)", "length() takes 1 argument, got 2 at position 14"),  # (a,) is one
+])
+def test_a_where_calling_an_unknown_function_or_with_the_wrong_arguments_is_refused_at_load(
+        write: Callable[[str], Path], where: str, fragment: str) -> None:
+    path = write(WHERE_SOURCE + f"[[plugins]]\nname = \"big\"\nuse = \"jsonl\"\nwhere = '{where}'\n")
+    assert_error(config_errors(path, {"MC": "m" * 40}), path, "plugins[0] (big).where", fragment)
+
+
+def test_a_where_calling_built_in_functions_rightly_loads(write: Callable[[str], Path]) -> None:
+    where = "length(symbol) > `3` && not_null(a, b, `1`) && max_by(xs, &n).n == `2` && merge(`{}`) == `{}`"
+    path = write(WHERE_SOURCE + f"[[plugins]]\nname = \"p\"\nuse = \"jsonl\"\nwhere = '{where}'\n")
+    condition = load_config(path, environ={"MC": "m" * 40}).plugins[0].condition
+    assert condition.search({"symbol": "EURUSD", "xs": [{"n": 1}, {"n": 2}]}) is True
+
+
 def test_shape_is_raw_or_normalized_and_where_compiles(write: Callable[[str], Path]) -> None:
     path = write(WHERE_SOURCE + '[[plugins]]\nname = "p"\nuse = "jsonl"\nshape = "flat"\n')
     assert_error(config_errors(path, {"MC": "m" * 40}), path, "plugins[0] (p).shape",

@@ -102,7 +102,9 @@ SHAPES = ("raw", "normalized")
 
 
 def _condition(c: Checker, key: str, where: str) -> Any:
-    """`where` compiled; a JMESPath error names the position in the expression."""
+    """`where` compiled; a JMESPath error names the position in the expression, and so does a
+    call to a function JMESPath does not have or with the wrong number of arguments (which
+    JMESPath itself only finds when the expression runs)."""
     import jmespath
     from jmespath.exceptions import IncompleteExpressionError, JMESPathError, LexerError, ParseError
 
@@ -110,7 +112,7 @@ def _condition(c: Checker, key: str, where: str) -> Any:
         c.error(key, "is empty: give a JMESPath expression, or leave where out")
         return None
     try:
-        return jmespath.compile(where)
+        compiled = jmespath.compile(where)
     except (LexerError, ParseError) as exc:
         position = int(exc.lex_position or 0)
         if isinstance(exc, LexerError):
@@ -119,10 +121,87 @@ def _condition(c: Checker, key: str, where: str) -> Any:
             reason = "the expression ends too early"
         else:
             reason = exc.msg
-        c.error(key, f"is not a JMESPath expression: {reason} at position {position}:\n  {where}\n  {' ' * position}^")
+        c.error(key, f"is not a JMESPath expression: {reason}{_pointer(where, position)}")
+        return None
     except (JMESPathError, RecursionError) as exc:
         c.error(key, f"is not a JMESPath expression: {str(exc)[:200] or 'nested too deeply'}")
-    return None
+        return None
+    problems = _bad_calls(compiled.parsed, where)
+    for problem, at in problems:
+        c.error(key, problem + _pointer(where, at))
+    return None if problems else compiled
+
+
+def _pointer(where: str, position: int | None) -> str:
+    return "" if position is None else f" at position {position}:\n  {where}\n  {' ' * position}^"
+
+
+def _bad_calls(tree: Any, where: str) -> list[tuple[str, int | None]]:
+    """Each call in the parsed `where` to a function missing from JMESPath's built-in table, or
+    with a number of arguments its signature refuses, in the order they are written."""
+    from difflib import get_close_matches
+
+    from jmespath.functions import Functions
+
+    table: dict[str, Any] = Functions.FUNCTION_TABLE  # built by its metaclass
+    sites = _call_sites(where)
+    found: dict[tuple[str, int | None], None] = {}
+    at: tuple[str, int | None]
+    nodes: list[Any] = [tree]
+    while nodes:  # a loop, not recursion: the tree may be as deep as the parser allowed
+        node = nodes.pop()
+        if not isinstance(node, dict):  # a slice's bounds are ints or None
+            continue
+        nodes.extend(node.get("children", ()))
+        if node.get("type") != "function_expression":
+            continue
+        name, given = node["value"], len(node["children"])
+        if name not in table:
+            close = get_close_matches(name, table, n=1)
+            hint = f" (did you mean {close[0]}()?)" if close else ""
+            reason, at = f"calls unknown function {name}(){hint}", (name, None)
+        else:
+            signature = table[name]["signature"]
+            variadic = bool(signature) and bool(signature[-1].get("variadic"))
+            wanted = len(signature)
+            if given == wanted or (variadic and given > wanted):
+                continue
+            plural = "" if wanted == 1 else "s"
+            least = "at least " if variadic else ""
+            reason, at = f"{name}() takes {least}{wanted} argument{plural}, got {given}", (name, given)
+        found[reason, sites.get(at, sites.get((name, None)))] = None
+    return sorted(found, key=lambda problem: (problem[1] is None, problem[1] or 0))
+
+
+def _call_sites(where: str) -> dict[tuple[str, int | None], int]:
+    """Where each function call starts in `where`, by (name, number of arguments) and by
+    (name, None), the first call of that name winning; read from the tokens, because the
+    parsed tree keeps no positions."""
+    from jmespath.lexer import Lexer
+
+    sites: dict[tuple[str, int | None], int] = {}
+    # One frame per open bracket: for a call's "(", [name, start, arguments, between] (between:
+    # no token of an argument seen since "(" or the last comma, so `f(a,)` has one, as parsed).
+    frames: list[list[Any] | None] = []
+    previous: Any = {"type": ""}
+    for token in Lexer().tokenize(where):
+        kind = token["type"]
+        call = frames[-1] if frames else None
+        if call is not None and kind == "comma":
+            call[3] = True
+        elif call is not None and call[3] and kind not in ("rparen", "eof"):
+            call[2], call[3] = call[2] + 1, False
+        if kind == "lparen" and previous["type"] == "unquoted_identifier":
+            frames.append([previous["value"], previous["start"], 0, True])
+        elif kind in ("lparen", "lbracket", "filter", "lbrace"):
+            frames.append(None)
+        elif kind in ("rparen", "rbracket", "rbrace") and frames:
+            call = frames.pop()
+            if call is not None:
+                sites.setdefault((call[0], call[2]), call[1])
+                sites.setdefault((call[0], None), call[1])
+        previous = token
+    return sites
 
 
 def _metrics(c: Checker, data: Mapping[str, Any]) -> MetricsConfig:
