@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.normalized import Normalized
 
@@ -182,11 +182,21 @@ def _differs(opening: Normalized, close: Normalized) -> bool:
     return side or symbol
 
 
-def _plain(value: Decimal) -> str:
-    return format(value.normalize(), "f")
-
-
 def _age_days(iso: str, now: float) -> float:
     from datetime import datetime
 
     return (now - datetime.fromisoformat(iso).timestamp()) / DAY
+
+
+def position_json(position: Position) -> dict[str, Any]:
+    """The public shape of a position (the API, the CLI, the stored document)."""
+    return {
+        "source": position.source, "account": position.account, "position_id": position.position_id,
+        "state": position.state, "side": position.side, "symbol": position.symbol,
+        "opened_volume": position.opened_volume, "closed_volume": position.closed_volume,
+        "open_volume": position.open_volume, "open_price": position.open_price,
+        "close_prices": list(position.close_prices), "profit": position.profit,
+        "opened_at": position.opened_at, "closed_at": position.closed_at, "last_event_at": position.last_event_at,
+        "event_ids": list(position.event_ids),
+        "anomalies": [{"kind": a.kind, "event_ids": list(a.event_ids), "detail": a.detail} for a in position.anomalies],
+    }

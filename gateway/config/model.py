@@ -42,6 +42,8 @@ class SourceConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     # True: another source may have the same secret (a request captured at one verifies at the other).
     allow_shared_secret: bool = False
+    # The ledger raises `stale_open` for a position open longer than this; None: never.
+    max_open_days: float | None = None
 
     def allows(self, address: str | None) -> bool:
         """True when `address` may send to this source (no allowlist allows any)."""

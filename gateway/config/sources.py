@@ -16,7 +16,7 @@ from gateway.config.model import DEFAULT_TOLERANCE, SOURCE_NAME, SourceConfig
 
 # The keys every source takes, whatever its scheme.
 KEYS = {"name", "scheme", "secret", "secrets", "tolerance_seconds", "allow_ips", "dedup_fields",
-        "dedup_ignore_fields", "rate_limit", "rate_burst", "allow_shared_secret"}
+        "dedup_ignore_fields", "rate_limit", "rate_burst", "allow_shared_secret", "max_open_days"}
 
 
 def _scheme(c: Checker, raw: Mapping[str, Any], key: str) -> registry.Scheme | None:
@@ -127,6 +127,9 @@ def parse_source(c: Checker, raw: Any, index: int) -> SourceConfig | None:
     elif not 1 <= burst <= 1_000_000:
         c.error(f"{key}.rate_burst", f"must be between 1 and 1000000, got {burst}")
 
+    # 0: off. A position open for longer than this raises `stale_open` (docs/ledger.md).
+    max_open_days = c.number(raw, key, "max_open_days", 0.0, 0, 36_500)
+
     source = SourceConfig(
         name=name,
         scheme=scheme.name if scheme is not None else "",
@@ -139,6 +142,7 @@ def parse_source(c: Checker, raw: Any, index: int) -> SourceConfig | None:
         rate_burst=burst if rate else 0,
         options=MappingProxyType(options),
         allow_shared_secret=c.get(raw, f"{key}.allow_shared_secret", "allow_shared_secret", bool, False),
+        max_open_days=max_open_days or None,
     )
     if scheme is not None:
         for sub, message in scheme.check(source):

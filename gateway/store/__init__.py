@@ -35,6 +35,16 @@ from gateway.store.records import (
 if TYPE_CHECKING:
     from gateway.config import StoreConfig
     from gateway.model import Outcome
+    from gateway.store.ledger_records import (
+        AnomalyQuery,
+        LedgerStatus,
+        LedgerWrite,
+        LoadedPosition,
+        PositionKey,
+        PositionQuery,
+        StoredAnomaly,
+        StoredPosition,
+    )
 
 __all__ = [
     "BACKENDS", "Claim", "CommitListener", "DeliveryRecord", "DeliveryResult", "DeliveryStats", "DeliveryStatus",
@@ -191,6 +201,57 @@ class Store(Protocol):
         self, *, source: str | None = None, code: str | None = None, limit: int = 100
     ) -> list[Rejection]:
         """Recorded rejections, newest first."""
+        ...
+
+    # --- the position ledger (gateway.projector keeps it) -------------------------------------
+
+    async def ledger_status(self) -> LedgerStatus:
+        """Where the projection stands: its checkpoint, the newest event, and since when the
+        oldest event not projected yet waits."""
+        ...
+
+    async def ledger_load(self, keys: Sequence[PositionKey]) -> dict[PositionKey, LoadedPosition]:
+        """The entries, stored state and unresolved anomalies of each position in `keys` (an
+        empty `LoadedPosition` for one never seen)."""
+        ...
+
+    async def ledger_orphans(self, limit: int) -> list[PositionKey]:
+        """Up to `limit` positions that have entries but no row: after a reset, those whose
+        events were all pruned."""
+        ...
+
+    async def ledger_write(self, write: LedgerWrite) -> list[int] | None:
+        """Write one projection step in one transaction, only if the checkpoint is still
+        `write.after`: returns the ids of the anomalies raised, in order, or None (nothing
+        written: the checkpoint moved). Entries are keyed by event id, positions by their key."""
+        ...
+
+    async def ledger_reset(self) -> None:
+        """Make the projection start again from the first event (`gateway ledger rebuild`):
+        positions go, entries of events still stored go, anomalies stay (the projection resolves
+        or keeps them, acknowledgements included), and the orphans flag is set."""
+
+    async def list_positions(self, query: PositionQuery) -> list[StoredPosition]:
+        """Positions matching `query`, newest first (by when they were first seen)."""
+        ...
+
+    async def get_position(self, key: PositionKey) -> StoredPosition | None:
+        """One position, or None."""
+        ...
+
+    async def list_anomalies(self, query: AnomalyQuery) -> list[StoredAnomaly]:
+        """Anomalies matching `query`, newest first; acknowledged and resolved ones included
+        unless `query.open` says otherwise."""
+        ...
+
+    async def acknowledge_anomaly(self, anomaly_id: int, note: str, at: float) -> StoredAnomaly | None:
+        """Mark an anomaly acknowledged at `at` with `note` (again: the newer note wins).
+        None when there is no such anomaly."""
+        ...
+
+    async def position_counts(self) -> list[tuple[str, str, int]]:
+        """(source, state, positions), sorted. A state that had positions and has none now is
+        listed with 0 until a reset."""
         ...
 
     # --- upkeep -----------------------------------------------------------------------------

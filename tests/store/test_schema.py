@@ -32,7 +32,8 @@ def versions(conn: sqlite3.Connection) -> list[int]:
 def test_migrate_creates_the_schema(conn: sqlite3.Connection) -> None:
     assert migrate(conn) == len(MIGRATIONS)
     assert names(conn, "table") == {"schema_version", "receipts", "events", "deliveries", "rejections", "heartbeat",
-                                    "job_leases"}
+                                    "job_leases", "ledger_state", "ledger_entries", "positions", "anomalies",
+                                    "position_counts"}
     assert {"events_source", "events_receipt"} <= names(conn, "index")
     assert versions(conn) == list(range(1, len(MIGRATIONS) + 1))
     assert not conn.in_transaction

@@ -32,7 +32,17 @@ from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, ParsedEvent, load_payload
 from gateway.store import StoreObserver, prune_in_batches
 from gateway.store.committer import MAX_GROUP_EVENTS, Committed, Ingest
-from gateway.store.postgres import _identity, _outbox
+from gateway.store.ledger_records import (
+    AnomalyQuery,
+    LedgerStatus,
+    LedgerWrite,
+    LoadedPosition,
+    PositionKey,
+    PositionQuery,
+    StoredAnomaly,
+    StoredPosition,
+)
+from gateway.store.postgres import _identity, _ledger, _outbox
 from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events, store_events_at_once
 from gateway.store.postgres._schema import MIGRATIONS, Conn, migrate, version
 from gateway.store.records import (
@@ -595,6 +605,40 @@ class PostgresStore:
         return [Rejection(id=r[0], received_at=r[1] / US, request_id=r[2], source=r[3], code=r[4], detail=r[5],
                           remote_addr=r[6], header_names=tuple(orjson.loads(r[7])), body_size=r[8],
                           body_sha256=r[9], known_source=r[10] != UNKNOWN_BUCKET) for r in rows]
+
+    # --- the position ledger -----------------------------------------------------------------
+
+    async def ledger_status(self) -> LedgerStatus:
+        return await _ledger.status(self._db())
+
+    async def ledger_load(self, keys: Sequence[PositionKey]) -> dict[PositionKey, LoadedPosition]:
+        return await _ledger.load(self._db(), list(keys))
+
+    async def ledger_orphans(self, limit: int) -> list[PositionKey]:
+        return await _ledger.orphans(self._db(), limit)
+
+    async def ledger_write(self, write: LedgerWrite) -> list[int] | None:
+        raised: list[int] | None = await self._tx(lambda conn: _ledger.write(conn, write))
+        return raised
+
+    async def ledger_reset(self) -> None:
+        await self._tx(_ledger.reset)
+
+    async def list_positions(self, query: PositionQuery) -> list[StoredPosition]:
+        return await _ledger.positions(self._db(), query)
+
+    async def get_position(self, key: PositionKey) -> StoredPosition | None:
+        return await _ledger.get_position(self._db(), key)
+
+    async def list_anomalies(self, query: AnomalyQuery) -> list[StoredAnomaly]:
+        return await _ledger.anomalies(self._db(), query)
+
+    async def acknowledge_anomaly(self, anomaly_id: int, note: str, at: float) -> StoredAnomaly | None:
+        acked: StoredAnomaly | None = await self._tx(lambda conn: _ledger.acknowledge(conn, anomaly_id, note, at))
+        return acked
+
+    async def position_counts(self) -> list[tuple[str, str, int]]:
+        return await _ledger.counts(self._db())
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -108,6 +108,60 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     )""",
     "CREATE TABLE schema_version (version integer NOT NULL)",
     ),
+    # 2: the position ledger (issue 17), as the SQLite store's schema 9.
+    (
+    """CREATE TABLE ledger_state (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        checkpoint  bigint NOT NULL,
+        orphans     smallint NOT NULL
+    )""",
+    "INSERT INTO ledger_state (id, checkpoint, orphans) VALUES (1, 0, 0)",
+    """CREATE TABLE ledger_entries (
+        event_id    bigint PRIMARY KEY,
+        source      text NOT NULL,
+        account     text NOT NULL,
+        position_id text NOT NULL,
+        conflict    smallint NOT NULL,
+        projected_at bigint NOT NULL,
+        record      bytea NOT NULL
+    )""",
+    "CREATE INDEX ledger_entries_position ON ledger_entries(source, account, position_id)",
+    """CREATE TABLE positions (
+        id          bigserial PRIMARY KEY,
+        source      text NOT NULL,
+        account     text NOT NULL,
+        position_id text NOT NULL,
+        state       text NOT NULL,
+        symbol      text,
+        opened_at   text,
+        updated_at  bigint NOT NULL,
+        document    bytea NOT NULL,
+        UNIQUE (source, account, position_id)
+    )""",
+    "CREATE INDEX positions_state ON positions(state, id)",
+    "CREATE INDEX positions_account ON positions(account, id)",
+    """CREATE TABLE anomalies (
+        id          bigserial PRIMARY KEY,
+        source      text NOT NULL,
+        account     text NOT NULL,
+        position_id text NOT NULL,
+        kind        text NOT NULL,
+        event_ids   text NOT NULL,
+        detail      text NOT NULL,
+        raised_at   bigint NOT NULL,
+        resolved_at bigint,
+        acked_at    bigint,
+        note        text
+    )""",
+    "CREATE INDEX anomalies_position ON anomalies(source, account, position_id, id)",
+    "CREATE INDEX anomalies_open ON anomalies(id) WHERE resolved_at IS NULL AND acked_at IS NULL",
+    """CREATE TABLE position_counts (
+        source      text NOT NULL,
+        state       text NOT NULL,
+        n           bigint NOT NULL,
+        PRIMARY KEY (source, state)
+    )""",
+    ),
 )
 
 

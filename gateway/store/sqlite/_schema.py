@@ -177,6 +177,60 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         until       INTEGER NOT NULL       -- Unix time, microseconds
     )""",
     ),
+    # 9: the position ledger (issue 17), a projection of the events kept by gateway.projector.
+    (
+    """CREATE TABLE ledger_state (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        checkpoint  INTEGER NOT NULL,      -- the highest event id projected
+        orphans     INTEGER NOT NULL       -- 1 after a rebuild: fold positions whose events are pruned
+    )""",
+    "INSERT INTO ledger_state (id, checkpoint, orphans) VALUES (1, 0, 0)",
+    """CREATE TABLE ledger_entries (
+        event_id    INTEGER PRIMARY KEY,   -- no foreign key: an entry outlives its event's pruning
+        source      TEXT NOT NULL,
+        account     TEXT NOT NULL,
+        position_id TEXT NOT NULL,
+        conflict    INTEGER NOT NULL,      -- the event is a `conflict` (another version)
+        projected_at INTEGER NOT NULL,     -- Unix time, microseconds: the ledger's lag is measured on it
+        record      BLOB NOT NULL          -- the normalized event, JSON
+    )""",
+    "CREATE INDEX ledger_entries_position ON ledger_entries(source, account, position_id)",
+    """CREATE TABLE positions (
+        id          INTEGER PRIMARY KEY,   -- in the order positions were first seen: the listing's keyset
+        source      TEXT NOT NULL,
+        account     TEXT NOT NULL,
+        position_id TEXT NOT NULL,
+        state       TEXT NOT NULL,         -- open | partially_closed | closed
+        symbol      TEXT,
+        opened_at   TEXT,                  -- ISO 8601 UTC: stale_open is looked for on it
+        updated_at  INTEGER NOT NULL,
+        document    BLOB NOT NULL,         -- the folded position, JSON
+        UNIQUE (source, account, position_id)
+    )""",
+    "CREATE INDEX positions_state ON positions(state, id)",
+    "CREATE INDEX positions_account ON positions(account, id)",
+    """CREATE TABLE anomalies (
+        id          INTEGER PRIMARY KEY,
+        source      TEXT NOT NULL,
+        account     TEXT NOT NULL,
+        position_id TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        event_ids   TEXT NOT NULL,         -- JSON [id, ...]
+        detail      TEXT NOT NULL,
+        raised_at   INTEGER NOT NULL,
+        resolved_at INTEGER,
+        acked_at    INTEGER,
+        note        TEXT
+    )""",
+    "CREATE INDEX anomalies_position ON anomalies(source, account, position_id, id)",
+    "CREATE INDEX anomalies_open ON anomalies(id) WHERE resolved_at IS NULL AND acked_at IS NULL",
+    """CREATE TABLE position_counts (
+        source      TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        n           INTEGER NOT NULL,
+        PRIMARY KEY (source, state)
+    )""",
+    ),
 )
 
 
