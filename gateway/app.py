@@ -32,6 +32,7 @@ from gateway.limits import client_address
 from gateway.metrics import Metrics
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
+from gateway.projector import Projector
 from gateway.schemes import reader
 from gateway.store import Store, open_store
 from gateway.stream import Streams
@@ -85,6 +86,10 @@ class GatewayApp:
         self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics, shared_dir=run_dir)
         self.store.observe(self.metrics)
         self.metrics.watch_store_size(self.store.size_bytes)
+        self.projector = Projector(self.store, {s.name: s.max_open_days for s in config.sources.values()},
+                                   self.holder, observer=self.metrics, clock=clock)
+        for source in config.sources:
+            self.metrics.add_ledger_source(source)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
         self.api = Api(self.store, self.tokens, config.api.public, clock=clock, metrics=self.metrics,
                        trusted_proxies=config.server.trusted_proxies)
@@ -190,6 +195,7 @@ class GatewayApp:
             self.tokens.use_key(shared)
         upgrade = None
         retention = None
+        ledger = None
         exporter = None
         if self.config.metrics.listen is not None and not self.supervised:
             host, port = self.config.metrics.listen
@@ -203,13 +209,14 @@ class GatewayApp:
             await self.fanout.start()
             if self.config.store.retention_days:
                 retention = asyncio.create_task(self._retention(), name="retention")
+            ledger = asyncio.create_task(self.projector.run(), name="ledger")
             try:
                 yield
             finally:
                 if exporter is not None:
                     exporter.shutdown()
                     exporter.server_close()
-                for task in (upgrade, retention, refresh):
+                for task in (upgrade, retention, ledger, refresh):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.ledger import ANOMALY_KINDS
 
 PLUGIN_HEALTH = ("ok", "degraded", "failed")
 
@@ -123,6 +125,16 @@ class Metrics:
                                 multiprocess_mode="liveall")
         self.store_size = Gauge("gateway_store_size_bytes", "Size of the store's files (database and WAL).",
                                 registry=r, multiprocess_mode=STORE_WIDE)
+        # the position ledger (gateway.projector)
+        self.positions = Gauge("gateway_positions", "Positions in the ledger by source and state (open, "
+                               "partially_closed, closed).", ["source", "state"], registry=r,
+                               multiprocess_mode=STORE_WIDE)
+        self.ledger_anomalies = Counter(
+            "gateway_ledger_anomalies", "Anomalies the ledger raised, by source and kind (close_without_open, "
+            "overclosed, stale_open, conflict, reopened, side_or_symbol_mismatch).", ["source", "kind"], registry=r)
+        self.ledger_lag = Gauge("gateway_ledger_lag_seconds", "How long the oldest event not yet in the ledger "
+                                "has waited since its receipt (0: the ledger is current).", registry=r,
+                                multiprocess_mode=STORE_WIDE)
         self._measure_store: Callable[[], float] | None = None
         self._types: dict[str, set[str]] = {}
         # (source, event type, status) -> its children: `labels()` costs about 1 µs a call
@@ -178,6 +190,22 @@ class Metrics:
     def pool_measured(self, busy: int, idle: int) -> None:
         self.store_pool.labels("busy").set(busy)
         self.store_pool.labels("idle").set(idle)
+
+    # gateway.projector.LedgerObserver
+    def anomaly_raised(self, source: str, kind: str) -> None:
+        self.ledger_anomalies.labels(source, kind).inc()
+
+    def ledger_measured(self, lag: float, counts: Sequence[tuple[str, str, int]]) -> None:
+        self.ledger_lag.set(lag)
+        for source, state, n in counts:
+            self.positions.labels(source, state).set(n)
+
+    def add_ledger_source(self, source: str) -> None:
+        """Create a source's ledger series at zero: an alert on their increase sees the first."""
+        for kind in ANOMALY_KINDS:
+            self.ledger_anomalies.labels(source, kind)
+        for state in ("open", "partially_closed", "closed"):
+            self.positions.labels(source, state)
 
     def add_plugin(self, plugin: str) -> None:
         """Create a plugin's series at zero, so dashboards and alerts see them from the start."""

@@ -49,6 +49,7 @@ POLL_SECONDS = 1.0  # the backstop: commits wake the projector at once
 BATCH = 2000  # events per step
 STALE_EVERY = 60.0  # seconds between looks for positions open longer than max_open_days
 RETRY_SECONDS = 2.0
+MEASURE_SECONDS = 1.0
 DAY = 86_400.0
 
 
@@ -165,6 +166,7 @@ class Projector:
         self.batch = batch
         self._woken = asyncio.Event()
         self._stale_checked = 0.0
+        self._measured = -MEASURE_SECONDS
 
     def wake(self, _newest: int | None = None) -> None:
         self._woken.set()
@@ -238,8 +240,10 @@ class Projector:
                 await renew()
 
     async def measure(self) -> None:
-        if self.observer is None:
+        """Report the lag and the positions per state (at most once a second)."""
+        if self.observer is None or time.monotonic() - self._measured < MEASURE_SECONDS:
             return
+        self._measured = time.monotonic()
         status = await self.store.ledger_status()
         lag = 0.0 if status.pending_since is None else max(0.0, self.clock() - status.pending_since)
         self.observer.ledger_measured(lag, await self.store.position_counts())
@@ -263,12 +267,14 @@ class Projector:
                         if time.monotonic() - self._stale_checked >= STALE_EVERY:
                             self._stale_checked = time.monotonic()
                             await self.stale()
-                        await self.measure()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the store is down, or a bug: ingest goes on regardless
                     log.warning("ledger: projection failed, will try again: %s", exc, exc_info=True)
                     await asyncio.sleep(RETRY_SECONDS)
+                if held:  # failing or not: the lag shows it
+                    with contextlib.suppress(Exception):
+                        await self.measure()
                 if not behind:  # else the lease is due for renewal first, with events still to project
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._woken.wait(), POLL_SECONDS)

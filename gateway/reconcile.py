@@ -68,7 +68,7 @@ def read_snapshot(text: str) -> list[Open]:
     """Every open position of a snapshot: CSV whose first line names the columns, or one JSON
     object per line. Raises SnapshotError naming the first bad line."""
     text = text.removeprefix("\ufeff")  # a byte order mark, as spreadsheets write CSV
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = next((line.strip() for line in text.split("\n") if line.strip()), "")
     rows = _json_lines(text) if first.startswith("{") else _csv_rows(text)
     seen: dict[tuple[str, str], int] = {}
     found: list[Open] = []
@@ -84,9 +84,18 @@ def read_snapshot(text: str) -> list[Open]:
 
 
 def _csv_rows(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text))
+    # newline="" as the csv module asks: a line may end in \r\n, \n or a lone \r (old Mac
+    # exports), and a quoted cell keeps the line breaks inside it.
+    reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
-    for row in reader:
+    while True:
+        start = reader.line_num + 1  # where the next row begins, for an error inside it
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a cell over csv's field size limit (131072 characters)
+            raise SnapshotError(start, f"not CSV: {exc}") from None
         line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
@@ -95,6 +104,10 @@ def _csv_rows(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
             missing = [c for c in COLUMNS if c not in header]
             if missing:
                 raise SnapshotError(line, f"the header lacks {', '.join(missing)} (columns: {', '.join(COLUMNS)})")
+            # Read columns only: a spreadsheet's trailing empty columns, or a repeated note, are harmless.
+            twice = [c for c in COLUMNS if header.count(c) > 1]
+            if twice:
+                raise SnapshotError(line, f"the header names {', '.join(twice)} more than once: which one is meant?")
             continue
         if len(row) != len(header):
             raise SnapshotError(line, f"{len(row)} fields where the header has {len(header)}")
@@ -102,7 +115,10 @@ def _csv_rows(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
 
 
 def _json_lines(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only: str.splitlines() would also cut at U+2028, \x1c or \x85, which a
+    # JSON string may hold as they are.
+    for line, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:
@@ -122,7 +138,7 @@ def _open(line: int, row: dict[str, Any]) -> Open:
     for column in ("account", "position_id", "symbol", "side"):
         value = row[column]
         if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
-            raise SnapshotError(line, f"{column} is empty or not text: {str(value)[:40]!r}")
+            raise SnapshotError(line, f"{column} is empty or not text: {_shown(value)}")
         texts[column] = str(value).strip()
     side = texts["side"].lower()
     if side not in ("buy", "sell"):
@@ -131,10 +147,18 @@ def _open(line: int, row: dict[str, Any]) -> Open:
     try:
         volume = float(raw.strip()) if isinstance(raw, str) else float(raw)
     except (TypeError, ValueError):
-        raise SnapshotError(line, f"volume is not a number: {str(raw)[:40]!r}") from None
+        raise SnapshotError(line, f"volume is not a number: {_shown(raw)}") from None
     if isinstance(raw, bool) or not math.isfinite(volume) or volume <= 0:
-        raise SnapshotError(line, f"volume must be a number above zero, got {str(raw)[:40]!r}")
+        raise SnapshotError(line, f"volume must be a number above zero, got {_shown(raw)}")
     return Open(texts["account"], texts["position_id"], texts["symbol"], side, volume, line)
+
+
+def _shown(value: Any) -> str:
+    """A cell's value for a message: a JSON array or object by its kind, as its text may be
+    nested past the interpreter's recursion limit."""
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    return repr(str(value)[:40])
 
 
 def compare(snapshot: Iterable[Open], positions: Iterable[Position], as_of: float | None = None) -> list[Difference]:

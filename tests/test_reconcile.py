@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.ledger import Position
 from gateway.reconcile import SnapshotError, compare, read_snapshot
+from tests.hostile import obj, values
 
 CSV = """account,position_id,symbol,side,volume
 a-1,p-1,EURUSD,buy,1.0
@@ -98,3 +101,28 @@ def test_as_of_leaves_out_what_the_ledger_learnt_after_the_snapshot() -> None:
     assert [d.kind for d in compare(snapshot, known_before, as_of=taken)] == ["missing_in_ledger",
                                                                             "missing_on_platform"]
     assert [d.kind for d in compare(snapshot, closed_later)] == ["missing_in_ledger", "missing_on_platform"]
+
+
+HEADER = "account,position_id,symbol,side,volume\n"
+# A CSV cell, a JSON member's value, a line separator: each as an exporter might write it, or worse.
+cells = st.text(max_size=8) | st.sampled_from(['"', '""', '"a,b"', '"a\nb"', "\r", "\x00", "1e400", "-0", "a" * 131073])
+csv_texts = st.lists(st.lists(cells, min_size=4, max_size=6).map(",".join), max_size=4).map(
+    lambda rows: HEADER + "\n".join(rows))
+GOOD = {"account": b'"a-1"', "position_id": b'"p-1"', "symbol": b'"EURUSD"', "side": b'"buy"', "volume": b"1"}
+json_rows = st.fixed_dictionaries({key: st.just(good) | values for key, good in GOOD.items()}).map(
+    lambda row: obj(list(row.items()))) | st.lists(st.tuples(st.text(max_size=8), values), max_size=4).map(obj)
+json_texts = st.lists(json_rows, max_size=3).map(
+    lambda rows: "\n".join(r.decode("utf-8", "surrogateescape") for r in rows))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(st.text(), st.text().map(lambda t: HEADER + t), csv_texts, json_texts,
+                 st.tuples(json_texts, st.sampled_from(["\u2028", "\x1c", "\x85", "\r", "\r\n", "\x0b"]), json_texts)
+                 .map("".join)))
+def test_any_text_is_read_or_refused_with_a_snapshot_error(text: str) -> None:
+    try:
+        found = read_snapshot(text)
+    except SnapshotError as exc:
+        assert exc.line >= 1
+    else:
+        assert all(o.side in ("buy", "sell") and o.volume > 0 for o in found)
