@@ -28,6 +28,7 @@ from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.errors import GatewayError
 from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
+from gateway.ledger_api import LedgerApi
 from gateway.limits import client_address
 from gateway.metrics import Metrics
 from gateway.plugins import Plugin
@@ -101,6 +102,7 @@ class GatewayApp:
                     Route("/readyz", self._readyz),
                     Route("/metrics", self._metrics),
                     *self.api.routes(),
+                    *LedgerApi(self.api).routes(),
                     *self.streams.routes(),
                     Route("/", dashboard),
                     Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),

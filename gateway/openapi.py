@@ -116,6 +116,113 @@ REJECTION = {
     },
 }
 
+NUMBER_OR_NULL = {"type": ["number", "null"]}
+ANOMALY_KIND = {"type": "string", "enum": ["close_without_open", "overclosed", "stale_open", "conflict", "reopened",
+                                           "side_or_symbol_mismatch"]}
+STATE = {"type": "string", "enum": ["open", "partially_closed", "closed"]}
+POSITION = {
+    "type": "object",
+    "required": ["id", "source", "account", "position_id", "state", "event_ids", "anomalies", "updated_at"],
+    "properties": {
+        "id": {"type": "integer", "description": "The ledger's id of the position (the listing's order)"},
+        "source": {"type": "string"}, "account": {"type": "string", "description": '"" when the sender gives none'},
+        "position_id": {"type": "string"}, "state": STATE,
+        "side": {"type": ["string", "null"], "enum": ["buy", "sell", None]}, "symbol": NULLABLE_STRING,
+        "opened_volume": NUMBER_OR_NULL, "closed_volume": {"type": "number"}, "open_volume": NUMBER_OR_NULL,
+        "open_price": NUMBER_OR_NULL, "close_prices": {"type": "array", "items": {"type": "number"}},
+        "profit": NUMBER_OR_NULL, "opened_at": NULLABLE_STRING, "closed_at": NULLABLE_STRING,
+        "last_event_at": NULLABLE_STRING, "event_ids": {"type": "array", "items": {"type": "integer"}},
+        "anomalies": {"type": "array", "description": "What its events show now (the records: /api/v1/anomalies)",
+                      "items": {"type": "object", "properties": {
+                          "kind": ANOMALY_KIND, "event_ids": {"type": "array", "items": {"type": "integer"}},
+                          "detail": {"type": "string"}}}},
+        "updated_at": TIME,
+    },
+}
+ANOMALY = {
+    "type": "object",
+    "required": ["id", "kind", "source", "account", "position_id", "event_ids", "detail", "raised_at", "resolved_at",
+                 "acknowledged_at", "note", "open"],
+    "properties": {
+        "id": {"type": "integer"}, "kind": ANOMALY_KIND, "source": {"type": "string"},
+        "account": {"type": "string"}, "position_id": {"type": "string"},
+        "event_ids": {"type": "array", "items": {"type": "integer"}}, "detail": {"type": "string"},
+        "raised_at": TIME, "resolved_at": {"type": ["string", "null"], "format": "date-time"},
+        "acknowledged_at": {"type": ["string", "null"], "format": "date-time"}, "note": NULLABLE_STRING,
+        "open": {"type": "boolean", "description": "Neither resolved nor acknowledged"},
+    },
+}
+NORMALIZED = {"type": "object", "description": "A normalized event (docs/ledger.md)",
+              "required": ["kind", "event_id"], "properties": {"kind": {"type": "string"},
+                                                               "event_id": {"type": ["integer", "null"]},
+                                                               "conflict": {"type": "boolean"}}}
+
+
+def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
+
+
+def _ledger_paths() -> dict[str, Any]:
+    page = {"type": "string", "description": "next_cursor of the previous page"}
+    truth = {"type": "string", "enum": ["true", "false"]}
+    return {
+        "/api/v1/positions": {"get": {
+            "operationId": "listPositions", "summary": "The position ledger, newest positions first",
+            "security": SECURED,
+            "parameters": [_query("source", "Only this source."), _query("account", "Only this account."),
+                           _query("symbol", "Only this symbol."), _query("state", "Only this state.", STATE),
+                           _query("anomalous", "true: only positions with an open anomaly; false: none", truth),
+                           LIMIT, _query("cursor", "next_cursor of the previous page", page)],
+            "responses": {
+                "200": _json({"type": "object", "required": ["positions", "next_cursor", "ledger"], "properties": {
+                    "positions": {"type": "array", "items": _ref("Position")}, "next_cursor": NULLABLE_STRING,
+                    "ledger": {"type": "object", "properties": {
+                        "checkpoint": {"type": "integer", "description": "The last event id in the ledger"},
+                        "latest_event_id": {"type": "integer"}, "lag_seconds": {"type": "number"}}}}},
+                    "A page of positions"),
+                "400": PROBLEM, **AUTH_ERRORS},
+        }},
+        "/api/v1/positions/{source}/{account}/{position_id}": {"get": {
+            "operationId": "getPosition", "summary": "One position with its normalized events and anomalies",
+            "security": SECURED,
+            "parameters": [_path("source"), {**_path("account"), "description": '"-" when the sender names none'},
+                           _path("position_id")],
+            "responses": {
+                "200": _json({"allOf": [_ref("Position"), {"type": "object",
+                              "required": ["events", "anomaly_records"],
+                              "properties": {"events": {"type": "array", "items": NORMALIZED},
+                                             "anomaly_records": {"type": "array", "items": _ref("Anomaly")}}}]},
+                             "The position"),
+                "404": PROBLEM, **AUTH_ERRORS},
+        }},
+        "/api/v1/anomalies": {"get": {
+            "operationId": "listAnomalies", "summary": "Anomalies the ledger raised, newest first",
+            "security": SECURED,
+            "parameters": [_query("source", "Only this source."), _query("account", "Only this account."),
+                           _query("position_id", "Only this position."),
+                           _query("kind", "Only this kind.", ANOMALY_KIND),
+                           _query("open", "true: neither resolved nor acknowledged; false: the others", truth),
+                           LIMIT, _query("cursor", "next_cursor of the previous page", page)],
+            "responses": {
+                "200": _json({"type": "object", "required": ["anomalies", "next_cursor"], "properties": {
+                    "anomalies": {"type": "array", "items": _ref("Anomaly")}, "next_cursor": NULLABLE_STRING}},
+                    "A page of anomalies"),
+                "400": PROBLEM, **AUTH_ERRORS},
+        }},
+        "/api/v1/anomalies/{anomaly_id}/ack": {"post": {
+            "operationId": "acknowledgeAnomaly",
+            "summary": "Acknowledge an anomaly with a note (scope deliveries:write); again replaces the note",
+            "security": [{"oauth2": ["deliveries:write"]}, {"bearer": []}],
+            "parameters": [_path("anomaly_id", {"type": "integer"})],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["note"],
+                "properties": {"note": {"type": "string", "minLength": 1, "maxLength": 2000}}}}}},
+            "responses": {"200": _json(_ref("Anomaly"), "Acknowledged"), "400": PROBLEM, "404": PROBLEM,
+                          "413": PROBLEM, **AUTH_ERRORS},
+        }},
+    }
+
+
 PROBLEM_SCHEMA = {
     "type": "object",
     "required": ["type", "title", "status", "detail", "code", "request_id"],
@@ -145,7 +252,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Trading webhook gateway read API", "version": __version__,
-                 "description": "Events, deliveries, rejections and statistics of the gateway's store."},
+                 "description": "Events, deliveries, rejections, statistics and the position ledger of the "
+                                "gateway's store."},
         "paths": {
             "/oauth/token": {"post": {
                 "operationId": "token",
@@ -257,14 +365,17 @@ def document() -> dict[str, Any]:
                 "delete": {"operationId": "signOut", "summary": "Sign out: clears the session cookie",
                            "security": [], "responses": {"204": {"description": "The cookie is cleared"}}},
             },
+            **_ledger_paths(),
         },
         "components": {
-            "schemas": {"Event": _event(), "Delivery": DELIVERY, "Rejection": REJECTION, "Problem": PROBLEM_SCHEMA},
+            "schemas": {"Event": _event(), "Delivery": DELIVERY, "Rejection": REJECTION, "Problem": PROBLEM_SCHEMA,
+                        "Position": POSITION, "Anomaly": ANOMALY},
             "securitySchemes": {
                 "oauth2": {"type": "oauth2", "flows": {"clientCredentials": {
                     "tokenUrl": "/oauth/token",
-                    "scopes": {"events:read": "Read events, deliveries, rejections, stats, the stream",
-                               "deliveries:write": "Retry deliveries"}}}},
+                    "scopes": {"events:read": "Read events, deliveries, rejections, stats, positions, anomalies, "
+                                              "the stream",
+                               "deliveries:write": "Retry deliveries, acknowledge anomalies"}}}},
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
         },

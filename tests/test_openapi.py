@@ -15,7 +15,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from gateway.app import GatewayApp
 from gateway.config import parse_config
-from tests.conftest import RunningGateway, mc_sign, source_table
+from gateway.ledger_api import LedgerApi
+from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
 
 SECRET = "openapi-client-secret-0123"
 # "Valid per schema, yet refused" is expected for one input a schema cannot describe: a
@@ -36,9 +37,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningG
         for i in range(5):  # something to list, fetch and retry
             body = orjson.dumps({"type": "position.opened", "position": {"id": f"o{i}", "symbol": "EURUSD"}})
             assert gw.post("/hooks/metacopier", body, mc_sign(body)).status_code == 200
+        body = orjson.dumps({"type": "position.closed", "position": {"id": "lost", "volume": 1}})
+        assert gw.post("/hooks/metacopier", body, mc_sign(body)).status_code == 200  # an anomaly to acknowledge
         gw.post("/hooks/metacopier", b"{}", {"X-MetaCopier-Signature": "0" * 64})  # a rejection
         token = gw.client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "probe",
                                                       "client_secret": SECRET}).json()["access_token"]
+        wait_for(lambda: len(gw.client.get("/api/v1/positions", headers={"Authorization": f"Bearer {token}"})
+                             .json()["positions"]) == 6)
         yield gw, token
 
 
@@ -58,14 +63,16 @@ def test_api_conforms_to_its_openapi_document(running: tuple[RunningGateway, str
 
         check()
         tested.append(operation.label)
-    assert len(tested) == 10, tested  # every operation but the stream
+    assert len(tested) == 14, tested  # every operation but the stream
 
 
 def test_document_is_openapi_3_1_and_lists_every_route(running: tuple[RunningGateway, str]) -> None:
     gw, _ = running
     doc = gw.client.get("/api/v1/openapi.json").json()
     assert doc["openapi"] == "3.1.0"
-    api_paths = {route.path for route in gw.app.api.routes()} | {route.path for route in gw.app.streams.routes()}
+    api_paths = ({route.path for route in gw.app.api.routes()} | {route.path for route in gw.app.streams.routes()}
+                 | {route.path for route in LedgerApi(gw.app.api).routes()})
     documented = {path.replace("{event_id}", "{event_id:int}").replace("{delivery_id}", "{delivery_id:int}")
+                  .replace("{anomaly_id}", "{anomaly_id:int}").replace("{position_id}", "{position_id:path}")
                   for path in doc["paths"]}
     assert api_paths - {"/api/v1/openapi.json", "/api/v1/ws"} == documented
