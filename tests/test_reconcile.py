@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.ledger import Position
 from gateway.reconcile import SnapshotError, compare, read_snapshot
-from tests.hostile import obj, values
+from tests.hostile import deep, obj, values
 
+HEADER = "account,position_id,symbol,side,volume\n"
 CSV = """account,position_id,symbol,side,volume
 a-1,p-1,EURUSD,buy,1.0
 a-1,p-2,XAUUSD,SELL,0.5
@@ -44,6 +45,24 @@ def test_csv_and_json_lines_read_the_same() -> None:
     assert read_snapshot(excel) == from_csv  # a byte order mark, CRLF and quoted cells, as spreadsheets write
 
 
+def test_json_lines_end_at_newline_only_and_csv_lines_at_any_line_break() -> None:
+    row = '{"account": "a-1", "position_id": "p-%d", "symbol": "EUR%sUSD", "side": "buy", "volume": 1}'
+    # Line breaks to str.splitlines(), text a JSON string may hold unescaped (\x1c or \x0b may not)
+    odd = ["\u2028", "\u2029", "\x85"]
+    found = read_snapshot("\r\n".join(row % (i, c) for i, c in enumerate(odd)) + "\r\n")
+    assert [(o.position_id, o.symbol, o.line) for o in found] == [
+        (f"p-{i}", f"EUR{c}USD", i + 1) for i, c in enumerate(odd)]
+    old_mac = CSV.replace("\n", "\r")  # lone carriage returns, as classic Mac OS wrote
+    assert read_snapshot(old_mac) == read_snapshot(CSV)
+    quoted = HEADER + '"a-1","p-1","EUR\r\nUSD",buy,1\na-1,p-2,X,buy,2\n'  # a line break kept inside quotes
+    assert [(o.symbol, o.line) for o in read_snapshot(quoted)] == [("EUR\r\nUSD", 3), ("X", 4)]
+
+
+def test_a_header_may_repeat_a_column_it_does_not_read() -> None:
+    spreadsheet = HEADER.replace("\n", ",note,,note,\n") + "a-1,p-1,EURUSD,buy,1,x,,y,\n"
+    assert [(o.position_id, o.volume) for o in read_snapshot(spreadsheet)] == [("p-1", 1.0)]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("account,position_id,symbol,volume\na,p,EURUSD,1\n", "line 1: the header lacks side"),
     (CSV + "a-3,p-3,EURUSD,buy,lots\n", "line 5: volume is not a number: 'lots'"),
@@ -57,6 +76,16 @@ def test_csv_and_json_lines_read_the_same() -> None:
     ('{"account": "a", "position_id": "p", "symbol": "X", "side": "buy", "volume": 1}\n{oops\n', "line 2: not JSON"),
     ('{"account": "a", "position_id": "p", "symbol": "X", "side": "buy", "volume": true}\n',
      "line 1: volume must be a number above zero, got 'True'"),
+    (CSV + "a" * 131073 + ",p-3,EURUSD,buy,1\n", "line 5: not CSV: field larger than field limit (131072)"),
+    (CSV + '"a\n' + "a" * 131073 + '",p-3,EURUSD,buy,1\n', "line 5: not CSV: field larger"),  # where the row begins
+    ("account,position_id,symbol,side,volume,volume\na-1,p-1,EURUSD,buy,1,2\n",
+     "line 1: the header names volume more than once"),
+    ('{"account": ' + "[" * 1023 + "]" * 1023 + ', "position_id": "p", "symbol": "X", "side": "buy", "volume": 1}',
+     "line 1: account is empty or not text: a JSON array"),
+    ('{"account": "a", "position_id": "p", "symbol": "X", "side": "buy", "volume": {"lots": 1}}',
+     "line 1: volume is not a number: a JSON object"),
+    ('{"account": "a", "position_id": "p", "symbol": "X", "side": "buy", "volume": 1}\n{"account": "\x1c"}',
+     "line 2: not JSON: unexpected control character in string"),
 ])
 def test_bad_files_name_the_line(text: str, message: str) -> None:
     with pytest.raises(SnapshotError) as info:
@@ -102,8 +131,6 @@ def test_as_of_leaves_out_what_the_ledger_learnt_after_the_snapshot() -> None:
                                                                             "missing_on_platform"]
     assert [d.kind for d in compare(snapshot, closed_later)] == ["missing_in_ledger", "missing_on_platform"]
 
-
-HEADER = "account,position_id,symbol,side,volume\n"
 # A CSV cell, a JSON member's value, a line separator: each as an exporter might write it, or worse.
 cells = st.text(max_size=8) | st.sampled_from(['"', '""', '"a,b"', '"a\nb"', "\r", "\x00", "1e400", "-0", "a" * 131073])
 csv_texts = st.lists(st.lists(cells, min_size=4, max_size=6).map(",".join), max_size=4).map(
@@ -116,6 +143,9 @@ json_texts = st.lists(json_rows, max_size=3).map(
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@example(HEADER + "a" * 131073 + ",p-1,EURUSD,buy,1\n")  # over csv's field size limit: csv.Error
+@example(HEADER + "a-1,p\r1,EURUSD,buy,1\n")  # a lone \r in a cell, read without newline="": csv.Error
+@example(obj(list((GOOD | {"account": deep(1023, "[")}).items())).decode())  # its repr: RecursionError
 @given(st.one_of(st.text(), st.text().map(lambda t: HEADER + t), csv_texts, json_texts,
                  st.tuples(json_texts, st.sampled_from(["\u2028", "\x1c", "\x85", "\r", "\r\n", "\x0b"]), json_texts)
                  .map("".join)))
