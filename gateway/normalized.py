@@ -137,35 +137,47 @@ class Reader:
         return None
 
     def when(self, *paths: str) -> str | None:
-        """An ISO 8601 UTC time from ISO text (a time without an offset is UTC), or Unix
-        seconds or milliseconds (as a number or digits)."""
+        """An ISO 8601 UTC time from ISO text (a time without an offset is UTC, read as written),
+        or from a number (or a string that is only a number): Unix seconds, or milliseconds
+        from 1e11. A number must then land in 2000-2100; outside, its unit or format was
+        misread (no sender writes dates as digits: 20261120 would be August 1970)."""
         path, value = self.raw(*paths)
         if value is None:
             return None
+        shown = repr(str(value)[:40])
         stamp: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            stamp = _finite(value)
-        elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
-            stamp = _finite(value.strip())
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(value, str):
+            digits = value.strip().replace(".", "", 1)
+            numeric = digits.isascii() and digits.isdigit()
+        if numeric:
+            stamp = _finite(value.strip() if isinstance(value, str) else value)
+            if stamp is not None and stamp >= _MILLISECONDS_FROM:
+                stamp /= 1000
         elif isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value.strip())
             except ValueError:
-                self.problems.append(f"{path}: {value[:40]!r} is not a time")
+                self.problems.append(f"{path}: {shown} is not a time")
                 return None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
             stamp = parsed.timestamp()
         if stamp is None or stamp < 0:
-            self.problems.append(f"{path}: {str(value)[:40]!r} is not a time")
+            self.problems.append(f"{path}: {shown} is not a time")
             return None
-        if stamp >= _MILLISECONDS_FROM:
-            stamp /= 1000
         try:
-            return iso_utc(stamp)
+            found = iso_utc(stamp)
         except (OverflowError, ValueError, OSError):
-            self.problems.append(f"{path}: {str(value)[:40]!r} is out of range")
+            self.problems.append(f"{path}: {shown} is out of range")
             return None
+        if numeric and not self._PLAUSIBLE[0] <= stamp < self._PLAUSIBLE[1]:
+            self.problems.append(f"{path}: {shown} is not a plausible time: read as {found}, outside 2000-2100")
+            return None
+        return found
+
+    # Where a time read from a number may fall: 2000-01-01 to 2100-01-01 (UTC), in Unix seconds
+    _PLAUSIBLE = (datetime(2000, 1, 1, tzinfo=UTC).timestamp(), datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 
     def require(self, what: str, value: object) -> None:
         """Record a field a record of this kind cannot do without."""

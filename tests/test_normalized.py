@@ -24,6 +24,14 @@ from tests.schemes import toy_scheme
     (1763633701123, "2025-11-20T10:15:01.123Z"),  # milliseconds
     ("1763633701", "2025-11-20T10:15:01.000Z"),  # digits as text
     (1763633701.5, "2025-11-20T10:15:01.500Z"),
+    ("1763633701123", "2025-11-20T10:15:01.123Z"),  # milliseconds as text
+    (" 1763633701.25 ", "2025-11-20T10:15:01.250Z"),  # a decimal as text is a number too
+    (946684800, "2000-01-01T00:00:00.000Z"),  # the first plausible second
+    (4102444799999, "2099-12-31T23:59:59.999Z"),  # the last plausible millisecond
+    # ISO text is read as written, never as milliseconds (5200 is past 1e11 seconds)
+    ("5200-01-01T00:00:00Z", "5200-01-01T00:00:00.000Z"),
+    ("9999-12-31T23:59:59.5+00:00", "9999-12-31T23:59:59.500Z"),
+    ("1999-12-31T23:00:00Z", "1999-12-31T23:00:00.000Z"),  # said outright: no unit was guessed
 ])
 def test_times_in_seconds_milliseconds_or_iso(value: Any, expected: str) -> None:
     read = Reader({"t": value})
@@ -36,6 +44,15 @@ def test_times_in_seconds_milliseconds_or_iso(value: Any, expected: str) -> None
     (True, "t: 'True' is not a time"),
     ({"a": 1}, "t: \"{'a': 1}\" is not a time"),
     (10**30, "t: '1000000000000000000000000000000' is out of range"),
+    # A number read as a time outside 2000-2100 is a misread unit or format: no sender writes
+    # dates as digits (docs/senders.md), so "20261120" is seconds, and August 1970.
+    ("20261120", "t: '20261120' is not a plausible time: read as 1970-08-23T12:05:20.000Z, outside 2000-2100"),
+    (5, "t: '5' is not a plausible time: read as 1970-01-01T00:00:05.000Z, outside 2000-2100"),
+    (946684799, "t: '946684799' is not a plausible time: read as 1999-12-31T23:59:59.000Z, outside 2000-2100"),
+    (4102444800, "t: '4102444800' is not a plausible time: read as 2100-01-01T00:00:00.000Z, outside 2000-2100"),
+    (99999999999, "t: '99999999999' is not a plausible time: read as 5138-11-16T09:46:39.000Z, outside 2000-2100"),
+    ("9999-12-31T23:59:59-01:00", "t: '9999-12-31T23:59:59-01:00' is out of range"),
+    ("1.5.1", "t: '1.5.1' is not a time"),
 ])
 def test_bad_times_are_recorded(value: Any, problem: str) -> None:
     read = Reader({"t": value})
