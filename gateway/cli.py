@@ -631,3 +631,13 @@ def migrate_store(source: str, target: str, password_env: str | None, resume: bo
         sys.exit(1)
     click.echo(f"copied {', '.join(f'{n} {table}' for table, n in copied.items())} to {shown}; now set "
                f'[store] url = "{shown}" (and the password)')
+
+
+def _add_ledger_commands() -> None:
+    from gateway.cli_ledger import anomalies, ledger, positions  # it imports this module's helpers
+
+    for command in (positions, anomalies, ledger):
+        main.add_command(command)
+
+
+_add_ledger_commands()

@@ -9,7 +9,7 @@ shortest repr, so 0.1 + 0.2 closes a 0.3 position exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -200,3 +200,16 @@ def position_json(position: Position) -> dict[str, Any]:
         "event_ids": list(position.event_ids),
         "anomalies": [{"kind": a.kind, "event_ids": list(a.event_ids), "detail": a.detail} for a in position.anomalies],
     }
+
+
+def position_from_json(data: Mapping[str, Any]) -> Position:
+    """The position a `position_json` document describes."""
+    return Position(
+        source=data["source"], account=data["account"], position_id=data["position_id"], state=data["state"],
+        side=data.get("side"), symbol=data.get("symbol"), opened_volume=data.get("opened_volume"),
+        closed_volume=data.get("closed_volume", 0.0), open_price=data.get("open_price"),
+        close_prices=tuple(data.get("close_prices", ())), profit=data.get("profit"), opened_at=data.get("opened_at"),
+        closed_at=data.get("closed_at"), last_event_at=data.get("last_event_at"),
+        event_ids=tuple(data.get("event_ids", ())),
+        anomalies=tuple(Anomaly(a["kind"], tuple(a["event_ids"]), a["detail"]) for a in data.get("anomalies", ())),
+    )
