@@ -84,7 +84,7 @@ def test_the_schemes_own_keys_are_checked_and_refused_elsewhere(tmp_path: Path) 
         "test.toml: sources[1] (mc).type_field: applies to toy sources only",
         "test.toml: sources[2] (t2).auth: applies to metacopier sources only",
         "test.toml: sources[2].typefield: unknown key (known: allow_ips, allow_shared_secret, auth, dedup_fields, "
-        "dedup_ignore_fields, name, rate_burst, rate_limit, require_timestamp, scheme, secret, secrets, "
+        "dedup_ignore_fields, max_open_days, name, rate_burst, rate_limit, require_timestamp, scheme, secret, secrets, "
         "tolerance_seconds, type_field)",
     ]
     unknown = config_errors(tmp_path, {"name": "x", "scheme": "lego", "secret": TOY_TOKEN})
