@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +291,24 @@ def load_run(binary: str, kind: str, workload: str, connections: int, seconds: f
     return result
 
 
-async def paced(port: int, rate: int, seconds: float, batch: int) -> int:
+def opened(run: int, n: int) -> dict[str, Any]:
+    return {"eventType": "open_position", "brandId": 1, "serverId": 2, "platform": "MT5",
+            "payload": {"id": f"{run}-{n}", "symbol": "EURUSD"}}
+
+
+def opened_then_closed(run: int, n: int) -> dict[str, Any]:
+    """Positions opened and closed in turn, as the ledger sees them: every event folds a position."""
+    position = f"{run}-{n // 2}"
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if n % 2 == 0:
+        return {"eventType": "open_position", "brandId": 1, "serverId": 2, "platform": "MT5", "accountId": 7,
+                "payload": {"id": position, "symbol": "EURUSD", "type": "BUY", "lots": 1, "openedAt": at}}
+    return {"eventType": "close_position", "brandId": 1, "serverId": 2, "platform": "MT5", "accountId": 7,
+            "payload": {"id": position, "symbol": "EURUSD", "type": "BUY", "lots": 1, "closedAt": at}}
+
+
+async def paced(port: int, rate: int, seconds: float, batch: int,
+                make: Callable[[int, int], dict[str, Any]] = opened) -> int:
     """Send `rate` events/s as TradrAPI batches of `batch`, on a fixed schedule."""
     header = {"x-webhook-secret": hashlib.sha1(TR_KEY.encode()).hexdigest()}
     sent = 0
@@ -299,8 +317,7 @@ async def paced(port: int, rate: int, seconds: float, batch: int) -> int:
         start = time.monotonic()
         tasks = []
         while time.monotonic() - start < seconds:
-            events = [{"eventType": "open_position", "brandId": 1, "serverId": 2, "platform": "MT5",
-                       "payload": {"id": f"{run}-{sent + k}", "symbol": "EURUSD"}} for k in range(batch)]
+            events = [make(run, sent + k) for k in range(batch)]
             tasks.append(asyncio.create_task(client.post("/hooks/tradrapi", content=orjson.dumps(
                 {"payload": events, "count": batch}), headers=header)))
             sent += batch
@@ -346,6 +363,31 @@ def fanout_lag(folder: Path, rate: int, seconds: float) -> dict[str, Any]:
                 "p50_s": histogram_quantile(metrics, "gateway_delivery_latency_seconds", 0.5),
                 "p99_s": histogram_quantile(metrics, "gateway_delivery_latency_seconds", 0.99),
                 "peak_rss_mb": target.peak_rss_mb()}
+    finally:
+        target.stop()
+
+
+def ledger_lag(folder: Path, rate: int, seconds: float) -> dict[str, Any]:
+    """The position ledger's lag at `rate` events/s: from each event's receipt to its entry in the
+    ledger (both times are in the store), once the projector has caught up."""
+    target = Target("gateway", folder / "ledger")
+    try:
+        sent = asyncio.run(paced(target.port, rate, seconds, batch=50, make=opened_then_closed))
+        store = target.folder / "gateway.db"
+        deadline = time.monotonic() + 60
+        with sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True) as db:
+            while time.monotonic() < deadline:
+                checkpoint, latest = db.execute(
+                    "SELECT checkpoint, (SELECT max(id) FROM events) FROM ledger_state").fetchone()
+                if checkpoint >= latest:
+                    break
+                time.sleep(0.1)
+            lags = sorted(row[0] / 1e6 for row in db.execute(
+                "SELECT l.projected_at - e.received_at FROM ledger_entries l JOIN events e ON e.id = l.event_id"))
+            positions = db.execute("SELECT count(*) FROM positions WHERE state = 'closed'").fetchone()[0]
+        return {"rate_events_per_s": rate, "seconds": seconds, "events": sent, "entries": len(lags),
+                "closed_positions": positions, "p50_s": lags[len(lags) // 2], "p99_s": lags[int(len(lags) * 0.99)],
+                "max_s": lags[-1], "peak_rss_mb": target.peak_rss_mb()}
     finally:
         target.stop()
 
@@ -565,6 +607,11 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
         results["fanout"] = fanout_lag(folder, rate=500 if quick else 5000, seconds=1 if quick else 10)
         click.echo(f"fan-out lag at {results['fanout']['rate_events_per_s']} ev/s: "
                    f"p50 {results['fanout']['p50_s'] * 1000:.1f} ms, p99 {results['fanout']['p99_s'] * 1000:.1f} ms")
+        results["ledger"] = ledger_lag(folder, rate=500 if quick else 5000, seconds=1 if quick else 10)
+        lag = results["ledger"]
+        click.echo(f"ledger lag at {lag['rate_events_per_s']} ev/s ({lag['entries']} entries, "
+                   f"{lag['closed_positions']} positions closed): p50 {lag['p50_s'] * 1000:.1f} ms, "
+                   f"p99 {lag['p99_s'] * 1000:.1f} ms, max {lag['max_s'] * 1000:.1f} ms")
         results["floors"] = floors(folder, groups=4 if quick else 200)
         f = results["floors"]
         click.echo(f"floors for 500-event batches, no HTTP: verify {f['verify_events_per_s']:,.0f} ev/s, "
