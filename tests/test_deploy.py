@@ -57,8 +57,10 @@ def test_every_metric_in_alerts_and_dashboard_exists(make_config: Callable[..., 
     gw.post("/hooks/metacopier", body, {})
     exposed = _exposed(gw) | {"up"}
     texts = [(DEPLOY / "prometheus" / "alerts.yml").read_text()]
-    texts += [panel["targets"][0]["expr"]
-              for panel in json.loads((DEPLOY / "grafana" / "trading-webhook-gateway.json").read_text())["panels"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "trading-webhook-gateway.json").read_text())
+    panels = [panel for top in dashboard["panels"] for panel in (top, *top.get("panels", []))]  # rows hold theirs
+    texts += [target["expr"] for panel in panels for target in panel.get("targets", [])]
+    texts += [variable["query"] for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
     used = {name for text in texts for name in re.findall(r"\b(gateway_[a-z_]+|up)\b", text)}
     assert len(used) > 12
     assert used <= exposed, used - exposed
