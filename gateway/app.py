@@ -29,11 +29,11 @@ from gateway.errors import GatewayError
 from gateway.fanout import Fanout
 from gateway.ingest import PREFIX, IngestApp
 from gateway.ledger_api import LedgerApi
+from gateway.ledger_process import LedgerProcess, LedgerSpec
 from gateway.limits import client_address
 from gateway.metrics import Metrics
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
-from gateway.projector import Projector
 from gateway.schemes import reader
 from gateway.store import Store, open_store
 from gateway.stream import Streams
@@ -71,10 +71,12 @@ class GatewayApp:
         clock: Callable[[], float] = time.time,
         shutdown_grace: float = 5.0,
         run_dir: Path | None = None,
+        ledger: bool = True,
     ) -> None:
         """`plugins` defaults to building those the config names (raises ConfigError).
         `run_dir`: this process is one of a supervisor's workers (gateway.supervisor), which
-        share sources' rate limits there; the supervisor serves `[metrics] listen`."""
+        share sources' rate limits there; the supervisor serves `[metrics] listen` and runs the
+        ledger's projector. `ledger=False`: no projector process (the store's ledger still reads)."""
         self.config = config
         self.store = store if store is not None else open_store(config.store)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -87,8 +89,10 @@ class GatewayApp:
         self.ingest = IngestApp(config, self.store, clock=clock, metrics=self.metrics, shared_dir=run_dir)
         self.store.observe(self.metrics)
         self.metrics.watch_store_size(self.store.size_bytes)
-        self.projector = Projector(self.store, {s.name: s.max_open_days for s in config.sources.values()},
-                                   self.holder, observer=self.metrics, clock=clock)
+        # The ledger's projector runs in a process of its own (gateway/ledger_process.py); under a
+        # supervisor, the supervisor starts it.
+        self.ledger = LedgerProcess(LedgerSpec.of(config, self.holder)) if ledger and not self.supervised else None
+        self.clock = clock
         for source in config.sources:
             self.metrics.add_ledger_source(source)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
@@ -142,17 +146,33 @@ class GatewayApp:
                                   self.config.server.trusted_proxies)
             if not ip_allowed(settings.allow_ips, peer):
                 raise GatewayError("ip_denied", f"{peer} may not read /metrics")
+        with contextlib.suppress(Exception):  # the store is down: the figures of the last look stay
+            await self.measure_ledger()
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def measure_ledger(self) -> None:
+        """The ledger's gauges, read from the store: any process on it reports the same."""
+        status = await self.store.ledger_status()
+        lag = 0.0 if status.pending_since is None else max(0.0, self.clock() - status.pending_since)
+        self.metrics.ledger_measured(lag, await self.store.position_counts(), await self.store.anomaly_counts())
 
     async def _refresh_metrics(self) -> None:
         """Keep the read gauges current for scrapes that do not come through `_metrics`
-        (`[metrics] listen`, served by another thread or by the supervisor)."""
+        (`[metrics] listen`, served by another thread or by the supervisor), and watch the
+        ledger's projector process."""
         while True:
             await asyncio.sleep(METRICS_REFRESH)
             try:
                 self.metrics.refresh()
+                await self.measure_ledger()
             except Exception as exc:  # a store file being replaced, a restore under way
                 log.debug("metrics: cannot measure the store: %s", exc)
+
+    async def _watch_ledger(self) -> None:
+        assert self.ledger is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.ledger.watch()
 
     async def _retention(self) -> None:
         """Prune events older than `[store] retention_days`, hourly, in small batches with a
@@ -203,6 +223,8 @@ class GatewayApp:
             host, port = self.config.metrics.listen
             exporter, _ = start_http_server(port, host, registry=self.metrics.registry)
             log.info("metrics on http://%s:%d/metrics", host, exporter.server_port)
+        with contextlib.suppress(Exception):  # the ledger's figures before the first scrape
+            await self.measure_ledger()
         refresh = asyncio.create_task(self._refresh_metrics(), name="metrics-refresh")
         try:
             if not await self._reidentify():  # the store is not writable yet: keep trying
@@ -211,7 +233,9 @@ class GatewayApp:
             await self.fanout.start()
             if self.config.store.retention_days:
                 retention = asyncio.create_task(self._retention(), name="retention")
-            ledger = asyncio.create_task(self.projector.run(), name="ledger")
+            if self.ledger is not None:
+                self.ledger.start()
+                ledger = asyncio.create_task(self._watch_ledger(), name="ledger-watch")
             try:
                 yield
             finally:
@@ -223,6 +247,8 @@ class GatewayApp:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
+                if self.ledger is not None:
+                    await asyncio.to_thread(self.ledger.stop)
                 if retention is not None:  # another process on the store may take the job at once
                     with contextlib.suppress(Exception):
                         await self.store.release_job(RETENTION_JOB, self.holder)

@@ -129,12 +129,17 @@ class Metrics:
         self.positions = Gauge("gateway_positions", "Positions in the ledger by source and state (open, "
                                "partially_closed, closed).", ["source", "state"], registry=r,
                                multiprocess_mode=STORE_WIDE)
-        self.ledger_anomalies = Counter(
-            "gateway_ledger_anomalies", "Anomalies the ledger raised, by source and kind (close_without_open, "
-            "overclosed, stale_open, conflict, reopened, side_or_symbol_mismatch).", ["source", "kind"], registry=r)
+        # Counted in the store (the projector runs in a process of its own, and any process on
+        # the store may report it): a gauge that only grows, so that every worker reports the
+        # same figure; increase() reads it as it reads a counter.
+        self.ledger_anomalies = Gauge(
+            "gateway_ledger_anomalies_total", "Anomalies the ledger raised so far, by source and kind "
+            "(close_without_open, overclosed, stale_open, conflict, reopened, side_or_symbol_mismatch); "
+            "read from the store.", ["source", "kind"], registry=r, multiprocess_mode=STORE_WIDE)
         self.ledger_lag = Gauge("gateway_ledger_lag_seconds", "How long the oldest event not yet in the ledger "
                                 "has waited since its receipt (0: the ledger is current).", registry=r,
                                 multiprocess_mode=STORE_WIDE)
+        self._ledger_sources: set[str] = set()
         self._measure_store: Callable[[], float] | None = None
         self._types: dict[str, set[str]] = {}
         # (source, event type, status) -> its children: `labels()` costs about 1 µs a call
@@ -191,21 +196,25 @@ class Metrics:
         self.store_pool.labels("busy").set(busy)
         self.store_pool.labels("idle").set(idle)
 
-    # gateway.projector.LedgerObserver
-    def anomaly_raised(self, source: str, kind: str) -> None:
-        self.ledger_anomalies.labels(source, kind).inc()
-
-    def ledger_measured(self, lag: float, counts: Sequence[tuple[str, str, int]]) -> None:
+    def ledger_measured(self, lag: float, positions: Sequence[tuple[str, str, int]],
+                        anomalies: Sequence[tuple[str, str, int]]) -> None:
+        """The ledger's figures as read from the store (`GatewayApp.measure_ledger`); every
+        configured source's series, at 0 where the store has none."""
         self.ledger_lag.set(lag)
-        for source, state, n in counts:
-            self.positions.labels(source, state).set(n)
+        counted = {(source, state): n for source, state, n in positions}
+        for source in self._ledger_sources | {source for source, _ in counted}:
+            for state in ("open", "partially_closed", "closed"):
+                self.positions.labels(source, state).set(counted.get((source, state), 0))
+        raised = {(source, kind): n for source, kind, n in anomalies}
+        for source in self._ledger_sources | {source for source, _ in raised}:
+            for kind in ANOMALY_KINDS:
+                self.ledger_anomalies.labels(source, kind).set(raised.get((source, kind), 0))
 
     def add_ledger_source(self, source: str) -> None:
-        """Create a source's ledger series at zero: an alert on their increase sees the first."""
-        for kind in ANOMALY_KINDS:
-            self.ledger_anomalies.labels(source, kind)
-        for state in ("open", "partially_closed", "closed"):
-            self.positions.labels(source, state)
+        """Report this source's ledger series, at 0 while the store has none. Set at the first
+        look at the store, not before: a worker starting must not report 0 over the store's
+        count (the gauges take the most recent value of any worker)."""
+        self._ledger_sources.add(source)
 
     def add_plugin(self, plugin: str) -> None:
         """Create a plugin's series at zero, so dashboards and alerts see them from the start."""

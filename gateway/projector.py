@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import orjson
 
@@ -49,16 +48,8 @@ POLL_SECONDS = 1.0  # the backstop: commits wake the projector at once
 BATCH = 2000  # events per step
 STALE_EVERY = 60.0  # seconds between looks for positions open longer than max_open_days
 RETRY_SECONDS = 2.0
-MEASURE_SECONDS = 1.0
+STEP_PAUSE = 0.05  # after a step, under load: a step's cost is mostly per step, not per event
 DAY = 86_400.0
-
-
-class LedgerObserver(Protocol):
-    """What the projector reports (the gateway's `Metrics` implements it)."""
-
-    def anomaly_raised(self, source: str, kind: str) -> None: ...
-
-    def ledger_measured(self, lag: float, counts: Sequence[tuple[str, str, int]]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +87,7 @@ def plan(
     for item in new:
         adding.setdefault(item.key, []).append(item.entry)
     entries = [EntryRow(item.key, item.entry.record.event_id or 0, item.entry.conflict,
-                        orjson.dumps(item.entry.record.to_json())) for item in new]
+                        item.entry.record.dumps()) for item in new]
     rows: list[PositionRow] = []
     raised: list[NewAnomaly] = []
     resolved: list[int] = []
@@ -154,19 +145,16 @@ class Projector:
         store: Store,
         max_open_days: Mapping[str, float | None],
         holder: str,
-        observer: LedgerObserver | None = None,
         clock: Callable[[], float] = time.time,
         batch: int = BATCH,
     ) -> None:
         self.store = store
         self.max_open_days = dict(max_open_days)
         self.holder = holder
-        self.observer = observer
         self.clock = clock
         self.batch = batch
         self._woken = asyncio.Event()
         self._stale_checked = 0.0
-        self._measured = -MEASURE_SECONDS
 
     def wake(self, _newest: int | None = None) -> None:
         self._woken.set()
@@ -197,9 +185,6 @@ class Projector:
         if raised is None:
             log.info("ledger: the checkpoint moved under this step (a rebuild, or another projector): again")
             return
-        if self.observer is not None:
-            for anomaly in write.raised:
-                self.observer.anomaly_raised(anomaly.key[0], anomaly.kind)
         for anomaly_id, anomaly in zip(raised, write.raised, strict=True):
             log.warning("ledger: anomaly %d %s on %s position %s (account %s): %s", anomaly_id, anomaly.kind,
                         anomaly.key[0], anomaly.key[2], anomaly.key[1] or "-", anomaly.detail)
@@ -239,15 +224,6 @@ class Projector:
             if renew is not None:
                 await renew()
 
-    async def measure(self) -> None:
-        """Report the lag and the positions per state (at most once a second)."""
-        if self.observer is None or time.monotonic() - self._measured < MEASURE_SECONDS:
-            return
-        self._measured = time.monotonic()
-        status = await self.store.ledger_status()
-        lag = 0.0 if status.pending_since is None else max(0.0, self.clock() - status.pending_since)
-        self.observer.ledger_measured(lag, await self.store.position_counts())
-
     async def run(self) -> None:
         """The background job: hold the lease, project whenever woken or every POLL_SECONDS."""
         self.store.add_event_listener(self.wake)
@@ -272,12 +248,10 @@ class Projector:
                 except Exception as exc:  # the store is down, or a bug: ingest goes on regardless
                     log.warning("ledger: projection failed, will try again: %s", exc, exc_info=True)
                     await asyncio.sleep(RETRY_SECONDS)
-                if held:  # failing or not: the lag shows it
-                    with contextlib.suppress(Exception):
-                        await self.measure()
                 if not behind:  # else the lease is due for renewal first, with events still to project
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._woken.wait(), POLL_SECONDS)
+                        await asyncio.sleep(STEP_PAUSE)  # let more commits gather: fewer, larger steps
         finally:
             if held:
                 with contextlib.suppress(Exception):

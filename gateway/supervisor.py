@@ -19,7 +19,9 @@ config and code on disk (gateway.worker.worker_main). What the supervisor does:
   the running workers. Else replaces them one at a time: a new worker serves before the old
   one is told to drain, so no connection is refused and no request fails. `[server] workers`
   may change the count (unless `--workers` was given);
-- serves `[metrics] listen` itself, once, from the workers' multiprocess files.
+- serves `[metrics] listen` itself, once, from the workers' multiprocess files;
+- runs the position ledger's projector in one process of its own (gateway/ledger_process.py),
+  restarted if it dies, replaced on SIGHUP.
 
 Workers are spawned, not forked: a fresh interpreter imports the code on disk, and no thread
 or SQLite connection of the supervisor is copied into it.
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, ConfigError
+from gateway.ledger_process import LedgerProcess, LedgerSpec
 from gateway.metrics import MULTIPROC_ENV
 from gateway.worker import WorkerSpec, worker_main
 
@@ -132,6 +135,10 @@ class Supervisor:
         self.signals: list[int] = []
         self.stopping = False
         self.metrics_dir = spec.run_dir / "metrics"
+        self.ledger = LedgerProcess(self._ledger_spec(config))  # one per host, not one per worker
+
+    def _ledger_spec(self, config: Config) -> LedgerSpec:
+        return LedgerSpec.of(config, f"{socket.gethostname()}:{os.getpid()}", self.spec.log_format)
 
     # --- signals: handlers only queue them; the loop acts on them -------------------------
 
@@ -199,7 +206,9 @@ class Supervisor:
         self.draining.append(worker)
 
     def _watch(self) -> None:
-        """Restart the workers that ended; kill those that hang."""
+        """Restart the workers (and the ledger's projector) that ended; kill those that hang."""
+        if not self.stopping:
+            self.ledger.watch()
         now = time.monotonic()
         for worker in list(self.workers):
             if worker.ended:
@@ -261,6 +270,10 @@ class Supervisor:
         while len(self.workers) + len(self.restarts) > count and self.workers:
             self._retire(self.workers.pop())
         self.restarts.extend([time.monotonic()] * (count - len(self.workers) - len(self.restarts)))
+        if self.ledger.process is not None:  # the projector takes the new sources' settings too
+            self.ledger.stop()
+            self.ledger = LedgerProcess(self._ledger_spec(config))
+            self.ledger.start()
         log.info("SIGHUP: done")
 
     # --- the whole run -----------------------------------------------------------------------
@@ -287,6 +300,7 @@ class Supervisor:
                     return 0
                 log.error("a worker could not start: stopping (see its lines above)")
                 return STARTUP_FAILURE
+        self.ledger.start()
         cleanup = self.on_listening(self.sock.getsockname()) if self.on_listening is not None else None
         log.info("%d workers serving (supervisor pid %d; SIGHUP replaces them on the config on disk)",
                  len(self.workers), os.getpid())
@@ -304,6 +318,7 @@ class Supervisor:
         """Drain whatever still runs (after a failed start, or an error here)."""
         self.stopping = True
         self.restarts.clear()
+        self.ledger.stop()
         for worker in self.workers:
             self._retire(worker)
         self.workers.clear()

@@ -32,6 +32,7 @@ import httpx
 import orjson
 import pytest
 
+from gateway.ledger_process import PROCESS_NAME
 from tests import store_reads
 from tests.conftest import GATEWAY, MC_SECRET, ROOT, free_port, mc_sign, run_gateway, serving, wait_for
 from tests.traffic import Ledger, Sender, check_store, config_text, pending_deliveries, read_only
@@ -50,9 +51,25 @@ def worker_pids(supervisor: int) -> list[int]:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if b"spawn_main" in cmdline and _comm(child) != PROCESS_NAME:  # not the ledger's projector
             pids.append(int(child))
     return pids
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def ledger_pids(supervisor: int) -> list[int]:
+    """The supervisor's ledger projector process (gateway/ledger_process.py)."""
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(child) for child in children if _comm(child) == PROCESS_NAME]
 
 
 class Supervised:
@@ -491,3 +508,32 @@ def test_a_socket_passed_by_systemd_is_used_and_queued_connections_survive_a_res
         assert second.wait(timeout=60) == 0
         listener.close()
     assert len(store_reads.events(config_of(tmp_path))) == 25
+
+
+def test_one_ledger_projector_per_host_restarted_when_killed(supervised, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor runs the ledger's projector in one process of its own, not one per worker;
+    killed, it is started again and takes its lease back at once; it ends with the supervisor."""
+    gw = supervised(2)
+    gw.start()
+
+    def positions() -> int:
+        with read_only(tmp_path / "gateway.db") as db:
+            return int(db.execute("SELECT count(*) FROM positions").fetchone()[0])
+
+    def opened(position: str) -> None:
+        body = orjson.dumps({"type": "position.opened", "position": {"id": position, "volume": 1}})
+        assert httpx.post(f"http://127.0.0.1:{gw.port}/hooks/metacopier", content=body,
+                          headers=mc_sign(body)).status_code == 200
+
+    wait_for(lambda: len(ledger_pids(gw.pid)) == 1, 10, "the ledger projector", seen=gw.tail)
+    [first] = ledger_pids(gw.pid)
+    opened("before-kill")
+    wait_for(lambda: positions() == 1, 5, "the position projected")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: ledger_pids(gw.pid) not in ([], [first]), 10, "another projector", seen=gw.tail)
+    opened("after-kill")
+    wait_for(lambda: positions() == 2, 5, "the position projected by the new projector")
+    [second] = ledger_pids(gw.pid)
+    assert gw.stop() == 0, gw.tail()
+    assert not Path(f"/proc/{second}").exists(), "the projector outlived the supervisor"
+    assert "ledger projector ended (exit -9); starting another" in gw.text()

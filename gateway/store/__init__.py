@@ -249,6 +249,11 @@ class Store(Protocol):
         None when there is no such anomaly."""
         ...
 
+    async def anomaly_counts(self) -> list[tuple[str, str, int]]:
+        """(source, kind, anomalies ever raised), sorted: only grows (acknowledged and resolved
+        ones count, and a reset keeps them)."""
+        ...
+
     async def position_counts(self) -> list[tuple[str, str, int]]:
         """(source, state, positions), sorted. A state that had positions and has none now is
         listed with 0 until a reset."""

@@ -637,6 +637,9 @@ class PostgresStore:
         acked: StoredAnomaly | None = await self._tx(lambda conn: _ledger.acknowledge(conn, anomaly_id, note, at))
         return acked
 
+    async def anomaly_counts(self) -> list[tuple[str, str, int]]:
+        return await _ledger.anomaly_counts(self._db())
+
     async def position_counts(self) -> list[tuple[str, str, int]]:
         return await _ledger.counts(self._db())
 

@@ -168,3 +168,8 @@ async def anomalies(db: asyncpg.Pool, q: AnomalyQuery) -> list[StoredAnomaly]:
 async def counts(db: asyncpg.Pool) -> list[tuple[str, str, int]]:
     rows = await db.fetch("SELECT source, state, n FROM position_counts ORDER BY 1, 2")
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def anomaly_counts(db: asyncpg.Pool) -> list[tuple[str, str, int]]:
+    rows = await db.fetch("SELECT source, kind, count(*) FROM anomalies GROUP BY 1, 2 ORDER BY 1, 2")
+    return [(r[0], r[1], r[2]) for r in rows]

@@ -472,6 +472,9 @@ class SQLiteStore:
         acked: StoredAnomaly | None = await self._write(lambda db: _ledger.acknowledge(db, anomaly_id, note, at))
         return acked
 
+    async def anomaly_counts(self) -> list[tuple[str, str, int]]:
+        return await _ledger.anomaly_counts(self._read())
+
     async def position_counts(self) -> list[tuple[str, str, int]]:
         return await _ledger.counts(self._read())
 

@@ -166,3 +166,8 @@ async def anomalies(db: aiosqlite.Connection, q: AnomalyQuery) -> list[StoredAno
 async def counts(db: aiosqlite.Connection) -> list[tuple[str, str, int]]:
     rows = await db.execute_fetchall("SELECT source, state, n FROM position_counts ORDER BY 1, 2")
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def anomaly_counts(db: aiosqlite.Connection) -> list[tuple[str, str, int]]:
+    rows = await db.execute_fetchall("SELECT source, kind, count(*) FROM anomalies GROUP BY 1, 2 ORDER BY 1, 2")
+    return [(r[0], r[1], r[2]) for r in rows]
