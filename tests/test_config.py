@@ -589,6 +589,8 @@ LIMIT_ERRORS: list[tuple[str, str, str, str]] = [
     ("timeout-string", '[server]\nclient_timeout_seconds = "30s"\n' + MC_SOURCE, "server.client_timeout_seconds",
      "must be a number, got str"),
     ("rate-negative", MC_SOURCE + "rate_limit = -1\n", "sources[0] (mc).rate_limit", "must be between 0 and"),
+    ("stale-negative", MC_SOURCE + "max_open_days = -1\n", "sources[0] (mc).max_open_days", "must be between 0"),
+    ("stale-text", MC_SOURCE + 'max_open_days = "30"\n', "sources[0] (mc).max_open_days", "must be a number"),
     ("burst-without-rate", MC_SOURCE + "rate_burst = 10\n", "sources[0] (mc).rate_burst",
      "needs rate_limit (requests per second) above 0"),
     ("burst-zero", MC_SOURCE + "rate_limit = 1\nrate_burst = 0\n", "sources[0] (mc).rate_burst",
@@ -689,3 +691,9 @@ def test_shape_is_raw_or_normalized_and_where_compiles(write: Callable[[str], Pa
     plugin = load_config(path, environ={"MC": "m" * 40}).plugins[0]
     assert (plugin.shape, plugin.where) == ("normalized", "account == 'real-1' && volume > `1`")
     assert plugin.condition.search({"account": "real-1", "volume": 2}) is True
+
+
+def test_max_open_days_is_per_source_and_off_by_default(write: Callable[[str], Path]) -> None:
+    config = load_config(write(MC_SOURCE + "max_open_days = 2.5\n" + MC_SOURCE.replace('"mc"', '"mc2"')
+                               + "max_open_days = 0\nallow_shared_secret = true\n"), environ={})
+    assert (config.sources["mc"].max_open_days, config.sources["mc2"].max_open_days) == (2.5, None)
