@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
 from gateway.ledger import Entry
 from gateway.normalized import Normalized
-from gateway.store.ledger_records import StoredAnomaly, StoredPosition
+from gateway.store.ledger_records import AnomalyQuery, PositionQuery, StoredAnomaly, StoredPosition
 
 US = 1_000_000
 
@@ -44,3 +45,37 @@ def entry(conflict: Any, record: bytes) -> Entry:
 
 def us(seconds: float) -> int:
     return round(seconds * US)
+
+
+# A position has open anomalies when one of them is neither resolved nor acknowledged.
+_ANOMALOUS = ("EXISTS (SELECT 1 FROM anomalies a WHERE a.source = p.source AND a.account = p.account"
+              " AND a.position_id = p.position_id AND a.resolved_at IS NULL AND a.acked_at IS NULL)")
+_OPEN = "resolved_at IS NULL AND acked_at IS NULL"
+
+
+def where(clauses: Sequence[tuple[str, Any]], mark: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """` WHERE ...` of the clauses whose value is not None, and their arguments: a clause's `{}`
+    is its argument's placeholder (`mark(n)` for the n-th, from 1); one without takes none."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for clause, value in clauses:
+        if value is None:
+            continue
+        if "{}" in clause:
+            args.append(value)
+            clause = clause.format(mark(len(args)))
+        parts.append(clause)
+    return (" WHERE " + " AND ".join(parts) if parts else ""), args
+
+
+def position_filters(q: PositionQuery) -> list[tuple[str, Any]]:
+    anomalous = None if q.anomalous is None else (_ANOMALOUS if q.anomalous else f"NOT {_ANOMALOUS}")
+    return [("p.source = {}", q.source), ("p.account = {}", q.account), ("p.symbol = {}", q.symbol),
+            ("p.state = {}", q.state), ("p.opened_at < {}", q.opened_before), ("p.id < {}", q.after),
+            (anomalous or "", anomalous)]
+
+
+def anomaly_filters(q: AnomalyQuery) -> list[tuple[str, Any]]:
+    state = None if q.open is None else (_OPEN if q.open else f"NOT ({_OPEN})")
+    return [("source = {}", q.source), ("account = {}", q.account), ("position_id = {}", q.position_id),
+            ("kind = {}", q.kind), ("id < {}", q.after), (state or "", state)]

@@ -4,8 +4,6 @@ serialising any two projectors."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 import orjson
 
@@ -30,8 +28,6 @@ _STATUS = """
 """
 _KEYS = ("unnest($1::text[], $2::text[], $3::text[]) AS k(source, account, position_id)")
 _JOIN = "k.source = t.source AND k.account = t.account AND k.position_id = t.position_id"
-_ANOMALOUS = ("EXISTS (SELECT 1 FROM anomalies a WHERE a.source = p.source AND a.account = p.account"
-              " AND a.position_id = p.position_id AND a.resolved_at IS NULL AND a.acked_at IS NULL)")
 
 _T_ANOMALY = ledger_rows.prefixed(ANOMALY_COLUMNS, "t")
 
@@ -122,26 +118,8 @@ async def acknowledge(conn: Conn, anomaly_id: int, note: str, at: float) -> Stor
     return None if row is None else anomaly(row)
 
 
-def _where(clauses: list[tuple[str | None, Any]]) -> tuple[str, list[Any]]:
-    parts: list[str] = []
-    args: list[Any] = []
-    for clause, value in clauses:
-        if clause is None or value is None:
-            continue
-        if "{}" in clause:
-            args.append(value)
-            clause = clause.format(f"${len(args)}")
-        parts.append(clause)
-    return (" WHERE " + " AND ".join(parts) if parts else ""), args
-
-
 async def positions(db: asyncpg.Pool, q: PositionQuery) -> list[StoredPosition]:
-    anomalous = None if q.anomalous is None else (_ANOMALOUS if q.anomalous else f"NOT {_ANOMALOUS}")
-    where, args = _where([
-        ("p.source = {}", q.source), ("p.account = {}", q.account), ("p.symbol = {}", q.symbol),
-        ("p.state = {}", q.state), ("p.opened_at < {}", q.opened_before), ("p.id < {}", q.after),
-        (anomalous, anomalous),
-    ])
+    where, args = ledger_rows.where(ledger_rows.position_filters(q), lambda n: f"${n}")
     rows = await db.fetch(f"SELECT {POSITION_COLUMNS} FROM positions p{where} ORDER BY p.id DESC"
                           f" LIMIT ${len(args) + 1}", *args, q.limit)
     return [position((r[0], r[1], bytes(r[2]))) for r in rows]
@@ -154,12 +132,7 @@ async def get_position(db: asyncpg.Pool, key: PositionKey) -> StoredPosition | N
 
 
 async def anomalies(db: asyncpg.Pool, q: AnomalyQuery) -> list[StoredAnomaly]:
-    state = None if q.open is None else ("resolved_at IS NULL AND acked_at IS NULL" if q.open
-                                         else "(resolved_at IS NOT NULL OR acked_at IS NOT NULL)")
-    where, args = _where([
-        ("source = {}", q.source), ("account = {}", q.account), ("position_id = {}", q.position_id),
-        ("kind = {}", q.kind), ("id < {}", q.after), (state, state),
-    ])
+    where, args = ledger_rows.where(ledger_rows.anomaly_filters(q), lambda n: f"${n}")
     rows = await db.fetch(f"SELECT {ANOMALY_COLUMNS} FROM anomalies{where} ORDER BY id DESC"
                           f" LIMIT ${len(args) + 1}", *args, q.limit)
     return [anomaly(r) for r in rows]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 import aiosqlite
 import orjson
@@ -31,9 +30,6 @@ _STATUS = """
     FROM ledger_state l WHERE l.id = 1
 """
 
-# A position has open anomalies when one of them is neither resolved nor acknowledged.
-_ANOMALOUS = ("EXISTS (SELECT 1 FROM anomalies a WHERE a.source = p.source AND a.account = p.account"
-              " AND a.position_id = p.position_id AND a.resolved_at IS NULL AND a.acked_at IS NULL)")
 
 _T_ANOMALY = ledger_rows.prefixed(ANOMALY_COLUMNS, "t")
 
@@ -127,19 +123,8 @@ def acknowledge(db: sqlite3.Connection, anomaly_id: int, note: str, at: float) -
     return anomaly(rows[0]) if rows else None
 
 
-def _where(clauses: Sequence[tuple[str | None, Any]]) -> tuple[str, list[Any]]:
-    used = [(c, v) for c, v in clauses if c is not None and v is not None]
-    sql = " WHERE " + " AND ".join(c for c, _ in used if c) if used else ""
-    return sql, [v for c, v in used if c and "?" in c]
-
-
 async def positions(db: aiosqlite.Connection, q: PositionQuery) -> list[StoredPosition]:
-    anomalous = None if q.anomalous is None else (_ANOMALOUS if q.anomalous else f"NOT {_ANOMALOUS}")
-    where, args = _where([
-        ("p.source = ?", q.source), ("p.account = ?", q.account), ("p.symbol = ?", q.symbol),
-        ("p.state = ?", q.state), ("p.opened_at < ?", q.opened_before), ("p.id < ?", q.after),
-        (anomalous, anomalous),
-    ])
+    where, args = ledger_rows.where(ledger_rows.position_filters(q), lambda n: "?")
     rows = await db.execute_fetchall(
         f"SELECT {POSITION_COLUMNS} FROM positions p{where} ORDER BY p.id DESC LIMIT ?", (*args, q.limit))
     return [position(r) for r in rows]
@@ -152,12 +137,7 @@ async def get_position(db: aiosqlite.Connection, key: PositionKey) -> StoredPosi
 
 
 async def anomalies(db: aiosqlite.Connection, q: AnomalyQuery) -> list[StoredAnomaly]:
-    state = None if q.open is None else ("resolved_at IS NULL AND acked_at IS NULL" if q.open
-                                         else "(resolved_at IS NOT NULL OR acked_at IS NOT NULL)")
-    where, args = _where([
-        ("source = ?", q.source), ("account = ?", q.account), ("position_id = ?", q.position_id),
-        ("kind = ?", q.kind), ("id < ?", q.after), (state, state),
-    ])
+    where, args = ledger_rows.where(ledger_rows.anomaly_filters(q), lambda n: "?")
     rows = await db.execute_fetchall(
         f"SELECT {ANOMALY_COLUMNS} FROM anomalies{where} ORDER BY id DESC LIMIT ?", (*args, q.limit))
     return [anomaly(r) for r in rows]
