@@ -24,20 +24,29 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _written(path: Path, data: bytes) -> Path:
+    """`data` in a new temporary file (mode 0600) beside `path`, flushed to the disk."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temp)
+        raise
+    os.close(fd)
+    return temp
+
+
 def create_private(path: Path, data: bytes) -> bool:
     """Write `data` to the new file `path` (mode 0600), atomically and durably. False, leaving
     the file untouched, if `path` exists already (another process made it first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    temp = _written(path, data)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         try:
             os.link(temp, path)
         except FileExistsError:
@@ -48,6 +57,18 @@ def create_private(path: Path, data: bytes) -> bool:
             os.rename(temp, path)
         _fsync_folder(path.parent)
         return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """Replace the file `path` by `data` (mode 0600), atomically and durably: a crash leaves the
+    old content or the new, never a mix."""
+    temp = _written(path, data)
+    try:
+        os.replace(temp, path)
+        _fsync_folder(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

@@ -14,7 +14,7 @@ import binascii
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
@@ -85,8 +85,11 @@ def _choice(request: HTTPConnection, name: str, choices: tuple[str, ...]) -> str
 
 class Api:
     def __init__(self, store: Store, tokens: Tokens, public: bool, clock: Callable[[], float] = time.time, *,
-                 metrics: Metrics | None = None, trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
+                 metrics: Metrics | None = None, trusted_proxies: tuple[IPNetwork, ...] = (),
+                 plugins: Sequence[str] = ()) -> None:
+        """`plugins`: the configured plugins' names (the deliveries' summary lists each)."""
         self.store = store
+        self.plugins = tuple(plugins)
         self.tokens = tokens
         self.public = public
         self.clock = clock
@@ -101,12 +104,20 @@ class Api:
             Route("/api/v1/events", self.events),
             Route("/api/v1/events/{event_id:int}", self.event),
             Route("/api/v1/deliveries", self.deliveries),
+            Route("/api/v1/deliveries/summary", self.delivery_summary),
+            Route("/api/v1/deliveries/retry", self.retry_all, methods=["POST"]),
             Route("/api/v1/deliveries/{delivery_id:int}/retry", self.retry, methods=["POST"]),
             Route("/api/v1/rejections", self.rejections),
             Route("/api/v1/stats", self.stats),
             Route("/api/v1/openapi.json", self.openapi),
             Route("/api/v1/session", self.session, methods=["GET", "POST", "DELETE"]),
+            Route("/api/v1/login-options", self.login_options),
         ]
+
+    async def login_options(self, request: Request) -> Response:
+        """What a sign-in page needs before anyone signs in (no token): whether the read API is
+        open to all (`[api] public`) and whether any client is configured to sign in with."""
+        return json_response({"public": self.public, "clients_configured": bool(self.tokens.api.clients)})
 
     async def openapi(self, request: Request) -> Response:
         from gateway.openapi import document
@@ -253,7 +264,7 @@ class Api:
         p = request.query_params
         return EventQuery(
             source=p.get("source"), scheme=scheme, event_type=p.get("type"), account=p.get("account"),
-            symbol=p.get("symbol"), status=status,
+            symbol=p.get("symbol"), entity=p.get("entity"), status=status,
             since=None if since_may_be_id and p.get("since", "").isdigit() else _time(request, "since"),
             until=_time(request, "until"),
             newest_first=order == "newest", limit=_int(request, "limit", 100, 1, MAX_LIMIT),
@@ -296,8 +307,37 @@ class Api:
             status=_choice(request, "status", ("pending", "delivered", "dead")),
             event_id=_int(request, "event_id", 0, 1, 2**62) or None,
             limit=_int(request, "limit", 100, 1, MAX_LIMIT),
+            source=request.query_params.get("source"), event_type=request.query_params.get("event_type"),
         )
         return json_response({"deliveries": [d.to_json() for d in found]})
+
+    async def delivery_summary(self, request: Request) -> Response:
+        """Deliveries per plugin and status, counted by the store (a browser counting the rows it
+        was sent would count only those), with each plugin's oldest pending delivery."""
+        self.principal(request, "events:read")
+        counts: dict[str, dict[str, int]] = {name: {} for name in self.plugins}
+        for plugin, status, n in await self.store.delivery_counts():
+            counts.setdefault(plugin, {})[status] = n
+        summary = []
+        for plugin, by_status in counts.items():
+            oldest = (await self.store.delivery_stats(plugin)).oldest_pending_at if by_status.get("pending") else None
+            summary.append({"plugin": plugin, **{s: by_status.get(s, 0) for s in ("pending", "delivered", "dead")},
+                            "configured": plugin in self.plugins,
+                            "oldest_pending_at": None if oldest is None else iso_utc(oldest)})
+        return json_response({"plugins": summary})
+
+    async def retry_all(self, request: Request) -> Response:
+        """Body {"plugin": "crm", "status": "dead"}: every dead delivery of the plugin is due again
+        now (as `gateway replay --plugin crm --dead`)."""
+        self.principal(request, "deliveries:write")
+        data = await _json_body(request)
+        plugin, status = data.get("plugin"), data.get("status")
+        if not isinstance(plugin, str) or not plugin or status != "dead":
+            raise GatewayError("invalid_request", 'send {"plugin": "<name>", "status": "dead"}')
+        if self.plugins and plugin not in self.plugins:
+            raise GatewayError("not_found", f"no plugin {plugin!r} is configured")
+        retried = await self.store.replay(plugin, dead=True)
+        return json_response({"plugin": plugin, "retried": retried}, status=202)
 
     async def retry(self, request: Request) -> Response:
         self.principal(request, "deliveries:write")
@@ -327,6 +367,25 @@ class Api:
             "counts": [{"source": s, "event_type": t or None, "status": st, "count": n} for s, t, st, n in rows],
             "total": sum(r[3] for r in rows),
         })
+
+
+MAX_JSON_BODY = 8192
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    """A small JSON object body (the API's few writes); 400 or 413 otherwise."""
+    body = b""
+    async for chunk in request.stream():  # refused as it grows: never buffered beyond the limit
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise GatewayError("payload_too_large", f"the body may hold {MAX_JSON_BODY} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise GatewayError("invalid_request", "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise GatewayError("invalid_request", "the body must be a JSON object")
+    return data
 
 
 def _path_id(request: Request, name: str) -> int:

@@ -32,6 +32,7 @@ from gateway.ledger_api import LedgerApi
 from gateway.ledger_process import LedgerProcess, LedgerSpec
 from gateway.limits import client_address
 from gateway.metrics import Metrics
+from gateway.overview_api import OverviewApi
 from gateway.plugins import Plugin
 from gateway.plugins.loader import load_plugins
 from gateway.schemes import reader
@@ -97,7 +98,7 @@ class GatewayApp:
             self.metrics.add_ledger_source(source)
         self.tokens = Tokens(config.api, load_or_create_key(config.store.path.parent), clock=clock)
         self.api = Api(self.store, self.tokens, config.api.public, clock=clock, metrics=self.metrics,
-                       trusted_proxies=config.server.trusted_proxies)
+                       trusted_proxies=config.server.trusted_proxies, plugins=[p.name for p in config.plugins])
         self.streams = Streams(self.api, self.store)
         self.router = RequestIdMiddleware(BrowserHeadersMiddleware(
             Starlette(
@@ -107,6 +108,7 @@ class GatewayApp:
                     Route("/metrics", self._metrics),
                     *self.api.routes(),
                     *LedgerApi(self.api).routes(),
+                    *OverviewApi(self.api, list(config.sources)).routes(),
                     *self.streams.routes(),
                     Route("/", dashboard),
                     Mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard"),

@@ -129,7 +129,7 @@ def _record_address(config: Config, address: tuple[Any, ...]) -> Callable[[], No
     except OSError as exc:
         log.warning("cannot record the address in %s (%s): `gateway send` and `tail` need --url", path, exc)
         return lambda: None
-    log.info("listening on %s (recorded in %s)", url, path)
+    log.info("listening on %s (recorded in %s); the dashboard is at %s/", url, path, url)
 
     def remove() -> None:
         with contextlib.suppress(OSError):

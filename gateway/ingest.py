@@ -316,6 +316,7 @@ class IngestApp:
             attempt=verified.attempt,
             headers=self._kept_headers(headers),
             body=body,
+            sent_at=verified.sent_at,
         )
         routes, filtered = self.router.routes(name, verified.events)
         outcomes = await self.store.ingest(receipt, verified.events, routes)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import MAX_LIMIT, Api, _choice, _int, json_response
+from gateway.api import MAX_LIMIT, Api, _choice, _int, _json_body, json_response
 from gateway.errors import GatewayError
 from gateway.ledger import ANOMALY_KINDS
 from gateway.store.ledger_records import AnomalyQuery, PositionKey, PositionQuery
@@ -18,7 +17,6 @@ from gateway.store.ledger_records import AnomalyQuery, PositionKey, PositionQuer
 STATES = ("open", "partially_closed", "closed")
 NO_ACCOUNT = "-"  # the account segment of a position's URL when its sender names none
 MAX_NOTE = 2000
-MAX_ACK_BODY = 8192
 
 
 def _bool(request: Request, name: str) -> bool | None:
@@ -97,16 +95,7 @@ class LedgerApi:
         """Body: {"note": "why this is fine"}. Acknowledging again replaces the note."""
         self.api.principal(request, "deliveries:write")
         anomaly_id: int = request.path_params["anomaly_id"]
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_ACK_BODY:
-                raise GatewayError("payload_too_large", f"the body may hold {MAX_ACK_BODY} bytes")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise GatewayError("invalid_request", 'the body must be JSON: {"note": "..."}') from None
-        note = data.get("note") if isinstance(data, dict) else None
+        note = (await _json_body(request)).get("note")
         if not isinstance(note, str) or not note.strip() or len(note) > MAX_NOTE:
             raise GatewayError("invalid_request", f'"note" must be text of 1 to {MAX_NOTE} characters')
         acked = None if anomaly_id > 2**63 - 1 else await self.store.acknowledge_anomaly(

@@ -46,6 +46,7 @@ def _event_filters() -> list[dict[str, Any]]:
         _query("type", "Event types matching this glob, e.g. position.*"),
         _query("account", "Only this account id."),
         _query("symbol", "Only this symbol."),
+        _query("entity", "Only this business entity, exactly: position:<id>, account:<id>, order:<id>, ..."),
         _query("status", "Only this status.", {"type": "string", "enum": list(STORED_STATUSES)}),
         _query("since", "Received at or after (ISO 8601).", TIME),
         _query("until", "Received before (ISO 8601).", TIME),
@@ -76,6 +77,9 @@ def _event() -> dict[str, Any]:
             "remote_addr": NULLABLE_STRING,
             "quarantine_reason": NULLABLE_STRING,
             "payload": {"description": "The parsed event; null when it could not be parsed"},
+            "normalized": {"type": ["object", "null"], "description": "Its trading meaning in one shape for "
+                           "every sender (kind, account, position_id, side, volume, price, profit, ...; "
+                           "docs/ledger.md); null for an event without one"},
         },
     }
 
@@ -302,12 +306,41 @@ def document() -> dict[str, Any]:
                 "parameters": [_query("plugin", "Only this plugin."),
                                _query("status", "Only this status.",
                                       {"type": "string", "enum": ["pending", "delivered", "dead"]}),
-                               _query("event_id", "Only this event's.", {"type": "integer", "minimum": 1}), LIMIT],
+                               _query("event_id", "Only this event's.", {"type": "integer", "minimum": 1}),
+                               _query("source", "Only this source's."), _query("event_type", "Only this event type."),
+                               LIMIT],
                 "responses": {
                     "200": _json({"type": "object", "required": ["deliveries"],
                                   "properties": {"deliveries": {"type": "array", "items": _ref("Delivery")}}},
                                  "Deliveries"),
                     "400": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/deliveries/summary": {"get": {
+                "operationId": "deliverySummary",
+                "summary": "Deliveries per plugin and status, counted by the store, and the oldest pending",
+                "security": SECURED,
+                "responses": {
+                    "200": _json({"type": "object", "required": ["plugins"], "properties": {"plugins": {
+                        "type": "array", "items": {"type": "object", "required": [
+                            "plugin", "pending", "delivered", "dead", "configured", "oldest_pending_at"],
+                            "properties": {"plugin": {"type": "string"}, "pending": {"type": "integer"},
+                                           "delivered": {"type": "integer"}, "dead": {"type": "integer"},
+                                           "configured": {"type": "boolean"},
+                                           "oldest_pending_at": {"type": ["string", "null"], "format": "date-time"}},
+                        }}}}, "Counts per plugin"),
+                    **AUTH_ERRORS},
+            }},
+            "/api/v1/deliveries/retry": {"post": {
+                "operationId": "retryDeadDeliveries",
+                "summary": "Deliver every dead delivery of a plugin again, now (scope deliveries:write)",
+                "security": [{"oauth2": ["deliveries:write"]}, {"bearer": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["plugin", "status"],
+                    "properties": {"plugin": {"type": "string", "minLength": 1},
+                                   "status": {"type": "string", "enum": ["dead"]}}}}}},
+                "responses": {"202": _json({"type": "object", "required": ["plugin", "retried"], "properties": {
+                    "plugin": {"type": "string"}, "retried": {"type": "integer"}}}, "Queued again"),
+                    "400": PROBLEM, "404": PROBLEM, "413": PROBLEM, **AUTH_ERRORS},
             }},
             "/api/v1/deliveries/{delivery_id}/retry": {"post": {
                 "operationId": "retryDelivery", "summary": "Deliver again, now (scope deliveries:write)",
@@ -351,6 +384,46 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "text/event-stream of `event` messages with `id:` lines",
                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                               "400": PROBLEM, **AUTH_ERRORS, "429": PROBLEM, "503": PROBLEM},
+            }},
+            "/api/v1/overview": {"get": {
+                "operationId": "overview",
+                "summary": "The feed's health over a window, from the store: events per bucket by source and "
+                           "status, rejections by code, delivery backlogs, ingest latency p99, senders' clock skew",
+                "description": "Cost: the window's events, rejections and receipts are read through their "
+                               "receive-time indexes (docs/dashboard.md has the figures on 1,000,000 events).",
+                "security": SECURED,
+                "parameters": [_query("window", "The window (default 1h); buckets of 1 min, 1 min, 15 min, 1 h",
+                                      {"type": "string", "enum": ["15m", "1h", "24h", "7d"]})],
+                "responses": {
+                    "200": _json({"type": "object", "required": [
+                        "window", "since", "until", "bucket_seconds", "buckets", "events", "rejections", "deliveries",
+                        "latency_p99_ms", "clock_skew_seconds"], "properties": {
+                        "window": {"type": "string"}, "since": TIME, "until": TIME,
+                        "bucket_seconds": {"type": "integer"},
+                        "buckets": {"type": "array", "items": TIME},
+                        "events": {"type": "object", "description": "source -> status -> count per bucket",
+                                   "additionalProperties": {"type": "object", "additionalProperties": {
+                                       "type": "array", "items": {"type": "integer"}}}},
+                        "rejections": {"type": "object", "description": "source -> code -> count per bucket",
+                                       "additionalProperties": {"type": "object", "additionalProperties": {
+                                           "type": "array", "items": {"type": "integer"}}}},
+                        "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+                            "plugin": {"type": "string"}, "pending": {"type": "integer"}, "dead": {"type": "integer"},
+                            "oldest_pending_age_seconds": {"type": "number"}}}},
+                        "latency_p99_ms": {"type": "object", "additionalProperties": NUMBER_OR_NULL},
+                        "clock_skew_seconds": {"type": "object", "additionalProperties": {
+                            "type": ["object", "null"], "properties": {"p50": {"type": "number"},
+                                                                      "max_abs": {"type": "number"}}}},
+                    }}, "The overview"),
+                    "400": PROBLEM, **AUTH_ERRORS},
+            }},
+            "/api/v1/login-options": {"get": {
+                "operationId": "loginOptions", "summary": "Before signing in: is the read API public, is any "
+                "client configured (no token needed)", "security": [],
+                "responses": {"200": _json({"type": "object", "required": ["public", "clients_configured"],
+                                            "properties": {"public": {"type": "boolean"},
+                                                           "clients_configured": {"type": "boolean"}}},
+                                           "The sign-in options")},
             }},
             "/api/v1/session": {
                 "get": {"operationId": "session", "summary": "Who is signed in (the session cookie, or the token)",

@@ -23,9 +23,31 @@ def test_first_start_creates_private_secrets_and_announces_them_once(tmp_path: P
     with path.open("rb") as fh:
         kept = tomllib.load(fh)
     revealed = {name: source.secrets[0].reveal() for name, source in config.sources.items()}
-    assert kept == revealed
+    client = config.api.clients["dashboard"]
+    assert kept == revealed | {"clients": {"dashboard": client.secret.reveal()}}
     for name, value in revealed.items():
         assert f"{name}: {value}" in said[0]
+    assert f"client id: dashboard\n  client secret: {client.secret.reveal()}" in said[0]
+    assert sorted(client.scopes) == ["deliveries:write", "events:read"]
+
+
+def test_a_secrets_file_from_before_the_dashboard_client_gets_one_once(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "secrets.toml"
+    path.parent.mkdir()
+    path.write_text('metacopier = "mc-secret-0123456789abcdef-0123456789abcdef"\n'
+                    'pipsync = "whsec_0123456789abcdef0123456789abcdef"\n'
+                    'tradrapi = "tradrapi-key-0123456789abcdef"\n')
+    path.chmod(0o600)
+    said: list[str] = []
+    config = default_config(tmp_path, announce=said.append)
+    secret = config.api.clients["dashboard"].secret.reveal()
+    assert len(said) == 1 and f"client secret: {secret}" in said[0]
+    assert config.sources["metacopier"].secrets[0].reveal() == "mc-secret-0123456789abcdef-0123456789abcdef"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert default_config(tmp_path, announce=said.append).api.clients["dashboard"].secret.reveal() == secret
+    assert len(said) == 1  # announced once, kept after
+    with pytest.raises(FileNotFoundError):  # other commands never create anything
+        default_config(tmp_path / "elsewhere", announce=said.append, create=False)
 
 
 def test_second_start_reuses_the_secrets_silently(tmp_path: Path) -> None:

@@ -91,7 +91,8 @@ def test_a_secrets_write_cut_short_by_a_full_disk_leaves_no_file_behind(
     assert said == [] and list((tmp_path / "var").iterdir()) == []
     config = default_config(tmp_path, announce=said.append)
     with (tmp_path / SECRETS_FILE).open("rb") as fh:
-        assert tomllib.load(fh) == {name: s.secrets[0].reveal() for name, s in config.sources.items()}
+        assert tomllib.load(fh) == {name: s.secrets[0].reveal() for name, s in config.sources.items()} | {
+            "clients": {"dashboard": config.api.clients["dashboard"].secret.reveal()}}
     assert len(said) == 1
 
 

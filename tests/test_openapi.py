@@ -16,6 +16,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from gateway.app import GatewayApp
 from gateway.config import parse_config
 from gateway.ledger_api import LedgerApi
+from gateway.overview_api import OverviewApi
 from tests.conftest import RunningGateway, mc_sign, source_table, wait_for
 
 SECRET = "openapi-client-secret-0123"
@@ -63,7 +64,7 @@ def test_api_conforms_to_its_openapi_document(running: tuple[RunningGateway, str
 
         check()
         tested.append(operation.label)
-    assert len(tested) == 14, tested  # every operation but the stream
+    assert len(tested) == 18, tested  # every operation but the stream
 
 
 def test_document_is_openapi_3_1_and_lists_every_route(running: tuple[RunningGateway, str]) -> None:
@@ -71,7 +72,8 @@ def test_document_is_openapi_3_1_and_lists_every_route(running: tuple[RunningGat
     doc = gw.client.get("/api/v1/openapi.json").json()
     assert doc["openapi"] == "3.1.0"
     api_paths = ({route.path for route in gw.app.api.routes()} | {route.path for route in gw.app.streams.routes()}
-                 | {route.path for route in LedgerApi(gw.app.api).routes()})
+                 | {route.path for route in LedgerApi(gw.app.api).routes()}
+                 | {route.path for route in OverviewApi(gw.app.api, []).routes()})
     documented = {path.replace("{event_id}", "{event_id:int}").replace("{delivery_id}", "{delivery_id:int}")
                   .replace("{anomaly_id}", "{anomaly_id:int}").replace("{position_id}", "{position_id:path}")
                   for path in doc["paths"]}

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         StoredAnomaly,
         StoredPosition,
     )
+    from gateway.store.overview import OverviewData
 
 __all__ = [
     "BACKENDS", "Claim", "CommitListener", "DeliveryRecord", "DeliveryResult", "DeliveryStats", "DeliveryStatus",
@@ -132,6 +133,12 @@ class Store(Protocol):
         """One event with its raw request body and the headers kept."""
         ...
 
+    async def overview(self, since: float, until: float, bucket: float) -> OverviewData:
+        """The console's overview of [since, until): events per source, status and `bucket`-second
+        bucket, rejections per source and code, and per source the receipts' latency p99 and the
+        senders' clock skew (`gateway.store.overview`)."""
+        ...
+
     async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
         """(source, event type, status, count) of events received in [since, until), sorted."""
         ...
@@ -184,9 +191,13 @@ class Store(Protocol):
 
     async def list_deliveries(
         self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
-        limit: int = 100, delivery_id: int | None = None,
+        limit: int = 100, delivery_id: int | None = None, source: str | None = None, event_type: str | None = None,
     ) -> list[DeliveryRecord]:
         """Delivery rows, newest first."""
+        ...
+
+    async def delivery_counts(self) -> list[tuple[str, str, int]]:
+        """(plugin, status, deliveries), sorted: counted in the store, whatever their number."""
         ...
 
     # --- rejections -------------------------------------------------------------------------

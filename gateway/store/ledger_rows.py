@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -10,6 +9,7 @@ import orjson
 from gateway.ledger import Entry
 from gateway.normalized import Normalized
 from gateway.store.ledger_records import AnomalyQuery, PositionQuery, StoredAnomaly, StoredPosition
+from gateway.store.sql import where as where
 
 US = 1_000_000
 
@@ -51,21 +51,6 @@ def us(seconds: float) -> int:
 _ANOMALOUS = ("EXISTS (SELECT 1 FROM anomalies a WHERE a.source = p.source AND a.account = p.account"
               " AND a.position_id = p.position_id AND a.resolved_at IS NULL AND a.acked_at IS NULL)")
 _OPEN = "resolved_at IS NULL AND acked_at IS NULL"
-
-
-def where(clauses: Sequence[tuple[str, Any]], mark: Callable[[int], str]) -> tuple[str, list[Any]]:
-    """` WHERE ...` of the clauses whose value is not None, and their arguments: a clause's `{}`
-    is its argument's placeholder (`mark(n)` for the n-th, from 1); one without takes none."""
-    parts: list[str] = []
-    args: list[Any] = []
-    for clause, value in clauses:
-        if value is None:
-            continue
-        if "{}" in clause:
-            args.append(value)
-            clause = clause.format(mark(len(args)))
-        parts.append(clause)
-    return (" WHERE " + " AND ".join(parts) if parts else ""), args
 
 
 def position_filters(q: PositionQuery) -> list[tuple[str, Any]]:

@@ -21,6 +21,7 @@ class Receipt:
     attempt: int | None
     headers: Sequence[tuple[str, str]]
     body: bytes
+    sent_at: float | None = None  # the sender's own timestamp, when its scheme signs one
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class EventQuery:
     event_type: str | None = None
     account: str | None = None
     symbol: str | None = None
+    entity: str | None = None  # exact: `position:88412231`, `account:...`
     status: str | None = None
     since: float | None = None
     until: float | None = None
@@ -52,9 +54,14 @@ class StoredEvent(EventRecord):
     quarantine_reason: str | None
 
     def to_json(self) -> dict[str, Any]:
-        """The public shape of an event (`gateway events --json`, the API, the stream)."""
+        """The public shape of an event (`gateway events --json`, the API, the stream), with its
+        trading meaning (`normalized`, docs/ledger.md; null for an event without one)."""
+        from gateway.normalized import normalize
+
+        normalized = normalize(self)
         return event_json(self, request_id=self.request_id, attempt=self.attempt,
-                          remote_addr=self.remote_addr, quarantine_reason=self.quarantine_reason)
+                          remote_addr=self.remote_addr, quarantine_reason=self.quarantine_reason,
+                          normalized=None if normalized is None else normalized.to_json())
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ from gateway.store.postgres._schema import migrate
 BATCH = 2000
 # (table, its columns, in both stores' schemas)
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("receipts", ("id", "request_id", "source", "received_at", "remote_addr", "attempt", "headers", "body")),
+    ("receipts", ("id", "request_id", "source", "received_at", "remote_addr", "attempt", "headers", "body",
+                  "sent_at", "latency_us")),
     ("events", ("id", "receipt_id", "source", "scheme", "event_type", "entity_id", "dedup_key", "fingerprint",
                 "status", "conflicts_with", "account", "symbol", "received_at", "payload", "quarantine_reason")),
     ("deliveries", ("id", "event_id", "plugin", "source", "entity_id", "status", "attempts", "next_attempt_at",

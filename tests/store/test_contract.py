@@ -96,6 +96,11 @@ async def test_to_json_is_the_public_shape(store: Store) -> None:
         "remote_addr": "203.0.113.7",
         "quarantine_reason": None,
         "payload": {"type": "position.opened", "position": {"id": "88412231"}},
+        "normalized": {  # its trading meaning, with what the sender left out
+            "kind": "position.opened", "source": "src", "event_id": outcome.id, "account": None,
+            "position_id": "88412231", "order_id": None, "symbol": None, "side": None, "volume": None, "price": None,
+            "sl": None, "tp": None, "profit": None, "currency": None, "amount": None, "operation": None,
+            "occurred_at": None, "problems": ["volume: missing", "side: missing (position.orderType or orderType)"]},
     }
     parsed = datetime.fromisoformat(data["received_at"].replace("Z", "+00:00"))
     assert parsed.tzinfo == UTC

@@ -30,7 +30,7 @@ import orjson
 
 from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, ParsedEvent, load_payload
-from gateway.store import StoreObserver, prune_in_batches
+from gateway.store import StoreObserver, overview, prune_in_batches
 from gateway.store.committer import MAX_GROUP_EVENTS, Committed, Ingest
 from gateway.store.ledger_records import (
     AnomalyQuery,
@@ -459,9 +459,12 @@ class PostgresStore:
         return await _outbox.stats(self._db(), plugin)
 
     async def list_deliveries(self, *, plugin: str | None = None, status: str | None = None,
-                              event_id: int | None = None, limit: int = 100,
-                              delivery_id: int | None = None) -> list[DeliveryRecord]:
-        return await _outbox.listing(self._db(), plugin, status, event_id, limit, delivery_id)
+                              event_id: int | None = None, limit: int = 100, delivery_id: int | None = None,
+                              source: str | None = None, event_type: str | None = None) -> list[DeliveryRecord]:
+        return await _outbox.listing(self._db(), plugin, status, event_id, limit, delivery_id, source, event_type)
+
+    async def delivery_counts(self) -> list[tuple[str, str, int]]:
+        return await _outbox.counts(self._db())
 
     async def hold_job(self, name: str, holder: str, seconds: float) -> bool:
         now = time.time()
@@ -659,6 +662,7 @@ class PostgresStore:
              glob_regex(glob) if is_glob and glob is not None else glob),
             ("e.account = {}", query.account),
             ("e.symbol = {}", query.symbol),
+            ("e.entity_id = {}", query.entity),
             ("e.status = {}", query.status),
             ("e.received_at >= {}", None if query.since is None else round(query.since * US)),
             ("e.received_at < {}", None if query.until is None else round(query.until * US)),
@@ -674,6 +678,10 @@ class PostgresStore:
         if row is None:
             return None
         return EventDetail(event=_event(row), body=bytes(row[16]), headers=[tuple(h) for h in orjson.loads(row[17])])
+
+    async def overview(self, since: float, until: float, bucket: float) -> overview.OverviewData:
+        return await overview.read(lambda sql, args: self._db().fetch(sql, *args), lambda n: f"${n}",
+                                   since, until, bucket)
 
     async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
         low = 0 if since is None else round(since * US)

@@ -49,9 +49,10 @@ _WRITE_IF_UNCHANGED = """
         SELECT (SELECT value FROM locked WHERE name = 'events') = $33::bigint
                AND (SELECT value FROM locked WHERE name = 'receipts') = $34::bigint AS ok
     ), receipt_rows AS (
-        INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)
+        INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body, sent_at,
+                              latency_us)
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[],
-                             $7::bytea[], $8::bytea[]) WHERE (SELECT ok FROM unchanged)
+                             $7::bytea[], $8::bytea[], $35::bigint[], $36::bigint[]) WHERE (SELECT ok FROM unchanged)
     ), event_rows AS (
         INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint, status,
                             conflicts_with, account, symbol, received_at, payload, quarantine_reason)
@@ -87,9 +88,10 @@ async def _lookup(conn: Conn, items: list[Ingest]) -> tuple[list[list[str]], dic
 async def _write(conn: Conn, rows: Planned, channel: str, notice: str, events_seen: int,
                  receipts_seen: int) -> bool:
     """Write the group's rows if the counters are still the ones seen; whether it did."""
-    written = await conn.fetchrow(_WRITE_IF_UNCHANGED, *_columns(rows.receipts, 8), *_columns(rows.events, 15),
+    receipts = _columns(rows.receipts, 10)  # the last two (sent_at, latency_us) are $35 and $36
+    written = await conn.fetchrow(_WRITE_IF_UNCHANGED, *receipts[:8], *_columns(rows.events, 15),
                                   *_columns(rows.deliveries, 5), rows.event_id, rows.receipt_id, channel, notice,
-                                  events_seen, receipts_seen)
+                                  events_seen, receipts_seen, *receipts[8:])
     return written is not None and bool(written[0])
 
 

@@ -12,11 +12,11 @@ own short transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
 from gateway.model import Event, load_payload
+from gateway.store import sql as filters
 from gateway.store.postgres._schema import Conn
 from gateway.store.records import Claim, DeliveryRecord, DeliveryResult, DeliveryStats
 
@@ -148,15 +148,11 @@ async def stats(pool: asyncpg.Pool, plugin: str) -> DeliveryStats:
 
 
 async def listing(pool: asyncpg.Pool, plugin: str | None, status: str | None, event_id: int | None, limit: int,
-                  delivery_id: int | None = None) -> list[DeliveryRecord]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (("d.plugin", plugin), ("d.status", status), ("d.event_id", event_id),
-                          ("d.id", delivery_id)):
-        if value is not None:
-            args.append(value)
-            where.append(f"{column} = ${len(args)}")
-    sql = _LIST + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY d.id DESC LIMIT ${len(args) + 1}"
+                  delivery_id: int | None = None, source: str | None = None,
+                  event_type: str | None = None) -> list[DeliveryRecord]:
+    where, args = filters.where(filters.delivery_filters(plugin, status, event_id, delivery_id, source, event_type),
+                                lambda n: f"${n}")
+    sql = _LIST + where + f" ORDER BY d.id DESC LIMIT ${len(args) + 1}"
     return [
         DeliveryRecord(
             id=r[0], event_id=r[1], plugin=r[2], source=r[3], entity_id=r[4], event_type=r[5], status=r[6],
@@ -165,3 +161,8 @@ async def listing(pool: asyncpg.Pool, plugin: str | None, status: str | None, ev
         )
         for r in await pool.fetch(sql, *args, limit)
     ]
+
+
+async def counts(pool: asyncpg.Pool) -> list[tuple[str, str, int]]:
+    rows = await pool.fetch("SELECT plugin, status, count(*) FROM deliveries GROUP BY 1, 2 ORDER BY 1, 2")
+    return [(r[0], r[1], r[2]) for r in rows]

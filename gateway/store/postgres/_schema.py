@@ -162,6 +162,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         PRIMARY KEY (source, state)
     )""",
     ),
+    # 3: as the SQLite store's schema 10.
+    (
+    "CREATE INDEX events_entity ON events(entity_id, id)",
+    "ALTER TABLE receipts ADD COLUMN sent_at bigint",
+    "ALTER TABLE receipts ADD COLUMN latency_us bigint",
+    "CREATE INDEX receipts_received ON receipts(received_at)",
+    ),
 )
 
 

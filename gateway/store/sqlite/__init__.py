@@ -26,7 +26,7 @@ import orjson
 
 from gateway.errors import StoreUnavailable
 from gateway.model import Outcome, ParsedEvent, load_payload
-from gateway.store import StoreObserver, prune_in_batches
+from gateway.store import StoreObserver, overview, prune_in_batches
 from gateway.store.committer import Committed, GroupCommitter, Ingest, Item, Op
 from gateway.store.ledger_records import (
     AnomalyQuery,
@@ -392,9 +392,12 @@ class SQLiteStore:
 
     async def list_deliveries(
         self, *, plugin: str | None = None, status: str | None = None, event_id: int | None = None,
-        limit: int = 100, delivery_id: int | None = None,
+        limit: int = 100, delivery_id: int | None = None, source: str | None = None, event_type: str | None = None,
     ) -> list[DeliveryRecord]:
-        return await _outbox.listing(self._read(), plugin, status, event_id, limit, delivery_id)
+        return await _outbox.listing(self._read(), plugin, status, event_id, limit, delivery_id, source, event_type)
+
+    async def delivery_counts(self) -> list[tuple[str, str, int]]:
+        return await _outbox.counts(self._read())
 
     async def list_events(self, query: EventQuery | None = None, **filters: Any) -> list[StoredEvent]:
         query = query if query is not None else EventQuery(**filters)
@@ -411,6 +414,7 @@ class SQLiteStore:
             (type_clause, glob),
             ("e.account = ?", query.account),
             ("e.symbol = ?", query.symbol),
+            ("e.entity_id = ?", query.entity),
             ("e.status = ?", query.status),
             ("e.received_at >= ?", None if query.since is None else round(query.since * 1_000_000)),
             ("e.received_at < ?", None if query.until is None else round(query.until * 1_000_000)),
@@ -431,6 +435,10 @@ class SQLiteStore:
         if row is None:
             return None
         return EventDetail(event=_event(row), body=row[16], headers=[tuple(h) for h in orjson.loads(row[17])])
+
+    async def overview(self, since: float, until: float, bucket: float) -> overview.OverviewData:
+        return await overview.read(lambda sql, args: self._read().execute_fetchall(sql, args), lambda n: f"?{n}",
+                                   since, until, bucket)
 
     async def event_stats(self, since: float | None, until: float | None) -> list[tuple[str, str, str, int]]:
         sql = "SELECT source, event_type, status, count(*) FROM events WHERE received_at >= ? AND received_at < ?"

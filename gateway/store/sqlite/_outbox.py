@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 import aiosqlite
 import orjson
 
 from gateway.model import Event, load_payload
+from gateway.store import sql
 from gateway.store.records import Claim, DeliveryRecord, DeliveryResult, DeliveryStats
 
 US = 1_000_000
@@ -135,17 +135,11 @@ async def stats(db: aiosqlite.Connection, plugin: str) -> DeliveryStats:
 
 async def listing(
     db: aiosqlite.Connection, plugin: str | None, status: str | None, event_id: int | None, limit: int,
-    delivery_id: int | None = None,
+    delivery_id: int | None = None, source: str | None = None, event_type: str | None = None,
 ) -> list[DeliveryRecord]:
-    where: list[str] = []
-    args: list[Any] = []
-    for clause, value in (("d.plugin = ?", plugin), ("d.status = ?", status), ("d.event_id = ?", event_id),
-                          ("d.id = ?", delivery_id)):
-        if value is not None:
-            where.append(clause)
-            args.append(value)
-    sql = _LIST + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id DESC LIMIT ?"
-    rows = await db.execute_fetchall(sql, (*args, limit))
+    where, args = sql.where(sql.delivery_filters(plugin, status, event_id, delivery_id, source, event_type),
+                            lambda n: "?")
+    rows = await db.execute_fetchall(_LIST + where + " ORDER BY d.id DESC LIMIT ?", (*args, limit))
     return [
         DeliveryRecord(
             id=r[0], event_id=r[1], plugin=r[2], source=r[3], entity_id=r[4], event_type=r[5], status=r[6],
@@ -154,3 +148,8 @@ async def listing(
         )
         for r in rows
     ]
+
+
+async def counts(db: aiosqlite.Connection) -> list[tuple[str, str, int]]:
+    rows = await db.execute_fetchall("SELECT plugin, status, count(*) FROM deliveries GROUP BY 1, 2 ORDER BY 1, 2")
+    return [(r[0], r[1], r[2]) for r in rows]

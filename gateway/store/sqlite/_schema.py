@@ -231,6 +231,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         PRIMARY KEY (source, state)
     )""",
     ),
+    # 10: events found by their business entity (the console's search, `entity=` on /events).
+    (
+    "CREATE INDEX events_entity ON events(entity_id, id)",
+    # what the console's overview reads per receipt, for every process and across restarts
+    "ALTER TABLE receipts ADD COLUMN sent_at INTEGER",  # the sender's timestamp (us), when its scheme signs one
+    "ALTER TABLE receipts ADD COLUMN latency_us INTEGER",  # from receipt to the write of its group
+    "CREATE INDEX receipts_received ON receipts(received_at)",
+    ),
 )
 
 

@@ -40,8 +40,9 @@ LOCK_SUFFIX = "-writer.lock"  # beside the store: the write lock of every proces
 
 log = logging.getLogger("gateway.store")
 
-_INSERT_RECEIPTS = "INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body)"
-_RECEIPT = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RECEIPTS = ("INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers, body,"
+                    " sent_at, latency_us)")
+_RECEIPT = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENTS = (
     "INSERT INTO events (id, receipt_id, source, scheme, event_type, entity_id, dedup_key, fingerprint,"
     " status, conflicts_with, account, symbol, received_at, payload, quarantine_reason)"
