@@ -411,8 +411,10 @@ def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
     body = b'{"type":"position.opened","accountId":"acc-1","position":{"id":"1","symbol":"EURUSD"}}'
     with sqlite3.connect(db, isolation_level=None) as conn:
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
-                         [(i, f"r{i}", "metacopier", now, "127.0.0.1", 1, b"[]", body) for i in range(1, 1001)])
+        conn.executemany("INSERT INTO receipts (id, request_id, source, received_at, remote_addr, attempt, headers,"
+                         " body, sent_at, latency_us) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         [(i, f"r{i}", "metacopier", now - i * 1000, "127.0.0.1", 1, b"[]", body, now - i * 1000 - i,
+                           1000 + i) for i in range(1, 1001)])
         types = ("position.opened", "position.closed", "history.updated", "trade.opened")
         symbols = ("EURUSD", "XAUUSD", "BTCUSD", "GBPUSD", "USDJPY")
         conn.executemany(
@@ -430,7 +432,8 @@ def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
                                                        "client_secret": CLIENT_SECRET}).json()["access_token"]
             results = {}
             for name, query in (("unfiltered", ""), ("source", "&source=pipsync"), ("type glob", "&type=position.*"),
-                                ("symbol", "&symbol=XAUUSD"), ("account", "&account=acc-42")):
+                                ("symbol", "&symbol=XAUUSD"), ("account", "&account=acc-42"),
+                                ("entity", f"&entity=position:{events // 2}")):
                 latencies = []
                 for _ in range(samples):
                     started = time.perf_counter()
@@ -442,7 +445,17 @@ def listing(folder: Path, events: int, samples: int) -> dict[str, Any]:
                 latencies.sort()
                 results[name] = {"p50_ms": statistics.median(latencies),
                                  "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
-        return {"events": events, "samples": samples, "queries": results}
+            overview = {}
+            for window in ("15m", "7d"):  # the console's landing tab, every event of the store in its window
+                latencies = []
+                for _ in range(max(3, samples // 20)):
+                    started = time.perf_counter()
+                    r = client.get(f"/api/v1/overview?window={window}", headers={"Authorization": f"Bearer {token}"})
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    assert r.status_code == 200, r.text
+                latencies.sort()
+                overview[window] = {"p50_ms": statistics.median(latencies), "max_ms": latencies[-1]}
+        return {"events": events, "samples": samples, "queries": results, "overview": overview}
     finally:
         target.stop()
 
@@ -620,6 +633,9 @@ def main(out: Path, quick: bool, seconds: float, connections: str, workloads: st
         for name, figures in results["listing"]["queries"].items():
             click.echo(f"list 100 of {results['listing']['events']} ({name}): p50 {figures['p50_ms']:.2f} ms "
                        f"p99 {figures['p99_ms']:.2f} ms")
+        for window, figures in results["listing"]["overview"].items():
+            click.echo(f"overview of {results['listing']['events']} events, window {window}: "
+                       f"p50 {figures['p50_ms']:.0f} ms, max {figures['max_ms']:.0f} ms")
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     chart(results, out / "chart.png")
     click.echo(f"wrote {out / 'results.json'} and {out / 'chart.png'}")
