@@ -93,6 +93,9 @@ def test_default_setup_end_to_end(workdir: Path) -> None:
     # The generated secrets are announced once, on the start that created them.
     secrets = dict(line.split(" = ") for line in secrets_file.read_text().splitlines() if " = " in line)
     assert all(value.strip('"') in log for value in secrets.values())
+    # the console's client is among them, printed with what to do with it, and the log names the console
+    assert f"client id: dashboard\n  client secret: {secrets['dashboard'].strip(chr(34))}" in log
+    assert f"the dashboard is at {server.url}/" in log
     server = Server(workdir)
     second_log = server.stop()
     assert not any(value.strip('"') in second_log for value in secrets.values())
