@@ -1,198 +1,203 @@
-// The gateway dashboard: plain JavaScript against /api/v1, no build step, nothing external.
-// Signed in by an HttpOnly session cookie (POST /api/v1/session): no script here ever holds the
-// token, and no URL carries it.
-"use strict";
+// The gateway's console: plain JavaScript modules against /api/v1, no build step, nothing
+// fetched from elsewhere. This module signs in and out, keeps the session's end in view, and
+// switches tabs (from the URL's fragment, so a reload stays where it was).
 
-const state = { source: null, lastId: 0, selected: null };
-// Stream endings that a reconnect cannot fix: the session is over.
-const SESSION_ENDED = new Set(["token_expired", "invalid_token", "unauthorized", "insufficient_scope"]);
-const $ = (selector) => document.querySelector(selector);
+import { api, onSessionEnded } from "./api.js";
+import { $, $$, clearStatus, clock, reportError, setStatus } from "./dom.js";
+import { closeDrawer, initDrawer } from "./drawer.js";
+import { deliveriesTab } from "./deliveries.js";
+import { eventsTab } from "./events.js";
+import { configure, stopAll } from "./live.js";
+import { TABS, go, parseHash } from "./nav.js";
+import { overviewTab } from "./overview.js";
+import { positionsTab } from "./positions.js";
+import { rejectionsTab } from "./rejections.js";
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value; else node.setAttribute(key, value);
+const TAB_VIEWS = { overview: overviewTab, events: eventsTab, positions: positionsTab, deliveries: deliveriesTab,
+                    rejections: rejectionsTab };
+const MAX_TIMER_MS = 2 ** 31 - 1;  // setTimeout's limit (about 24 days)
+const STREAM_RETRY_MS = 10000;
+
+// mode: "out" (the sign-in page), "in" (a session), "public" (reads open to all, no session).
+const session = { mode: "out", timer: null, current: null, retry: null };
+
+// --- signing in and out ---------------------------------------------------------------------
+
+function loginMessage(text, kind = "error") {
+  const message = $("#login-error");
+  message.textContent = text;
+  message.className = text ? `notice ${kind}` : "notice";
+}
+
+async function loginOptions() {
+  try {
+    return await api("/api/v1/login-options", { quiet: true });
+  } catch {
+    return { public: false, clients_configured: true };  // a gateway without the call: the form
   }
-  for (const child of children) node.append(child ?? "");
-  return node;
 }
 
-async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, credentials: "same-origin" });
-  const body = await response.json();
-  if (response.status === 401) { signOut(`Your session has ended (${body.detail}); sign in again.`); throw new Error(body.code); }
-  if (!response.ok) throw new Error(`${body.code}: ${body.detail}`);
-  return body;
+async function showSignIn(message = "", kind = "error") {
+  stopAll();
+  closeDrawer({ restoreFocus: false });
+  clearStatus();
+  if (session.current) TAB_VIEWS[session.current].leave();
+  session.current = null;
+  const wasPublic = session.mode === "public";
+  session.mode = "out";
+  clearTimeout(session.timer);
+  $("#main").hidden = true;
+  $("#tabs").hidden = true;
+  $("#session").hidden = true;
+  $("#signin").hidden = false;
+  loginMessage(message, kind);
+  const options = await loginOptions();
+  $("#no-clients").hidden = options.clients_configured;
+  $("#login").hidden = !options.clients_configured;
+  $("#login-cancel").hidden = !(wasPublic || options.public);
+  if (options.clients_configured) $("#login input[name=client_id]").focus();
 }
-
-function setStatus(text) { $("#status").textContent = text; }
 
 async function signIn(event) {
   event.preventDefault();
   const form = new FormData($("#login"));
-  const response = await fetch("/api/v1/session", {
-    method: "POST", credentials: "same-origin",
-    body: new URLSearchParams({ grant_type: "client_credentials", client_id: form.get("client_id"),
-                                client_secret: form.get("client_secret") }),
-  });
-  const body = await response.json();
-  if (!response.ok) { $("#login-error").textContent = body.detail || "sign-in failed"; return; }
-  $("#login").reset();
-  start();
-}
-
-function signOut(message) {
-  if (state.source) state.source.close();
-  state.source = null;
-  fetch("/api/v1/session", { method: "DELETE", credentials: "same-origin" }).catch(() => {});
-  $("#app").hidden = true; $("#tabs").hidden = true; $("#login").hidden = false;
-  $("#login-error").textContent = message || "";
-}
-
-// The stream ended for good (the browser gave up reconnecting): ask the gateway why.
-async function streamClosed() {
-  const response = await fetch("/api/v1/session", { credentials: "same-origin" }).catch(() => null);
-  if (response && response.status === 401) {
-    const body = await response.json();
-    signOut(`Your session has ended (${body.detail}); sign in again.`);
-  } else {
-    $("#live-state").textContent = "○ disconnected"; $("#live-state").className = "live";
-    setStatus("The live feed stopped; press Apply to reconnect.");
-  }
-}
-
-function filters() {
-  const params = new URLSearchParams();
-  for (const [key, value] of new FormData($("#filters"))) if (value) params.set(key, value);
-  return params;
-}
-
-// A conflict (same identity, other content than the first stored version) stands out.
-function statusBadge(event) {
-  if (event.status !== "conflict") return event.status;
-  return el("span", { class: "badge conflict", title: `differs from event ${event.conflicts_with}` },
-    `conflict ≠ #${event.conflicts_with}`);
-}
-
-function eventRow(event, fresh) {
-  const row = el("tr", { "data-event-id": String(event.id), class: fresh ? "new" : "" },
-    el("td", {}, String(event.id)), el("td", {}, event.received_at), el("td", {}, event.source),
-    el("td", {}, event.event_type || "—"), el("td", {}, event.entity_id),
-    el("td", { class: event.status }, statusBadge(event)), el("td", {}, event.account || ""),
-    el("td", {}, event.symbol || ""));
-  row.addEventListener("click", () => showEvent(event.id));
-  return row;
-}
-
-async function loadEvents() {
-  const params = filters();
-  params.set("limit", "100");
-  const page = await api(`/api/v1/events?${params}`);
-  $("#event-rows").replaceChildren(...page.events.map((e) => eventRow(e, false)));
-  state.lastId = page.events.length ? page.events[0].id : state.lastId;
-  follow(params);
-}
-
-function follow(params) {
-  if (state.source) state.source.close();
-  params.delete("limit");
-  params.set("since", String(state.lastId));  // no gap between the page and the stream
-  const source = new EventSource(`/api/v1/stream?${params}`, { withCredentials: true });
-  state.source = source;
-  source.onopen = () => { $("#live-state").textContent = "● live"; $("#live-state").className = "live on"; };
-  source.addEventListener("error", (message) => {
-    if (state.source !== source) return;
-    const ended = message.data ? JSON.parse(message.data) : null;  // the gateway's own `event: error`
-    if (ended && SESSION_ENDED.has(ended.code)) {
-      signOut(`Your session has ended (${ended.code}: ${ended.detail}); sign in again.`);
-    } else if (source.readyState === EventSource.CLOSED) {
-      streamClosed();
-    } else {
-      $("#live-state").textContent = "○ reconnecting"; $("#live-state").className = "live";
-    }
-  });
-  source.addEventListener("event", (message) => {
-    const event = JSON.parse(message.data);
-    state.lastId = Math.max(state.lastId, event.id);
-    $("#event-rows").prepend(eventRow(event, true));
-    const rows = $("#event-rows").children;
-    while (rows.length > 500) rows[rows.length - 1].remove();
-  });
-}
-
-async function showEvent(id) {
-  const event = await api(`/api/v1/events/${id}`);
-  const deliveries = el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Plugin"), el("th", {}, "Status"),
-    el("th", {}, "Attempts"), el("th", {}, "Last error"))),
-    el("tbody", {}, ...event.deliveries.map((d) => el("tr", {}, el("td", {}, d.plugin),
-      el("td", { class: d.status }, d.status), el("td", {}, String(d.attempts)), el("td", { class: "detail" }, d.last_error || "")))));
-  const detail = $("#detail");
-  detail.replaceChildren(
-    el("h3", {}, `Event ${event.id}: ${event.event_type || "(quarantined)"}`),
-    el("p", {}, `${event.source} · ${event.dedup_key} · received ${event.received_at} from ${event.remote_addr || "?"}`),
-    event.quarantine_reason ? el("p", { class: "error" }, `Quarantined: ${event.quarantine_reason}`) : "",
-    event.status === "conflict" ? el("p", { class: "error", "data-testid": "conflict" },
-      `Conflict: this identity was stored first as event ${event.conflicts_with}, with other content. `,
-      el("button", { type: "button", onclick: () => showEvent(event.conflicts_with) }, `Show event ${event.conflicts_with}`))
-      : "",
-    el("h4", {}, "Payload"), el("pre", { "data-testid": "payload" }, JSON.stringify(event.payload, null, 2)),
-    el("h4", {}, "Deliveries"), deliveries,
-    el("h4", {}, "Headers"), el("pre", {}, event.headers.map(([k, v]) => `${k}: ${v}`).join("\n")));
-  detail.hidden = false;
-}
-
-async function loadDeliveries() {
-  const status = $("#delivery-status").value;
-  const params = new URLSearchParams({ limit: "200" });
-  if (status) params.set("status", status);
-  const [listed, all] = await Promise.all([api(`/api/v1/deliveries?${params}`), api("/api/v1/deliveries?limit=1000")]);
-  const summary = {};
-  for (const d of all.deliveries) {
-    summary[d.plugin] ??= { pending: 0, delivered: 0, dead: 0 };
-    summary[d.plugin][d.status] += 1;
-  }
-  $("#plugin-summary").replaceChildren(...Object.entries(summary).map(([plugin, counts]) =>
-    el("div", { class: "card", "data-plugin": plugin }, el("strong", {}, plugin), el("br"),
-      `${counts.delivered} delivered · ${counts.pending} pending · ${counts.dead} dead`)));
-  $("#delivery-rows").replaceChildren(...listed.deliveries.map((d) => {
-    const retry = el("button", { "data-retry": String(d.id) }, "Retry");
-    retry.addEventListener("click", async (click) => {
-      click.stopPropagation();
-      try { await api(`/api/v1/deliveries/${d.id}/retry`, { method: "POST" }); setStatus(`delivery ${d.id} queued again`); }
-      catch (error) { setStatus(String(error.message)); }
-      setTimeout(loadDeliveries, 500);
+  try {
+    const who = await api("/api/v1/session", {
+      method: "POST", quiet: true,
+      form: { grant_type: "client_credentials", client_id: form.get("client_id"), client_secret: form.get("client_secret") },
     });
-    return el("tr", { "data-delivery-id": String(d.id) }, el("td", {}, String(d.id)), el("td", {}, String(d.event_id)),
-      el("td", {}, d.plugin), el("td", { class: d.status }, d.status), el("td", {}, String(d.attempts)),
-      el("td", { class: "detail" }, d.last_error || ""), el("td", {}, d.status === "delivered" ? "" : retry));
-  }));
+    $("#login").reset();
+    start(who);
+  } catch (error) {
+    loginMessage(error.code === "invalid_client" ? `Sign-in refused: ${error.detail}.` : error.message);
+    $("#login input[name=client_secret]").select();
+  }
 }
 
-async function loadRejections() {
-  const page = await api("/api/v1/rejections?limit=200");
-  $("#rejection-rows").replaceChildren(...page.rejections.map((r) => el("tr", {},
-    el("td", {}, r.received_at), el("td", {}, r.source), el("td", { class: "dead" }, r.code),
-    el("td", { class: "detail" }, r.detail), el("td", {}, r.remote_addr || ""),
-    el("td", {}, r.body_size == null ? "" : `${r.body_size} B`), el("td", {}, r.request_id))));
+async function signOut() {
+  if (session.mode === "public") { showSignIn(); return; }
+  await api("/api/v1/session", { method: "DELETE", quiet: true }).catch(() => {});
+  showSignIn("You have signed out.", "info");
 }
 
-const loaders = { events: loadEvents, deliveries: loadDeliveries, rejections: loadRejections };
-
-function showTab(name) {
-  for (const button of document.querySelectorAll("nav button")) button.classList.toggle("active", button.dataset.tab === name);
-  for (const section of document.querySelectorAll(".tab")) section.hidden = section.id !== name;
-  if (name !== "events") loaders[name]().catch((error) => setStatus(error.message));
+// A session ends by itself when its token expires (the timer below, the stream's last word,
+// or a 401 from any call): say so, and offer to sign in again.
+function sessionEnded(reason) {
+  if (session.mode === "public") {
+    setStatus("That needs a signed-in API client (Sign in, top right).", "error");
+    return;
+  }
+  if (session.mode !== "in") return;
+  api("/api/v1/session", { method: "DELETE", quiet: true }).catch(() => {});  // drop the dead cookie
+  showSignIn(`Your session has ended (${reason.code}: ${reason.detail}); sign in again.`);
 }
 
-function start() {
-  $("#login-error").textContent = "";
-  $("#login").hidden = true; $("#app").hidden = false; $("#tabs").hidden = false;
-  setStatus("");
-  loadEvents().catch((error) => setStatus(error.message));
+async function streamLost() {
+  if (session.mode === "in") {
+    try { await api("/api/v1/session", { quiet: true }); } catch (error) {
+      if (error.status === 401) { sessionEnded(error); return; }
+    }
+  }
+  setStatus(`The live feed stopped (is the gateway restarting?); trying again in ${STREAM_RETRY_MS / 1000} s.`, "error");
+  const tab = session.current;
+  clearTimeout(session.retry);
+  session.retry = setTimeout(() => {
+    if (session.current === tab && tab) TAB_VIEWS[tab].enter().then(clearStatus, reportError);
+  }, STREAM_RETRY_MS);
 }
 
-$("#login").addEventListener("submit", signIn);
-$("#filters").addEventListener("submit", (event) => { event.preventDefault(); state.lastId = 0; loadEvents(); });
-$("#delivery-status").addEventListener("change", loadDeliveries);
-for (const button of document.querySelectorAll("nav button")) button.addEventListener("click", () => showTab(button.dataset.tab));
-fetch("/api/v1/session", { credentials: "same-origin" }).then((response) => { if (response.ok) start(); });
+function start(who) {
+  session.mode = who ? "in" : "public";
+  $("#signin").hidden = true;
+  $("#main").hidden = false;
+  $("#tabs").hidden = false;
+  $("#session").hidden = false;
+  loginMessage("");
+  clearTimeout(session.timer);
+  if (who) {
+    const ends = new Date(Date.now() + who.expires_in * 1000);
+    $("#who").textContent = `${who.client_id} · until ${clock(ends).slice(0, 5)} UTC`;
+    $("#who").title = `Signed in as ${who.client_id} (${who.scope}); the session ends at ${ends.toISOString()}`;
+    $("#sign-out").textContent = "Sign out";
+    session.timer = setTimeout(() => sessionEnded({ code: "token_expired", detail: "its token reached its lifetime" }),
+      Math.min(MAX_TIMER_MS, who.expires_in * 1000));
+  } else {
+    $("#who").textContent = "public read access";
+    $("#who").title = "[api] public = true: reading needs no sign-in; retrying and acknowledging do";
+    $("#sign-out").textContent = "Sign in";
+  }
+  route();
+}
+
+// --- tabs -----------------------------------------------------------------------------------
+
+async function showTab(name) {
+  if (session.current) TAB_VIEWS[session.current].leave();
+  stopAll();
+  clearTimeout(session.retry);
+  closeDrawer({ restoreFocus: false });
+  clearStatus();
+  session.current = name;
+  for (const tab of $$("#tabs [role=tab]")) {
+    const on = tab.dataset.tab === name;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+  }
+  for (const panel of $$("main > .tab")) panel.hidden = panel.id !== name;
+  document.title = `${$(`#tab-${name}`).textContent} · Webhook gateway`;
+  await TAB_VIEWS[name].enter();
+}
+
+async function route() {
+  if (session.mode === "out") return;
+  const { tab, args } = parseHash(location.hash);
+  try {
+    if (tab !== session.current) await showTab(tab);
+    if (args.length) await TAB_VIEWS[tab].open(args);
+    else closeDrawer({ restoreFocus: false });
+  } catch (error) {
+    reportError(error);
+  }
+}
+
+// Arrow keys, Home and End move between tabs (and show them), as the ARIA tabs pattern asks.
+function tabKeys(event) {
+  const tabs = $$("#tabs [role=tab]");
+  const at = tabs.indexOf(document.activeElement);
+  if (at < 0) return;
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[event.key];
+  if (to === undefined) return;
+  event.preventDefault();
+  const next = tabs[(to + tabs.length) % tabs.length];
+  next.focus();
+  go(next.dataset.tab);
+}
+
+// --- start ----------------------------------------------------------------------------------
+
+async function boot() {
+  initDrawer();
+  onSessionEnded(sessionEnded);
+  configure({ sessionEnded, streamLost });
+  for (const view of Object.values(TAB_VIEWS)) view.init();
+  for (const tab of $$("#tabs [role=tab]")) tab.addEventListener("click", () => go(tab.dataset.tab));
+  $("#tabs").addEventListener("keydown", tabKeys);
+  $("#login").addEventListener("submit", signIn);
+  $("#login-cancel").addEventListener("click", () => start(null));
+  $("#sign-out").addEventListener("click", signOut);
+  window.addEventListener("hashchange", route);
+  if (!TABS.includes(parseHash(location.hash).tab)) history.replaceState(null, "", "#overview");
+
+  let who = null;
+  try {
+    who = await api("/api/v1/session", { quiet: true });
+  } catch (error) {
+    if (error.status !== 401) loginMessage(error.message);
+  }
+  if (who) { start(who); return; }
+  const options = await loginOptions();
+  if (options.public) start(null);
+  else showSignIn($("#login-error").textContent);
+}
+
+boot();

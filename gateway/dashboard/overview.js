@@ -1,0 +1,194 @@
+// Overview, the landing tab: the feed's health over a window (15 min to 7 days), per source,
+// from GET /api/v1/overview (counted in the store, for the whole deployment): events and
+// rejections per minute, delivery backlog and dead letters, ingest latency, sender clock skew.
+// Refreshes by itself; the latest events arrive live.
+
+import { api } from "./api.js";
+import { rate, stackedBars } from "./chart.js";
+import { $, age, count, el, millis, remember, reportError, table } from "./dom.js";
+import { EVENT_COLUMNS, eventRow } from "./events.js";
+import { follow, stopStream } from "./live.js";
+import { go } from "./nav.js";
+
+const REFRESH_SECONDS = { "15m": 10, "1h": 15, "24h": 60, "7d": 300 };
+const STATUSES = ["stored", "conflict", "quarantined"];
+const CODE_COLOURS = 8;
+const LATEST = 10;
+const LATEST_COLUMNS = EVENT_COLUMNS.filter((c) => ["ID", "Received (UTC)", "Source", "Type", "Status", "Account",
+  "Symbol"].includes(c.label));
+
+let data = null;
+let timer = null;
+let drawnWidth = 0;
+let latest = [];
+
+const chosenWindow = () => $("#overview-window input:checked").value;
+const sum = (values) => values.reduce((a, b) => a + b, 0);
+const secondsToSkew = (s) => (s == null ? "—" : `${s < 1 ? millis(s * 1000) : `${rate(s)} s`}`);
+
+async function load() {
+  data = await api("/api/v1/overview", { params: { window: chosenWindow() } });
+  render();
+}
+
+function schedule() {
+  clearInterval(timer);
+  const seconds = REFRESH_SECONDS[chosenWindow()];
+  timer = setInterval(() => { if (!document.hidden) load().catch(reportError); }, seconds * 1000);
+}
+
+// --- figures --------------------------------------------------------------------------------
+
+function kpi(testid, label, value, sub, warn = false) {
+  return el("div", { class: `kpi${warn ? " warn" : ""}`, "data-testid": testid },
+    el("span", { class: "kpi-label" }, label), el("strong", { class: "kpi-value" }, value),
+    el("span", { class: "kpi-sub" }, sub));
+}
+
+function worst(map, pick) {
+  let found = null;
+  for (const [source, value] of Object.entries(map || {})) {
+    const v = value == null ? null : pick(value);
+    if (v != null && (found === null || v > found.value)) found = { source, value: v };
+  }
+  return found;
+}
+
+function renderKpis(d, minutes) {
+  const events = sum(Object.values(d.events).flatMap((byStatus) => Object.values(byStatus).map(sum)));
+  const rejected = sum(Object.values(d.rejections).flatMap((byCode) => Object.values(byCode).map(sum)));
+  const pending = sum(d.deliveries.map((p) => p.pending));
+  const dead = sum(d.deliveries.map((p) => p.dead));
+  const oldest = Math.max(0, ...d.deliveries.map((p) => p.oldest_pending_age_seconds ?? 0));
+  const latency = worst(d.latency_p99_ms, (v) => v);
+  const skew = worst(d.clock_skew_seconds, (v) => v.max_abs);
+  $("#overview-kpis").replaceChildren(
+    kpi("kpi-events", "Events", count(events), `${rate(events / minutes)} per minute`),
+    kpi("kpi-rejections", "Rejected", count(rejected), `${rate(rejected / minutes)} per minute`),
+    kpi("kpi-backlog", "Delivery backlog", count(pending), pending ? `oldest waiting ${age(oldest)}` : "nothing waiting",
+      oldest > 300),
+    kpi("kpi-dead", "Dead letters", count(dead), dead ? "need a retry or a look" : "none", dead > 0),
+    kpi("kpi-latency", "Ingest latency p99", latency ? millis(latency.value) : "—",
+      latency ? `worst: ${latency.source}` : "no events in the window"),
+    kpi("kpi-skew", "Sender clock skew", skew ? secondsToSkew(skew.value) : "—",
+      skew ? `largest: ${skew.source}` : "no signed timestamps in the window", skew && skew.value > 60));
+}
+
+// --- per source -----------------------------------------------------------------------------
+
+function legend(entries, testid, key) {
+  return el("ul", { class: "legend" }, entries.map(({ name, cls, total }) => el("li",
+    { class: `key ${cls}`, "data-testid": testid, [`data-${key}`]: name }, `${name} `, el("strong", {}, count(total)))));
+}
+
+function sourceCard(source, d, codeClass, width) {
+  const perMinute = (values) => values.map((v) => v / (d.bucket_seconds / 60));
+  const byStatus = d.events[source] || {};
+  const statuses = [...STATUSES.filter((s) => s in byStatus), ...Object.keys(byStatus).filter((s) => !STATUSES.includes(s))];
+  const events = statuses.map((status) => ({ name: status, cls: `s-${status}`, values: perMinute(byStatus[status]),
+                                             total: sum(byStatus[status]) }));
+  const byCode = d.rejections[source] || {};
+  const codes = Object.keys(byCode).sort();
+  const rejections = codes.map((code) => ({ name: code, cls: codeClass(code), values: perMinute(byCode[code]),
+                                            total: sum(byCode[code]) }));
+  const latency = d.latency_p99_ms ? d.latency_p99_ms[source] : null;
+  const skew = d.clock_skew_seconds ? d.clock_skew_seconds[source] : null;
+  // Rejected requests may name sources that are not configured (and /oauth/token, the API's sign-in).
+  const configured = source in d.events && !source.startsWith("/");
+  return el("section", { class: "panel source", "data-source": source, "aria-label": `Source ${source}` },
+    el("h2", {}, source),
+    configured ? null : el("p", { class: "muted" }, source === "/oauth/token"
+      ? "Refused sign-ins and token requests to the API." : "Not a configured source: requests to it are refused."),
+    el("p", { class: "figures" },
+      el("span", { "data-testid": "latency" }, "Ingest p99 ", el("strong", {}, latency == null ? "—" : millis(latency))),
+      el("span", { "data-testid": "skew" }, "Clock skew ",
+        el("strong", {}, skew ? `p50 ${secondsToSkew(skew.p50)}, max ${secondsToSkew(skew.max_abs)}` : "—"))),
+    configured ? [el("h3", {}, "Events per minute, by status"),
+      stackedBars({ buckets: d.buckets, bucketSeconds: d.bucket_seconds, series: events, width,
+                    title: `${source}: events per minute by status` }),
+      legend(events, "events-count", "status")] : null,
+    el("h3", {}, "Rejections per minute, by code"),
+    rejections.length ? [
+      stackedBars({ buckets: d.buckets, bucketSeconds: d.bucket_seconds, series: rejections, width,
+                    title: `${source}: rejections per minute by code` }),
+      legend(rejections, "rejections-count", "code")] : el("p", { class: "muted" }, "None in this window."));
+}
+
+function renderSources(d) {
+  const sources = [...new Set([...Object.keys(d.events), ...Object.keys(d.rejections)])].sort();
+  remember("sources", ...sources.filter((s) => !s.startsWith("/")));
+  const codes = [...new Set(Object.values(d.rejections).flatMap(Object.keys))].sort();
+  remember("codes", ...codes);
+  const codeClass = (code) => `c${codes.indexOf(code) % CODE_COLOURS}`;
+  const container = $("#overview-sources");
+  drawnWidth = container.clientWidth;
+  const columns = getComputedStyle(container).gridTemplateColumns.split(" ").length || 1;
+  const width = (drawnWidth - (columns - 1) * 16) / columns - 34;  // a card's padding and border
+  container.replaceChildren(...(sources.length ? sources.map((s) => sourceCard(s, d, codeClass, width))
+    : [el("p", { class: "empty" }, "No events and no rejections in this window.")]));
+}
+
+function renderDeliveries(d) {
+  $("#overview-deliveries").replaceChildren(table([
+    { label: "Plugin", cell: (p) => el("button", { type: "button", class: "link", onclick: () => go("deliveries", p.plugin) },
+      p.plugin) },
+    { label: "Pending", cell: (p) => count(p.pending), class: "num" },
+    { label: "Oldest pending", cell: (p) => (p.pending ? age(p.oldest_pending_age_seconds) : "—"), class: "num" },
+    { label: "Dead", cell: (p) => (p.dead ? el("span", { class: "bad" }, count(p.dead)) : "0"), class: "num" },
+  ], d.deliveries, { testid: "overview-plugins", rowAttrs: (p) => ({ "data-plugin": p.plugin }),
+                     empty: "No plugins are configured." }));
+}
+
+function render() {
+  const d = data;
+  const minutes = Math.max(1, (Date.parse(d.until) - Date.parse(d.since)) / 60000);
+  renderKpis(d, minutes);
+  renderSources(d);
+  renderDeliveries(d);
+  $("#overview-updated").textContent =
+    `${d.since.slice(0, 16).replace("T", " ")} to ${d.until.slice(11, 16)} UTC, in ${d.bucket_seconds / 60}-minute steps; ` +
+    `refreshed every ${REFRESH_SECONDS[chosenWindow()]} s`;
+}
+
+// --- the latest events, live ----------------------------------------------------------------
+
+function renderLatest() {
+  $("#overview-latest").replaceChildren(table(LATEST_COLUMNS, latest, {
+    testid: "latest-events", makeRow: (e) => eventRow(e, LATEST_COLUMNS), empty: "No events stored yet.",
+  }));
+}
+
+async function loadLatest() {
+  latest = (await api("/api/v1/events", { params: { limit: LATEST } })).events;
+  renderLatest();
+  follow(new URLSearchParams(), latest.length ? latest[0].id : 0, (event) => {
+    latest = [event, ...latest].slice(0, LATEST);
+    const body = $("#overview-latest tbody");
+    if (!body) { renderLatest(); return; }
+    body.prepend(eventRow(event, LATEST_COLUMNS, true));
+    while (body.children.length > LATEST) body.lastElementChild.remove();
+  });
+}
+
+export const overviewTab = {
+  init() {
+    $("#overview-window").addEventListener("change", () => {
+      load().catch(reportError);
+      schedule();
+    });
+    // Charts are drawn to the width they have: again when it changes.
+    new ResizeObserver(() => {
+      const container = $("#overview-sources");
+      if (data && container.clientWidth && container.clientWidth !== drawnWidth) renderSources(data);
+    }).observe($("#overview-sources"));
+  },
+  async enter() {
+    schedule();
+    await Promise.all([load(), loadLatest()]);
+  },
+  leave() {
+    clearInterval(timer);
+    stopStream();
+  },
+  async open() {},
+};
