@@ -39,7 +39,8 @@ CLIENTS = [
 REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 OAUTH_CODES = {"invalid_client", "invalid_request", "unsupported_grant_type", "invalid_scope"}
 EVENT_KEYS = {"id", "source", "scheme", "event_type", "entity_id", "dedup_key", "status", "conflicts_with", "account",
-              "symbol", "received_at", "request_id", "attempt", "remote_addr", "quarantine_reason", "payload"}
+              "symbol", "received_at", "request_id", "attempt", "remote_addr", "quarantine_reason", "payload",
+              "normalized"}
 DELIVERY_KEYS = {"id", "event_id", "plugin", "source", "entity_id", "event_type", "status", "attempts",
                  "next_attempt_at", "created_at", "updated_at", "last_error"}
 
@@ -484,9 +485,13 @@ def test_events_have_the_cli_json_shape(api_config: MakeConfig, serve: Serve, tm
         "status": "stored", "conflicts_with": None, "account": "acc-9", "symbol": "XAUUSD",
         "received_at": iso_ms(clock.now - 2), "request_id": sent["request_id"], "attempt": 1,
         "remote_addr": "127.0.0.1", "quarantine_reason": None,
-        "payload": orjson.loads(body),
+        "payload": orjson.loads(body), "normalized": events[-1]["normalized"],
     }
+    assert (events[-1]["normalized"]["kind"], events[-1]["normalized"]["position_id"],
+            events[-1]["normalized"]["symbol"], events[-1]["normalized"]["event_id"]) == (
+        "position.opened", "shape-1", "XAUUSD", sent["events"][0]["id"])
     quarantined = events[2]
+    assert quarantined["normalized"] is None
     digest = hashlib.sha256(junk).hexdigest()
     assert (quarantined["status"], quarantined["event_type"], quarantined["payload"]) == ("quarantined", None, None)
     assert quarantined["entity_id"] == f"sha256-{digest}"
