@@ -534,6 +534,12 @@ def test_one_ledger_projector_per_host_restarted_when_killed(supervised, tmp_pat
     opened("after-kill")
     wait_for(lambda: positions() == 2, 5, "the position projected by the new projector")
     [second] = ledger_pids(gw.pid)
+    os.kill(gw.pid, signal.SIGHUP)  # a reload: the projector takes the config on disk too
+    wait_for(lambda: "SIGHUP: done" in gw.text() and ledger_pids(gw.pid) not in ([], [second]), 60,
+             "a new projector after SIGHUP", seen=gw.tail)
+    [second] = ledger_pids(gw.pid)
+    opened("after-reload")
+    wait_for(lambda: positions() == 3, 5, "the position projected after the reload")
     assert gw.stop() == 0, gw.tail()
     assert not Path(f"/proc/{second}").exists(), "the projector outlived the supervisor"
     assert "ledger projector ended (exit -9); starting another" in gw.text()
