@@ -7,8 +7,9 @@ import { $, $$, clearStatus, clock, reportError, setStatus } from "./dom.js";
 import { closeDrawer, initDrawer } from "./drawer.js";
 import { deliveriesTab } from "./deliveries.js";
 import { eventsTab } from "./events.js";
+import { watchTables } from "./fit.js";
 import { configure, stopAll } from "./live.js";
-import { TABS, go, parseHash } from "./nav.js";
+import { go, hashFor, parseHash } from "./nav.js";
 import { overviewTab } from "./overview.js";
 import { positionsTab } from "./positions.js";
 import { rejectionsTab } from "./rejections.js";
@@ -68,6 +69,7 @@ async function signIn(event) {
     });
     $("#login").reset();
     start(who);
+    $("#tabs [aria-selected=true]").focus();  // the keyboard carries on from the tabs
   } catch (error) {
     loginMessage(error.code === "invalid_client" ? `Sign-in refused: ${error.detail}.` : error.message);
     $("#login input[name=client_secret]").select();
@@ -177,6 +179,7 @@ function tabKeys(event) {
 
 async function boot() {
   initDrawer();
+  watchTables();
   onSessionEnded(sessionEnded);
   configure({ sessionEnded, streamLost });
   for (const view of Object.values(TAB_VIEWS)) view.init();
@@ -186,7 +189,7 @@ async function boot() {
   $("#login-cancel").addEventListener("click", () => start(null));
   $("#sign-out").addEventListener("click", signOut);
   window.addEventListener("hashchange", route);
-  if (!TABS.includes(parseHash(location.hash).tab)) history.replaceState(null, "", "#overview");
+  if (!location.hash.startsWith("#/")) history.replaceState(null, "", hashFor(parseHash(location.hash).tab));
 
   let who = null;
   try {

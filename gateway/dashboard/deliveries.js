@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import {
-  $, $$, age, badge, confirmDialog, count, el, fill, formParams, remember, reportError, setStatus, since, table, when,
+  $, $$, age, badge, confirmDialog, count, el, fill, formParams, latestOnly, remember, reportError, setStatus, since, table, when,
 } from "./dom.js";
 import { eventLink } from "./events.js";
 import { indicate, poll, stopPolling } from "./live.js";
@@ -13,7 +13,8 @@ const LIMIT = 200;
 const REFRESH_SECONDS = 5;
 const STATUSES = ["pending", "delivered", "dead"];
 
-let shown = { summary: "", list: "" };  // what is on screen, to redraw only what changed
+let shown = { summary: "", list: "" };
+const loads = { summary: latestOnly(), list: latestOnly() };  // what is on screen, to redraw only what changed
 
 // Redraw `container` with `build()` only if `data` changed, keeping the focus on the same button.
 function redraw(container, key, data, build) {
@@ -57,7 +58,9 @@ function card(p) {
 }
 
 async function loadSummary() {
+  const current = loads.summary();
   const { plugins } = await api("/api/v1/deliveries/summary");
+  if (!current()) return;
   const select = $("#delivery-plugin");
   const chosen = select.value;
   const names = plugins.map((p) => p.plugin);
@@ -103,7 +106,9 @@ const COLUMNS = [
 async function loadList() {
   const params = formParams($("#delivery-filters"));
   params.set("limit", String(LIMIT));
+  const current = loads.list();
   const { deliveries } = await api("/api/v1/deliveries", { params });
+  if (!current()) return;
   remember("sources", ...deliveries.map((d) => d.source));
   redraw($("#delivery-list"), "list", deliveries, () => [
     table(COLUMNS, deliveries, { testid: "delivery-table", caption: "Deliveries",

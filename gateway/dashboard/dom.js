@@ -113,6 +113,18 @@ export function badge(text, kind = text) {
   return el("span", { class: `badge ${kind}` }, text);
 }
 
+// --- loads that overlap ------------------------------------------------------------------
+
+// Only the latest of overlapping loads may draw (a search typed while the previous one is still
+// on its way): `const current = loads(); ...await...; if (!current()) return;`
+export function latestOnly() {
+  let last = 0;
+  return () => {
+    const mine = ++last;
+    return () => mine === last;
+  };
+}
+
 // --- forms ---------------------------------------------------------------------------------
 
 // The non-empty fields of a form as URL parameters.

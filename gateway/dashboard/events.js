@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import {
-  $, badge, copyText, decimal, dl, el, formParams, money, remember, reportError, table, tableRow, utcInput, when,
+  $, badge, copyText, decimal, dl, el, formParams, latestOnly, money, remember, reportError, table, tableRow, utcInput, when,
 } from "./dom.js";
 import { openDrawer } from "./drawer.js";
 import { follow, indicate, stopStream } from "./live.js";
@@ -15,7 +15,9 @@ const PAGE = 100;
 const MAX_ROWS = 500;  // live rows pushed out past this many
 const SHOWN_BYTES = 65536;  // a raw body is shown up to this many bytes (copying takes it all)
 
-const state = { params: new URLSearchParams(), rows: [], pager: null };
+const state = { params: new URLSearchParams(), rows: [], pager: null, active: false };
+const listing = latestOnly();
+const detail = latestOnly();
 
 // --- pieces other tabs show too -----------------------------------------------------------
 
@@ -71,22 +73,35 @@ function searchParams(form) {
   return params;
 }
 
-const isLive = () => state.pager.page === 0 && !state.params.has("order") && !state.params.has("until");
+// Live on the newest page of a search without a time range (new events belong on top of it).
+const isLive = () => state.pager.page === 0 && !["order", "since", "until"].some((p) => state.params.has(p));
+
+// The id to follow the stream after: the newest shown, else the newest stored (an empty page
+// must not replay every matching event from the first).
+async function newestId() {
+  if (state.rows.length) return state.rows[0].id;
+  const { events } = await api("/api/v1/events", { params: { limit: 1 } });
+  return events.length ? events[0].id : 0;
+}
 
 async function load() {
   const params = new URLSearchParams(state.params);
   params.set("limit", String(PAGE));
   if (state.pager.cursor) params.set("cursor", state.pager.cursor);
+  const current = listing();
   const page = await api("/api/v1/events", { params });
+  if (!current()) return;
   state.rows = page.events;
   remember("sources", ...page.events.map((e) => e.source));
   render();
   state.pager.update(page.next_cursor, state.rows.length);
+  if (!state.active) return;  // the tab was left meanwhile: no stream for it
   if (isLive()) {
-    follow(state.params, state.rows.length ? state.rows[0].id : 0, arrived);
+    const after = await newestId();
+    if (current() && state.active) follow(state.params, after, arrived);
   } else {
     stopStream();
-    indicate(state.pager.page ? "○ not live on older pages" : "○ not live for this search");
+    indicate(state.pager.page ? "○ not live on older pages" : "○ not live for a time range or the oldest first");
   }
 }
 
@@ -205,7 +220,9 @@ function detailBody(event) {
 }
 
 export async function showEvent(id) {
+  const current = detail();
   const event = await api(`/api/v1/events/${encodeURIComponent(id)}`);
+  if (!current()) return;
   const title = `Event ${event.id}: ${event.event_type || "(no type)"}`;
   openDrawer(title, detailBody(event), { testid: "event-detail", closed: () => settle("events") });
   for (const row of document.querySelectorAll("#event-list tr.selected")) row.classList.remove("selected");
@@ -221,7 +238,13 @@ export const eventsTab = {
     $("#event-filters").addEventListener("submit", search);
     $("#event-filters").addEventListener("reset", () => setTimeout(() => $("#event-filters").requestSubmit()));
   },
-  async enter() { await load(); },
-  leave() { stopStream(); },
+  async enter() {
+    state.active = true;
+    await load();
+  },
+  leave() {
+    state.active = false;
+    stopStream();
+  },
   async open([id]) { if (id) await showEvent(id); },
 };

@@ -3,7 +3,7 @@
 
 import { api, segment } from "./api.js";
 import {
-  $, badge, confirmDialog, decimal, dl, el, formParams, money, remember, reportError, setStatus, table, when,
+  $, badge, confirmDialog, decimal, dl, el, formParams, latestOnly, money, remember, reportError, setStatus, table, when,
 } from "./dom.js";
 import { openDrawer } from "./drawer.js";
 import { eventLink } from "./events.js";
@@ -17,6 +17,7 @@ const STATE_NAMES = { open: "open", partially_closed: "partially closed", closed
 const state = { positions: null, anomalies: null, positionParams: new URLSearchParams(),
                 anomalyParams: new URLSearchParams({ open: "true" }), shown: null };
 
+const loads = { positions: latestOnly(), anomalies: latestOnly(), position: latestOnly() };
 const lots = (n) => (n == null ? "—" : decimal(n, 8));
 
 function stateBadge(position) {
@@ -53,7 +54,9 @@ async function loadPositions() {
   const params = new URLSearchParams(state.positionParams);
   params.set("limit", String(PAGE));
   if (state.positions.cursor) params.set("cursor", state.positions.cursor);
+  const current = loads.positions();
   const page = await api("/api/v1/positions", { params });
+  if (!current()) return;
   remember("sources", ...page.positions.map((p) => p.source));
   const ledger = page.ledger;
   $("#ledger-state").textContent = ledger.checkpoint >= ledger.latest_event_id
@@ -112,7 +115,9 @@ function ackButton(a) {
 
 export async function showPosition(key) {
   const [source, account, id] = key;
+  const current = loads.position();
   const p = await api(`/api/v1/positions/${segment(source)}/${segment(account || NO_ACCOUNT)}/${segment(id)}`);
+  if (!current()) return;
   state.shown = key;
   const body = [
     dl([["State", stateBadge(p)], ["Source", p.source], ["Account", p.account || "(none)"], ["Symbol", p.symbol],
@@ -155,7 +160,9 @@ async function loadAnomalies() {
   const params = new URLSearchParams(state.anomalyParams);
   params.set("limit", String(PAGE));
   if (state.anomalies.cursor) params.set("cursor", state.anomalies.cursor);
+  const current = loads.anomalies();
   const page = await api("/api/v1/anomalies", { params });
+  if (!current()) return;
   $("#anomaly-list").replaceChildren(table(ANOMALY_COLUMNS, page.anomalies, {
     testid: "anomaly-table", caption: "Anomalies", rowAttrs: (a) => ({ "data-anomaly": a.id, "data-kind": a.kind }),
     empty: state.anomalyParams.get("open") === "true" ? "No open anomalies." : "No anomalies match.",

@@ -2,13 +2,14 @@
 // few seconds while "Live" is on. Never a body: its size and hash only.
 
 import { api } from "./api.js";
-import { $, badge, count, el, fill, formParams, remember, reportError, table, when } from "./dom.js";
+import { $, badge, count, el, fill, formParams, latestOnly, remember, reportError, table, when } from "./dom.js";
 import { indicate, poll, stopPolling } from "./live.js";
 
 const LIMIT = 200;
 const REFRESH_SECONDS = 5;
 
 let shown = "";
+const loads = latestOnly();
 
 const COLUMNS = [
   { label: "Time (UTC)", cell: (r) => when(r.received_at), class: "time" },
@@ -25,7 +26,9 @@ const COLUMNS = [
 async function load() {
   const params = formParams($("#rejection-filters"));
   params.set("limit", String(LIMIT));
+  const current = loads();
   const { rejections } = await api("/api/v1/rejections", { params });
+  if (!current()) return;
   remember("codes", ...rejections.map((r) => r.code));
   remember("sources", ...rejections.map((r) => r.source).filter((s) => !s.startsWith("/")));
   const text = JSON.stringify(rejections);
