@@ -438,8 +438,8 @@ def test_no_sideways_scrolling_from_360_px_and_details_keep_their_width(
 def overview_counts(page: Page, testid: str, key: str) -> dict[tuple[str, str], int]:
     found: dict[tuple[str, str], int] = {}
     for card in page.locator(".source").all():
-        source = card.get_attribute("data-source") or ""
-        for item in card.get_by_test_id(testid).all():
+        for item in card.get_by_test_id(testid).all():  # "Refused elsewhere" names each item's source
+            source = item.get_attribute("data-source") or card.get_attribute("data-source") or ""
             found[(source, item.get_attribute(f"data-{key}") or "")] = int(number(item.inner_text().split()[-1]))
     return found
 

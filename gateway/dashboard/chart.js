@@ -67,7 +67,7 @@ export function stackedBars({ buckets, bucketSeconds, series, width, height = 15
       tick(buckets[i], long)));
   }
   if (!totals.some(Boolean)) {
-    chart.append(svg("text", { class: "axis empty", x: pad.left + plotW / 2, y: pad.top + plotH / 2,
+    chart.append(svg("text", { class: "axis empty", x: pad.left + plotW / 2, y: pad.top + plotH / 4 + 4,
                                "text-anchor": "middle" }, "none in this window"));
   }
   return chart;

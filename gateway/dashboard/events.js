@@ -223,7 +223,7 @@ export async function showEvent(id) {
   const current = detail();
   const event = await api(`/api/v1/events/${encodeURIComponent(id)}`);
   if (!current()) return;
-  const title = `Event ${event.id}: ${event.event_type || "(no type)"}`;
+  const title = `Event ${event.id}: ${event.event_type || event.status}`;
   openDrawer(title, detailBody(event), { testid: "event-detail", closed: () => settle("events") });
   for (const row of document.querySelectorAll("#event-list tr.selected")) row.classList.remove("selected");
   const row = $(`#event-list tr[data-event-id="${event.id}"]`);

@@ -5,7 +5,7 @@
 
 import { api } from "./api.js";
 import { rate, stackedBars } from "./chart.js";
-import { $, age, count, el, latestOnly, millis, remember, reportError, table } from "./dom.js";
+import { $, age, count, el, fill, latestOnly, millis, remember, reportError, table } from "./dom.js";
 import { EVENT_COLUMNS, eventRow } from "./events.js";
 import { follow, stopStream } from "./live.js";
 import { go } from "./nav.js";
@@ -84,36 +84,42 @@ function renderKpis(d, minutes) {
 // --- per source -----------------------------------------------------------------------------
 
 function legend(entries, testid, key) {
-  return el("ul", { class: "legend" }, entries.map(({ name, cls, total }) => el("li",
-    { class: `key ${cls}`, "data-testid": testid, [`data-${key}`]: name }, `${name} `, el("strong", {}, count(total)))));
+  return el("ul", { class: "legend" }, entries.map(({ name, cls, total, source }) => el("li",
+    { class: `key ${cls}`, "data-testid": testid, [`data-${key}`]: name, "data-source": source },
+    `${source ? `${source}: ` : ""}${name} `, el("strong", {}, count(total)))));
+}
+
+const perMinute = (d, values) => values.map((v) => v / (d.bucket_seconds / 60));
+
+// A source the gateway serves, rather than a name only refused requests used: an unknown source
+// (no event, and every refusal `unknown_source`) or the API's token endpoint (/oauth/token).
+function served(source, d) {
+  if (source.startsWith("/")) return false;
+  const codes = Object.keys(d.rejections[source] || {});
+  const events = Object.values(d.events[source] || {}).some((values) => sum(values) > 0);
+  return events || !codes.length || codes.some((code) => code !== "unknown_source");
 }
 
 function sourceCard(source, d, codeClass, width) {
-  const perMinute = (values) => values.map((v) => v / (d.bucket_seconds / 60));
   const byStatus = d.events[source] || {};
   const statuses = [...STATUSES.filter((s) => s in byStatus), ...Object.keys(byStatus).filter((s) => !STATUSES.includes(s))];
-  const events = statuses.map((status) => ({ name: status, cls: `s-${status}`, values: perMinute(byStatus[status]),
+  const events = statuses.map((status) => ({ name: status, cls: `s-${status}`, values: perMinute(d, byStatus[status]),
                                              total: sum(byStatus[status]) }));
   const byCode = d.rejections[source] || {};
-  const codes = Object.keys(byCode).sort();
-  const rejections = codes.map((code) => ({ name: code, cls: codeClass(code), values: perMinute(byCode[code]),
-                                            total: sum(byCode[code]) }));
+  const rejections = Object.keys(byCode).sort().map((code) => ({
+    name: code, cls: codeClass(code), values: perMinute(d, byCode[code]), total: sum(byCode[code]) }));
   const latency = d.latency_p99_ms ? d.latency_p99_ms[source] : null;
   const skew = d.clock_skew_seconds ? d.clock_skew_seconds[source] : null;
-  // Rejected requests may name sources that are not configured (and /oauth/token, the API's sign-in).
-  const configured = source in d.events && !source.startsWith("/");
   return el("section", { class: "panel source", "data-source": source, "aria-label": `Source ${source}` },
     el("h2", {}, source),
-    configured ? null : el("p", { class: "muted" }, source === "/oauth/token"
-      ? "Refused sign-ins and token requests to the API." : "Not a configured source: requests to it are refused."),
     el("p", { class: "figures" },
       el("span", { "data-testid": "latency" }, "Ingest p99 ", el("strong", {}, latency == null ? "—" : millis(latency))),
       el("span", { "data-testid": "skew" }, "Clock skew ",
         el("strong", {}, skew ? `p50 ${secondsToSkew(skew.p50)}, max ${secondsToSkew(skew.max_abs)}` : "—"))),
-    configured ? [el("h3", {}, "Events per minute, by status"),
-      stackedBars({ buckets: d.buckets, bucketSeconds: d.bucket_seconds, series: events, width,
-                    title: `${source}: events per minute by status` }),
-      legend(events, "events-count", "status")] : null,
+    el("h3", {}, "Events per minute, by status"),
+    stackedBars({ buckets: d.buckets, bucketSeconds: d.bucket_seconds, series: events, width,
+                  title: `${source}: events per minute by status` }),
+    legend(events, "events-count", "status"),
     el("h3", {}, "Rejections per minute, by code"),
     rejections.length ? [
       stackedBars({ buckets: d.buckets, bucketSeconds: d.bucket_seconds, series: rejections, width,
@@ -121,9 +127,33 @@ function sourceCard(source, d, codeClass, width) {
       legend(rejections, "rejections-count", "code")] : el("p", { class: "muted" }, "None in this window."));
 }
 
+// Refusals of requests to no source: unknown source names and failed sign-ins, in one card.
+function elsewhereCard(names, d, codeClass, width) {
+  const byCode = {};
+  const entries = [];
+  for (const source of names) {
+    for (const [code, values] of Object.entries(d.rejections[source] || {})) {
+      byCode[code] = byCode[code] ? byCode[code].map((v, i) => v + values[i]) : [...values];
+      entries.push({ source, name: code, cls: codeClass(code), total: sum(values) });
+    }
+  }
+  const series = Object.keys(byCode).sort().map((code) => ({ name: code, cls: codeClass(code),
+                                                            values: perMinute(d, byCode[code]) }));
+  return el("section", { class: "panel source elsewhere", "aria-label": "Refused requests to no source" },
+    el("h2", {}, "Refused elsewhere"),
+    el("p", { class: "muted" }, "Requests to source names the gateway does not serve, and refused sign-ins to the API ",
+      el("code", {}, "/oauth/token"), "."),
+    el("h3", {}, "Rejections per minute, by code"),
+    stackedBars({ buckets: d.buckets, bucketSeconds: d.bucket_seconds, series, width,
+                  title: "Refused requests to no source, per minute by code" }),
+    legend(entries, "rejections-count", "code"));
+}
+
 function renderSources(d) {
-  const sources = [...new Set([...Object.keys(d.events), ...Object.keys(d.rejections)])].sort();
-  remember("sources", ...sources.filter((s) => !s.startsWith("/")));
+  const names = [...new Set([...Object.keys(d.events), ...Object.keys(d.rejections)])].sort();
+  const sources = names.filter((s) => served(s, d));
+  const elsewhere = names.filter((s) => !served(s, d));
+  remember("sources", ...sources);
   const codes = [...new Set(Object.values(d.rejections).flatMap(Object.keys))].sort();
   remember("codes", ...codes);
   const codeClass = (code) => `c${codes.indexOf(code) % CODE_COLOURS}`;
@@ -131,8 +161,10 @@ function renderSources(d) {
   drawnWidth = container.clientWidth;
   const columns = getComputedStyle(container).gridTemplateColumns.split(" ").length || 1;
   const width = (drawnWidth - (columns - 1) * 16) / columns - 34;  // a card's padding and border
-  container.replaceChildren(...(sources.length ? sources.map((s) => sourceCard(s, d, codeClass, width))
-    : [el("p", { class: "empty" }, "No events and no rejections in this window.")]));
+  fill(container, names.length ? [
+    sources.map((s) => sourceCard(s, d, codeClass, width)),
+    elsewhere.length ? elsewhereCard(elsewhere, d, codeClass, width) : null,
+  ] : el("p", { class: "empty" }, "No events and no rejections in this window."));
 }
 
 function renderDeliveries(d) {
