@@ -76,10 +76,10 @@ function searchParams(form) {
 // Live on the newest page of a search without a time range (new events belong on top of it).
 const isLive = () => state.pager.page === 0 && !["order", "since", "until"].some((p) => state.params.has(p));
 
-// The id to follow the stream after: the newest shown, else the newest stored (an empty page
-// must not replay every matching event from the first).
-async function newestId() {
-  if (state.rows.length) return state.rows[0].id;
+// The newest event stored, asked before the page: if the page is empty, the stream follows from
+// it (from 0 it would replay every matching event ever stored), and nothing stored in between
+// is missed (it would be on the page).
+async function newestStored() {
   const { events } = await api("/api/v1/events", { params: { limit: 1 } });
   return events.length ? events[0].id : 0;
 }
@@ -89,7 +89,9 @@ async function load() {
   params.set("limit", String(PAGE));
   if (state.pager.cursor) params.set("cursor", state.pager.cursor);
   const current = listing();
+  const newest = isLive() ? newestStored() : Promise.resolve(0);
   const page = await api("/api/v1/events", { params });
+  const stored = await newest;
   if (!current()) return;
   state.rows = page.events;
   remember("sources", ...page.events.map((e) => e.source));
@@ -97,8 +99,7 @@ async function load() {
   state.pager.update(page.next_cursor, state.rows.length);
   if (!state.active) return;  // the tab was left meanwhile: no stream for it
   if (isLive()) {
-    const after = await newestId();
-    if (current() && state.active) follow(state.params, after, arrived);
+    follow(state.params, state.rows.length ? state.rows[0].id : stored, arrived);
   } else {
     stopStream();
     indicate(state.pager.page ? "○ not live on older pages" : "○ not live for a time range or the oldest first");

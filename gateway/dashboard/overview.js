@@ -167,7 +167,12 @@ function renderSources(d) {
   ] : el("p", { class: "empty" }, "No events and no rejections in this window."));
 }
 
+let shownDeliveries = "";
+
 function renderDeliveries(d) {
+  const text = JSON.stringify(d.deliveries);
+  if (text === shownDeliveries) return;  // unchanged: redrawing would take the focus off a link
+  shownDeliveries = text;
   $("#overview-deliveries").replaceChildren(table([
     { label: "Plugin", cell: (p) => el("button", { type: "button", class: "link", onclick: () => go("deliveries", p.plugin) },
       p.plugin) },
@@ -230,6 +235,7 @@ export const overviewTab = {
   },
   async enter() {
     active = true;
+    shownDeliveries = "";
     schedule();
     await Promise.all([load(), loadLatest()]);
   },

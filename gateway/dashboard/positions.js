@@ -3,7 +3,8 @@
 
 import { api, segment } from "./api.js";
 import {
-  $, badge, confirmDialog, decimal, dl, el, formParams, latestOnly, money, remember, reportError, setStatus, table, when,
+  $, badge, confirmDialog, decimal, dl, el, formParams, latestOnly, money, remember, reportError, setStatus, table,
+  tableRow, when,
 } from "./dom.js";
 import { openDrawer } from "./drawer.js";
 import { eventLink } from "./events.js";
@@ -27,6 +28,18 @@ function stateBadge(position) {
 function positionLink(source, account, id) {
   return el("button", { type: "button", class: "link", "data-open-position": id,
                         onclick: () => go("positions", source, account || NO_ACCOUNT, id) }, id);
+}
+
+// A row opens its position wherever it is clicked (the id's button is the keyboard's way in).
+function positionRow(p) {
+  const row = tableRow(POSITION_COLUMNS, p, { "data-position": `${p.source}/${p.account}/${p.position_id}`,
+                                              "data-state": p.state, class: "opens" });
+  row.addEventListener("click", (click) => {
+    if (!click.target.closest("button, a") && !window.getSelection().toString()) {
+      go("positions", p.source, p.account || NO_ACCOUNT, p.position_id);
+    }
+  });
+  return row;
 }
 
 function anomalyBadges(kinds) {
@@ -65,7 +78,7 @@ async function loadPositions() {
       `${decimal(ledger.lag_seconds, 1)} s behind.`;
   $("#position-list").replaceChildren(table(POSITION_COLUMNS, page.positions, {
     testid: "position-table", caption: "Positions",
-    rowAttrs: (p) => ({ "data-position": `${p.source}/${p.account}/${p.position_id}`, "data-state": p.state }),
+    makeRow: positionRow,
     empty: [...state.positionParams].length ? "No position matches this search." : "No positions in the ledger yet.",
   }));
   state.positions.update(page.next_cursor, page.positions.length);
