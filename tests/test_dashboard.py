@@ -212,9 +212,8 @@ class Console:
     """A page on the gateway that records console errors, page errors and every request that
     goes anywhere but the gateway."""
 
-    # The sign-in page asks who is signed in first: nobody yet is a 401, which Chromium reports
-    # as a failed resource load. A refused sign-in is a 400 on the same path.
-    EXPECTED = re.compile(r"Failed to load resource: the server responded with a status of 40[01]")
+    # A refused sign-in is a 400, which Chromium reports as a failed resource load.
+    EXPECTED = re.compile(r"Failed to load resource: the server responded with a status of 400")
 
     def __init__(self, page: Page, base: str) -> None:
         self.page, self.base = page, base

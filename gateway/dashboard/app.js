@@ -22,6 +22,26 @@ const STREAM_RETRY_MS = 10000;
 // mode: "out" (the sign-in page), "in" (a session), "public" (reads open to all, no session).
 const session = { mode: "out", timer: null, current: null, retry: null };
 
+// When this browser's last session ends (no secret: the token stays in its HttpOnly cookie). A
+// page opened without one does not ask who is signed in: the answer would be a 401, which the
+// browser reports as an error in its console.
+const SESSION_ENDS = "gateway-console.session-ends";
+
+function noteSessionEnd(ends) {
+  try {
+    if (ends) localStorage.setItem(SESSION_ENDS, String(ends));
+    else localStorage.removeItem(SESSION_ENDS);
+  } catch { /* storage disabled: every load asks */ }
+}
+
+function maybeSignedIn() {
+  try {
+    return Number(localStorage.getItem(SESSION_ENDS) || 0) > Date.now();
+  } catch {
+    return true;
+  }
+}
+
 // --- signing in and out ---------------------------------------------------------------------
 
 function loginMessage(text, kind = "error") {
@@ -46,6 +66,7 @@ async function showSignIn(message = "", kind = "error") {
   session.current = null;
   const wasPublic = session.mode === "public";
   session.mode = "out";
+  noteSessionEnd(null);
   clearTimeout(session.timer);
   $("#main").hidden = true;
   $("#tabs").hidden = true;
@@ -118,6 +139,7 @@ function start(who) {
   clearTimeout(session.timer);
   if (who) {
     const ends = new Date(Date.now() + who.expires_in * 1000);
+    noteSessionEnd(ends.getTime());
     $("#who").textContent = `${who.client_id} · until ${clock(ends).slice(0, 5)} UTC`;
     $("#who").title = `Signed in as ${who.client_id} (${who.scope}); the session ends at ${ends.toISOString()}`;
     $("#sign-out").textContent = "Sign out";
@@ -192,10 +214,12 @@ async function boot() {
   if (!location.hash.startsWith("#/")) history.replaceState(null, "", hashFor(parseHash(location.hash).tab));
 
   let who = null;
-  try {
-    who = await api("/api/v1/session", { quiet: true });
-  } catch (error) {
-    if (error.status !== 401) loginMessage(error.message);
+  if (maybeSignedIn()) {
+    try {
+      who = await api("/api/v1/session", { quiet: true });
+    } catch (error) {
+      if (error.status !== 401) loginMessage(error.message);
+    }
   }
   if (who) { start(who); return; }
   const options = await loginOptions();
