@@ -10,6 +10,7 @@ GATEWAY_DASHBOARD_SCREENSHOTS=1 they also replace docs/dashboard/*.png."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -383,7 +384,7 @@ def test_keyboard_reaches_and_operates_every_tab_and_status_messages_clear(
         expect(page.locator(f"#tab-{tab}")).to_be_focused()
         expect(page.locator(f"#tab-{tab}")).to_have_attribute("aria-selected", "true")
         expect(page.locator(f"#{tab}")).to_be_visible()
-    # into the events tab: Tab moves past the header to the filters; an event opens with Enter
+    # an event opens with Enter on its id, and Escape gives the focus back to it
     first = page.locator("#event-list button[data-open-event]").first
     first.focus()
     page.keyboard.press("Enter")
@@ -455,7 +456,7 @@ def test_the_overviews_numbers_equal_the_stores(desk: Desk, console: Callable[..
     page = c.page
     page.check("#overview-window input[value='24h']", force=True)
     expect(page.get_by_test_id("overview-updated")).to_contain_text("15-minute steps")
-    with desk.db() as db:
+    with contextlib.closing(desk.db()) as db:
         events = {(s, st): n for s, st, n in db.execute("SELECT source, status, count(*) FROM events GROUP BY 1, 2")}
         rejections = {(s, code): n for s, code, n in
                       db.execute("SELECT source, code, count(*) FROM rejections GROUP BY 1, 2")}
