@@ -299,7 +299,7 @@ class IngestApp:
 
     async def _store(self, name: str, source: SourceConfig, headers: dict[str, str], body: bytes,
                      remote: str | None, request_id: str) -> bytes:
-        received_at = self.clock()
+        received_at, arrived = self.clock(), time.monotonic()
         verified = self.verifiers[name](body, headers, received_at, source)
         bucket = self.buckets.get(name)
         if bucket is not None and (wait := bucket.take(received_at)):  # charged only once authentic
@@ -317,6 +317,7 @@ class IngestApp:
             headers=self._kept_headers(headers),
             body=body,
             sent_at=verified.sent_at,
+            arrived=arrived,
         )
         routes, filtered = self.router.routes(name, verified.events)
         outcomes = await self.store.ingest(receipt, verified.events, routes)

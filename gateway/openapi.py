@@ -396,9 +396,13 @@ def document() -> dict[str, Any]:
                                       {"type": "string", "enum": ["15m", "1h", "24h", "7d"]})],
                 "responses": {
                     "200": _json({"type": "object", "required": [
-                        "window", "since", "until", "bucket_seconds", "buckets", "events", "rejections", "deliveries",
+                        "window", "since", "until", "bucket_seconds", "sources", "buckets", "events", "rejections",
+                        "deliveries",
                         "latency_p99_ms", "clock_skew_seconds"], "properties": {
                         "window": {"type": "string"}, "since": TIME, "until": TIME,
+                        "sources": {"type": "array", "items": {"type": "string"}, "description": "The configured "
+                                    "sources and any other with events in the window (rejections also name what "
+                                    "is no source: unknown names, /oauth/token)"},
                         "bucket_seconds": {"type": "integer"},
                         "buckets": {"type": "array", "items": TIME},
                         "events": {"type": "object", "description": "source -> status -> count per bucket",

@@ -34,7 +34,9 @@ class OverviewApi:
         since = until - length
         count = math.ceil(length / bucket)
         data = await self.api.store.overview(since, until, bucket)
-        sources = list(dict.fromkeys([*self.sources, *(e[0] for e in data.events), *(r[0] for r in data.rejections)]))
+        # the configured sources, and any other with events in the window (one removed since);
+        # rejections also name what is no source (unknown names, /oauth/token)
+        sources = list(dict.fromkeys([*self.sources, *(e[0] for e in data.events)]))
         events: dict[str, dict[str, list[int]]] = {s: {st: [0] * count for st in STORED_STATUSES} for s in sources}
         for source, status, index, n in data.events:
             if 0 <= index < count:
@@ -55,6 +57,7 @@ class OverviewApi:
         latency = {s: None if s not in data.latency_p99 else round(data.latency_p99[s] * 1000, 2) for s in sources}
         return json_response({
             "window": window, "since": iso_utc(since), "until": iso_utc(until), "bucket_seconds": bucket,
+            "sources": sources,
             "buckets": [iso_utc(since + i * bucket) for i in range(count)],
             "events": events, "rejections": rejections, "deliveries": deliveries,
             "latency_p99_ms": latency, "clock_skew_seconds": skew,

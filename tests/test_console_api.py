@@ -101,6 +101,7 @@ def test_the_overview_equals_the_store(gw: RunningGateway) -> None:
         assert r.status_code == 200, r.text
         data = r.json()
         assert len(data["buckets"]) == {"15m": 15, "1h": 60, "24h": 96, "7d": 168}[window]
+        assert data["sources"] == ["metacopier", "pipsync", "tradrapi"] == list(data["events"])
         stored = sum(sum(counts) for counts in data["events"]["metacopier"].values())
         listed = gw.client.get("/api/v1/stats", params={"since": data["since"], "until": data["until"]},
                                headers=headers).json()

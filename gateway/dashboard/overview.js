@@ -91,14 +91,10 @@ function legend(entries, testid, key) {
 
 const perMinute = (d, values) => values.map((v) => v / (d.bucket_seconds / 60));
 
-// A source the gateway serves, rather than a name only refused requests used: an unknown source
-// (no event, and every refusal `unknown_source`) or the API's token endpoint (/oauth/token).
-function served(source, d) {
-  if (source.startsWith("/")) return false;
-  const codes = Object.keys(d.rejections[source] || {});
-  const events = Object.values(d.events[source] || {}).some((values) => sum(values) > 0);
-  return events || !codes.length || codes.some((code) => code !== "unknown_source");
-}
+// A source the gateway serves (the API lists them: the configured ones, and any other with events
+// in the window), rather than a name only refused requests used: an unknown source name, or the
+// API's token endpoint (/oauth/token).
+const served = (source, d) => d.sources.includes(source);
 
 function sourceCard(source, d, codeClass, width) {
   const byStatus = d.events[source] || {};

@@ -49,7 +49,7 @@ def plan(items: Sequence[Ingest], keys: list[list[str]], known: dict[str, dict[b
     """The group's rows and outcomes; `known` is updated with what the group adds, and
     `committed` learns the plugins made due, the newest event and how many were stored."""
     out = Planned()
-    written_us = round(time.time() * US)  # the receipts' latency: from receipt to this group's write
+    written = time.monotonic()  # the receipts' latency: from receipt to this group's write
     for item, event_keys in zip(items, keys, strict=True):
         receipt = item.receipt
         routes = item.routes
@@ -72,7 +72,8 @@ def plan(items: Sequence[Ingest], keys: list[list[str]], known: dict[str, dict[b
                 out.receipts.append((this_receipt, receipt.request_id, receipt.source, received_us,
                                      receipt.remote_addr, receipt.attempt, orjson.dumps(receipt.headers), receipt.body,
                                      None if receipt.sent_at is None else round(receipt.sent_at * US),
-                                     max(0, written_us - received_us)))
+                                     None if receipt.arrived is None else max(0, round((written - receipt.arrived)
+                                                                                       * US))))
             event_id += 1
             if versions is None:
                 known[key] = {fingerprint: event_id}

@@ -22,6 +22,7 @@ class Receipt:
     headers: Sequence[tuple[str, str]]
     body: bytes
     sent_at: float | None = None  # the sender's own timestamp, when its scheme signs one
+    arrived: float | None = None  # time.monotonic() at receipt: the latency kept is measured on it
 
 
 @dataclass(frozen=True, slots=True)
