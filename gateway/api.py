@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -36,6 +37,22 @@ from gateway.schemes import scheme_names
 from gateway.store import EventQuery, Rejection, Store
 
 MAX_LIMIT = 1000
+
+
+class IdConvertor(Convertor[int]):
+    """A path's id: digits, at most 30 of them (Starlette's `int` converts any number of digits,
+    and int() refuses more than 4,300: a 500). A longer one matches no route: 404."""
+
+    regex = "[0-9]{1,30}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("id", IdConvertor())
 TOKEN_ENDPOINT = "/oauth/token"  # the rejection log's source for refused token requests (no source has a '/')
 log = logging.getLogger("gateway")
 
@@ -48,7 +65,8 @@ def _int(request: HTTPConnection, name: str, default: int, low: int, high: int) 
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # '²'.isdigit() is True
+    # '²'.isdigit() is True; past 4,300 digits int() raises: a length bound first
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 30 or not low <= int(raw) <= high:
         raise GatewayError("invalid_parameter", f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -102,11 +120,11 @@ class Api:
         return [
             Route(TOKEN_ENDPOINT, self.token, methods=["POST"]),
             Route("/api/v1/events", self.events),
-            Route("/api/v1/events/{event_id:int}", self.event),
+            Route("/api/v1/events/{event_id:id}", self.event),
             Route("/api/v1/deliveries", self.deliveries),
             Route("/api/v1/deliveries/summary", self.delivery_summary),
             Route("/api/v1/deliveries/retry", self.retry_all, methods=["POST"]),
-            Route("/api/v1/deliveries/{delivery_id:int}/retry", self.retry, methods=["POST"]),
+            Route("/api/v1/deliveries/{delivery_id:id}/retry", self.retry, methods=["POST"]),
             Route("/api/v1/rejections", self.rejections),
             Route("/api/v1/stats", self.stats),
             Route("/api/v1/openapi.json", self.openapi),
@@ -117,6 +135,7 @@ class Api:
     async def login_options(self, request: Request) -> Response:
         """What a sign-in page needs before anyone signs in (no token): whether the read API is
         open to all (`[api] public`) and whether any client is configured to sign in with."""
+        self.credential(request)  # a token in the URL is refused here too
         return json_response({"public": self.public, "clients_configured": bool(self.tokens.api.clients)})
 
     async def openapi(self, request: Request) -> Response:
@@ -132,7 +151,10 @@ class Api:
                                "logs): send Authorization: Bearer <token>, or sign in at /api/v1/session")
         header = request.headers.get("authorization")
         if header is None:
-            return request.cookies.get(session.COOKIE) or None
+            cookie = request.cookies.get(session.COOKIE) or None
+            if cookie is not None:
+                _same_origin(request)
+            return cookie
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise GatewayError("invalid_token", "the Authorization header must be 'Bearer <token>'")
@@ -334,7 +356,7 @@ class Api:
         plugin, status = data.get("plugin"), data.get("status")
         if not isinstance(plugin, str) or not plugin or status != "dead":
             raise GatewayError("invalid_request", 'send {"plugin": "<name>", "status": "dead"}')
-        if self.plugins and plugin not in self.plugins:
+        if plugin not in self.plugins:
             raise GatewayError("not_found", f"no plugin {plugin!r} is configured")
         retried = await self.store.replay(plugin, dead=True)
         return json_response({"plugin": plugin, "retried": retried}, status=202)
@@ -370,6 +392,21 @@ class Api:
 
 
 MAX_JSON_BODY = 8192
+
+
+def _same_origin(request: HTTPConnection) -> None:
+    """A request that the session cookie authenticates must come from this gateway's own pages.
+    SameSite=Strict keeps other sites' pages from sending it, but not a page on another port of
+    the same host, or on a sibling subdomain: their `Origin` names them, and they are refused
+    (writes with a plain-text body and WebSockets need no preflight). Requests without an Origin
+    (a same-origin GET, curl with the cookie) are not from another page's script."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    host = request.headers.get("host", "")
+    if origin == "null" or origin.partition("://")[2] != host:
+        raise GatewayError("cross_origin", f"the session cookie is not accepted from the page at {origin[:100]!r}: "
+                           "sign in on this gateway's own console, or send Authorization: Bearer <token>")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -43,6 +43,7 @@ CODES: Final[dict[str, tuple[int, str]]] = {
     "invalid_token": (401, "Invalid token"),
     "token_expired": (401, "Token expired"),
     "insufficient_scope": (403, "Insufficient scope"),
+    "cross_origin": (403, "Cross-origin request"),
     "invalid_client": (401, "Invalid client"),
     "invalid_request": (400, "Invalid request"),
     "unsupported_grant_type": (400, "Unsupported grant type"),

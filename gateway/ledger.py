@@ -70,7 +70,10 @@ class Position:
             return 0.0
         if self.opened_volume is None:
             return None
-        return float(_decimal(self.opened_volume) - _decimal(self.closed_volume))
+        try:
+            return float(_decimal(self.opened_volume) - _decimal(self.closed_volume))
+        except ArithmeticError:  # infinities from a fold of implausible figures: unknown, never a crash
+            return None
 
 
 def key(record: Normalized) -> tuple[str, str, str] | None:

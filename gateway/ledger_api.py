@@ -34,7 +34,7 @@ class LedgerApi:
             Route("/api/v1/positions", self.positions),
             Route("/api/v1/positions/{source}/{account}/{position_id:path}", self.position),
             Route("/api/v1/anomalies", self.anomalies),
-            Route("/api/v1/anomalies/{anomaly_id:int}/ack", self.acknowledge, methods=["POST"]),
+            Route("/api/v1/anomalies/{anomaly_id:id}/ack", self.acknowledge, methods=["POST"]),
         ]
 
     def _after(self, request: Request, listing: str) -> int | None:

@@ -28,6 +28,7 @@ KINDS: tuple[Kind, ...] = ("position.opened", "position.closed", "order.placed",
 Side = Literal["buy", "sell"]
 # Unix times above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 _MILLISECONDS_FROM = 1e11
+MAX_QUANTITY = 1e15  # any volume, price, profit or amount beyond this is a sender's error, not a figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,9 @@ class Reader:
             return None
         if positive and number <= 0:
             self.problems.append(f"{path}: {'negative' if number < 0 else 'zero'} ({value})")
+            return None
+        if abs(number) > MAX_QUANTITY:  # no lot, price or amount is this large; sums of it would overflow
+            self.problems.append(f"{path}: {str(value)[:40]!r} is not a plausible figure (above {MAX_QUANTITY:g})")
             return None
         return number
 

@@ -99,7 +99,12 @@ def plan(
         everything = [e for e in stored.entries if e.record.event_id not in ids] + fresh
         if not everything:
             continue
-        position = fold(everything, now=now, max_open_days=max_open_days.get(position_key[0]))
+        try:
+            position = fold(everything, now=now, max_open_days=max_open_days.get(position_key[0]))
+        except Exception:  # a bug in the rules must not stop the ledger: this position waits, the rest go on
+            log.exception("ledger: cannot fold %s position %s (account %s); its entries are kept",
+                          position_key[0], position_key[2], position_key[1] or "-")
+            continue
         rows.append(PositionRow(position_key, position.state, position.symbol, position.opened_at,
                                 orjson.dumps(position_json(position))))
         if stored.state != position.state:

@@ -74,7 +74,7 @@ def test_document_is_openapi_3_1_and_lists_every_route(running: tuple[RunningGat
     api_paths = ({route.path for route in gw.app.api.routes()} | {route.path for route in gw.app.streams.routes()}
                  | {route.path for route in LedgerApi(gw.app.api).routes()}
                  | {route.path for route in OverviewApi(gw.app.api, []).routes()})
-    documented = {path.replace("{event_id}", "{event_id:int}").replace("{delivery_id}", "{delivery_id:int}")
-                  .replace("{anomaly_id}", "{anomaly_id:int}").replace("{position_id}", "{position_id:path}")
+    documented = {path.replace("{event_id}", "{event_id:id}").replace("{delivery_id}", "{delivery_id:id}")
+                  .replace("{anomaly_id}", "{anomaly_id:id}").replace("{position_id}", "{position_id:path}")
                   for path in doc["paths"]}
     assert api_paths - {"/api/v1/openapi.json", "/api/v1/ws"} == documented
