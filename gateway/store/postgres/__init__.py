@@ -43,7 +43,7 @@ from gateway.store.ledger_records import (
     StoredPosition,
 )
 from gateway.store.postgres import _identity, _ledger, _outbox
-from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events, store_events_at_once
+from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events, store_events_at_once, text
 from gateway.store.postgres._schema import MIGRATIONS, Conn, migrate, version
 from gateway.store.records import (
     Claim,
@@ -588,8 +588,8 @@ class PostgresStore:
         self._rejections.clear()
         if not batch:
             return
-        rows = [(round(r.received_at * US), r.request_id, r.source if r.known_source else UNKNOWN_BUCKET,
-                 r.source[:64], r.code, r.detail[:1000], r.remote_addr,
+        rows = [(round(r.received_at * US), r.request_id, text(r.source) if r.known_source else UNKNOWN_BUCKET,
+                 text(r.source[:64]), r.code, text(r.detail[:1000]), r.remote_addr,
                  orjson.dumps(list(r.header_names[:100])).decode(), r.body_size, r.body_sha256) for r in batch]
         await conn.executemany(
             "INSERT INTO rejections (received_at, request_id, bucket, source, code, detail, remote_addr,"
@@ -707,7 +707,7 @@ def _where(clauses: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
     args: list[Any] = []
     for clause, value in clauses:
         if value is not None:
-            args.append(value)
+            args.append(text(value))
             parts.append(clause.format(f"${len(args)}"))
     return (" WHERE " + " AND ".join(parts) if parts else ""), args
 

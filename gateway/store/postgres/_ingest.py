@@ -77,11 +77,12 @@ async def _lookup(conn: Conn, items: list[Ingest]) -> tuple[list[list[str]], dic
     """The group's identities, their stored versions (fingerprint -> id, the first version
     first), and the id counters, all in one snapshot."""
     keys = identities(items)
-    found = await conn.fetch(_LOOKUP, sorted({k for ks in keys for k in ks}))
+    stored_as = {text(k): k for ks in keys for k in ks}  # the key as stored -> as the group names it
+    found = await conn.fetch(_LOOKUP, sorted(stored_as))
     known: dict[str, dict[bytes, int]] = {}
     for row in found:
         if row[2] is not None:
-            known.setdefault(row[2], {})[bytes(row[3])] = row[4]
+            known.setdefault(stored_as.get(row[2], row[2]), {})[bytes(row[3])] = row[4]
     return keys, known, int(found[0][0]), int(found[0][1])
 
 
@@ -89,9 +90,11 @@ async def _write(conn: Conn, rows: Planned, channel: str, notice: str, events_se
                  receipts_seen: int) -> bool:
     """Write the group's rows if the counters are still the ones seen; whether it did."""
     receipts = _columns(rows.receipts, 10)  # the last two (sent_at, latency_us) are $35 and $36
-    written = await conn.fetchrow(_WRITE_IF_UNCHANGED, *receipts[:8], *_columns(rows.events, 15),
-                                  *_columns(rows.deliveries, 5), rows.event_id, rows.receipt_id, channel, notice,
-                                  events_seen, receipts_seen, *receipts[8:])
+    events, deliveries = _columns(rows.events, 15), _columns(rows.deliveries, 5)
+    for column in (events[4], events[5], events[6], events[10], events[11], events[14], deliveries[3]):
+        column[:] = [text(v) for v in column]  # the sender's text: event type, entity, key, account, symbol
+    written = await conn.fetchrow(_WRITE_IF_UNCHANGED, *receipts[:8], *events, *deliveries, rows.event_id,
+                                  rows.receipt_id, channel, notice, events_seen, receipts_seen, *receipts[8:])
     return written is not None and bool(written[0])
 
 
@@ -106,6 +109,13 @@ async def store_events_at_once(conn: Conn, items: list[Ingest], channel: str,
         return committed, rows.results
     written = await _write(conn, rows, channel, note(committed), events_seen, receipts_seen)
     return (committed, rows.results) if written else None
+
+
+def text(value: Any) -> Any:
+    """A text value as PostgreSQL can hold it: its text type has no NUL character, which JSON
+    allows (`\u0000`) and SQLite keeps. It becomes U+FFFD in text columns, on the way in and in
+    every lookup alike; the raw body and the payload (bytea) keep it as sent."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

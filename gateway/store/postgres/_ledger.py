@@ -19,6 +19,7 @@ from gateway.store.ledger_records import (
     StoredPosition,
 )
 from gateway.store.ledger_rows import ANOMALY_COLUMNS, ENTRY_COLUMNS, POSITION_COLUMNS, US, anomaly, entry, position
+from gateway.store.postgres._ingest import text
 from gateway.store.postgres._schema import Conn
 
 _STATUS = """
@@ -38,19 +39,24 @@ async def status(db: asyncpg.Pool) -> LedgerStatus:
                         pending_since=None if row[3] is None else row[3] / US)
 
 
+def _key(key: PositionKey) -> PositionKey:
+    return text(key[0]), text(key[1]), text(key[2])
+
+
 async def load(db: asyncpg.Pool, keys: list[PositionKey]) -> dict[PositionKey, LoadedPosition]:
     loaded = {k: LoadedPosition() for k in keys}
-    columns = [list(part) for part in zip(*keys, strict=True)] if keys else [[], [], []]
+    named = {_key(k): k for k in keys}  # as stored -> as asked for
+    columns = [list(part) for part in zip(*named, strict=True)] if keys else [[], [], []]
     async with db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         for r in await conn.fetch(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries t JOIN {_KEYS} ON {_JOIN}", *columns):
-            loaded[(r[0], r[1], r[2])].entries.append(entry(r[3], bytes(r[4])))
+            loaded[named[(r[0], r[1], r[2])]].entries.append(entry(r[3], bytes(r[4])))
         for r in await conn.fetch(
                 f"SELECT t.source, t.account, t.position_id, t.state FROM positions t JOIN {_KEYS} ON {_JOIN}",
                 *columns):
-            loaded[(r[0], r[1], r[2])].state = r[3]
+            loaded[named[(r[0], r[1], r[2])]].state = r[3]
         for r in await conn.fetch(f"SELECT {_T_ANOMALY} FROM anomalies t JOIN {_KEYS} ON {_JOIN}"
                                   " WHERE t.resolved_at IS NULL", *columns):
-            loaded[(r[1], r[2], r[3])].anomalies.append(anomaly(r))
+            loaded[named[(r[1], r[2], r[3])]].anomalies.append(anomaly(r))
     return loaded
 
 
@@ -75,27 +81,27 @@ async def write(conn: Conn, w: LedgerWrite) -> list[int] | None:
             " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO UPDATE SET source = excluded.source,"
             " account = excluded.account, position_id = excluded.position_id, conflict = excluded.conflict,"
             " projected_at = excluded.projected_at, record = excluded.record",
-            [(e.event_id, *e.key, int(e.conflict), at, e.record) for e in w.entries])
+            [(e.event_id, *_key(e.key), int(e.conflict), at, e.record) for e in w.entries])
     if w.positions:
         await conn.executemany(
             "INSERT INTO positions (source, account, position_id, state, symbol, opened_at, updated_at, document)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (source, account, position_id) DO UPDATE SET"
             " state = excluded.state, symbol = excluded.symbol, opened_at = excluded.opened_at,"
             " updated_at = excluded.updated_at, document = excluded.document",
-            [(*p.key, p.state, p.symbol, p.opened_at, at, p.document) for p in w.positions])
+            [(*_key(p.key), p.state, text(p.symbol), p.opened_at, at, p.document) for p in w.positions])
     if w.resolved:
         await conn.execute("UPDATE anomalies SET resolved_at = $1 WHERE id = ANY($2::bigint[])"
                            " AND resolved_at IS NULL", at, list(w.resolved))
     if w.changed:
         await conn.executemany("UPDATE anomalies SET event_ids = $1, detail = $2 WHERE id = $3",
-                               [(orjson.dumps(list(ids)).decode(), detail, i) for i, ids, detail in w.changed])
+                               [(orjson.dumps(list(ids)).decode(), text(detail), i) for i, ids, detail in w.changed])
     raised = []
     for a in w.raised:
         raised.append(await conn.fetchval(
             "INSERT INTO anomalies (source, account, position_id, kind, event_ids, detail, raised_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            *a.key, a.kind, orjson.dumps(list(a.event_ids)).decode(), a.detail, at))
-    changes = [(source, state, n) for (source, state), n in sorted(w.counts.items()) if n]
+            *_key(a.key), a.kind, orjson.dumps(list(a.event_ids)).decode(), text(a.detail), at))
+    changes = [(text(source), state, n) for (source, state), n in sorted(w.counts.items()) if n]
     if changes:
         await conn.executemany(
             "INSERT INTO position_counts (source, state, n) VALUES ($1, $2, $3)"
@@ -114,12 +120,13 @@ async def reset(conn: Conn) -> None:
 async def acknowledge(conn: Conn, anomaly_id: int, note: str, at: float) -> StoredAnomaly | None:
     row = await conn.fetchrow(
         f"UPDATE anomalies SET acked_at = $1, note = $2 WHERE id = $3 RETURNING {ANOMALY_COLUMNS}",
-        ledger_rows.us(at), note, anomaly_id)
+        ledger_rows.us(at), text(note), anomaly_id)
     return None if row is None else anomaly(row)
 
 
 async def positions(db: asyncpg.Pool, q: PositionQuery) -> list[StoredPosition]:
     where, args = ledger_rows.where(ledger_rows.position_filters(q), lambda n: f"${n}")
+    args = [text(a) for a in args]
     rows = await db.fetch(f"SELECT {POSITION_COLUMNS} FROM positions p{where} ORDER BY p.id DESC"
                           f" LIMIT ${len(args) + 1}", *args, q.limit)
     return [position((r[0], r[1], bytes(r[2]))) for r in rows]
@@ -127,12 +134,13 @@ async def positions(db: asyncpg.Pool, q: PositionQuery) -> list[StoredPosition]:
 
 async def get_position(db: asyncpg.Pool, key: PositionKey) -> StoredPosition | None:
     row = await db.fetchrow(f"SELECT {POSITION_COLUMNS} FROM positions WHERE source = $1 AND account = $2"
-                            " AND position_id = $3", *key)
+                            " AND position_id = $3", *_key(key))
     return None if row is None else position((row[0], row[1], bytes(row[2])))
 
 
 async def anomalies(db: asyncpg.Pool, q: AnomalyQuery) -> list[StoredAnomaly]:
     where, args = ledger_rows.where(ledger_rows.anomaly_filters(q), lambda n: f"${n}")
+    args = [text(a) for a in args]
     rows = await db.fetch(f"SELECT {ANOMALY_COLUMNS} FROM anomalies{where} ORDER BY id DESC"
                           f" LIMIT ${len(args) + 1}", *args, q.limit)
     return [anomaly(r) for r in rows]

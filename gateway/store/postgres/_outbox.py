@@ -17,6 +17,7 @@ import asyncpg
 
 from gateway.model import Event, load_payload
 from gateway.store import sql as filters
+from gateway.store.postgres._ingest import text
 from gateway.store.postgres._schema import Conn
 from gateway.store.records import Claim, DeliveryRecord, DeliveryResult, DeliveryStats
 
@@ -152,6 +153,7 @@ async def listing(pool: asyncpg.Pool, plugin: str | None, status: str | None, ev
                   event_type: str | None = None) -> list[DeliveryRecord]:
     where, args = filters.where(filters.delivery_filters(plugin, status, event_id, delivery_id, source, event_type),
                                 lambda n: f"${n}")
+    args = [text(a) for a in args]  # NUL: see _ingest.text
     sql = _LIST + where + f" ORDER BY d.id DESC LIMIT ${len(args) + 1}"
     return [
         DeliveryRecord(
