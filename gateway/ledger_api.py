@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import MAX_LIMIT, Api, _choice, _int, _json_body, json_response
+from gateway.api import MAX_LIMIT, Api, _choice, _int, _json_body, _path_id, json_response
 from gateway.errors import GatewayError
 from gateway.ledger import ANOMALY_KINDS
 from gateway.store.ledger_records import AnomalyQuery, PositionKey, PositionQuery
@@ -94,12 +94,11 @@ class LedgerApi:
     async def acknowledge(self, request: Request) -> Response:
         """Body: {"note": "why this is fine"}. Acknowledging again replaces the note."""
         self.api.principal(request, "deliveries:write")
-        anomaly_id: int = request.path_params["anomaly_id"]
+        anomaly_id = _path_id(request, "anomaly_id")
         note = (await _json_body(request)).get("note")
         if not isinstance(note, str) or not note.strip() or len(note) > MAX_NOTE:
             raise GatewayError("invalid_request", f'"note" must be text of 1 to {MAX_NOTE} characters')
-        acked = None if anomaly_id > 2**63 - 1 else await self.store.acknowledge_anomaly(
-            anomaly_id, note.strip(), self.api.clock())
+        acked = await self.store.acknowledge_anomaly(anomaly_id, note.strip(), self.api.clock())
         if acked is None:
             raise GatewayError("not_found", f"no anomaly {anomaly_id}")
         return json_response(acked.to_json())

@@ -9,7 +9,6 @@ import orjson
 from gateway.ledger import Entry
 from gateway.normalized import Normalized
 from gateway.store.ledger_records import AnomalyQuery, PositionQuery, StoredAnomaly, StoredPosition
-from gateway.store.sql import where as where
 
 US = 1_000_000
 

@@ -43,7 +43,8 @@ from gateway.store.ledger_records import (
     StoredPosition,
 )
 from gateway.store.postgres import _identity, _ledger, _outbox
-from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events, store_events_at_once, text
+from gateway.store.postgres._ingest import LOCK_COUNTERS, US, store_events, store_events_at_once
+from gateway.store.postgres._params import text, where
 from gateway.store.postgres._schema import MIGRATIONS, Conn, migrate, version
 from gateway.store.records import (
     Claim,
@@ -601,10 +602,10 @@ class PostgresStore:
 
     async def list_rejections(self, *, source: str | None = None, code: str | None = None,
                               limit: int = 100) -> list[Rejection]:
-        where, args = _where((("source = {}", source), ("code = {}", code)))
+        clauses, args = where((("source = {}", source), ("code = {}", code)))
         rows = await self._db().fetch(
             "SELECT id, received_at, request_id, source, code, detail, remote_addr, header_names, body_size,"
-            f" body_sha256, bucket FROM rejections{where} ORDER BY id DESC LIMIT ${len(args) + 1}", *args, limit)
+            f" body_sha256, bucket FROM rejections{clauses} ORDER BY id DESC LIMIT ${len(args) + 1}", *args, limit)
         return [Rejection(id=r[0], received_at=r[1] / US, request_id=r[2], source=r[3], code=r[4], detail=r[5],
                           remote_addr=r[6], header_names=tuple(orjson.loads(r[7])), body_size=r[8],
                           body_sha256=r[9], known_source=r[10] != UNKNOWN_BUCKET) for r in rows]
@@ -655,7 +656,7 @@ class PostgresStore:
         query = query if query is not None else EventQuery(**filters)
         glob = query.event_type
         is_glob = glob is not None and any(c in glob for c in "*?[")
-        where, args = _where((
+        clauses, args = where((
             ("e.source = {}", query.source),
             ("e.scheme = {}", query.scheme),
             ("e.event_type ~ {}" if is_glob else "e.event_type = {}",
@@ -668,7 +669,7 @@ class PostgresStore:
             ("e.received_at < {}", None if query.until is None else round(query.until * US)),
             ("e.id < {}" if query.newest_first else "e.id > {}", query.after),
         ))
-        sql = (f"{_SELECT_EVENTS}{where} ORDER BY e.id {'DESC' if query.newest_first else 'ASC'}"
+        sql = (f"{_SELECT_EVENTS}{clauses} ORDER BY e.id {'DESC' if query.newest_first else 'ASC'}"
                f" LIMIT ${len(args) + 1}")
         return [_event(r) for r in await self._db().fetch(sql, *args, query.limit)]
 
@@ -699,17 +700,6 @@ async def _nothing(conn: Conn) -> None:
 def _forget(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _where(clauses: Sequence[tuple[str, Any]]) -> tuple[str, list[Any]]:
-    """` WHERE a = $1 AND ...` for the clauses whose value is not None, and the values."""
-    parts: list[str] = []
-    args: list[Any] = []
-    for clause, value in clauses:
-        if value is not None:
-            args.append(text(value))
-            parts.append(clause.format(f"${len(args)}"))
-    return (" WHERE " + " AND ".join(parts) if parts else ""), args
 
 
 def _isolatable(error: BaseException) -> bool:

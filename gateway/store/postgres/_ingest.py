@@ -17,6 +17,7 @@ from typing import Any
 from gateway.model import Outcome
 from gateway.store.committer import Committed, Ingest
 from gateway.store.group import Planned, identities, plan
+from gateway.store.postgres._params import text
 from gateway.store.postgres._schema import Conn
 
 US = 1_000_000  # time columns: Unix microseconds
@@ -109,13 +110,6 @@ async def store_events_at_once(conn: Conn, items: list[Ingest], channel: str,
         return committed, rows.results
     written = await _write(conn, rows, channel, note(committed), events_seen, receipts_seen)
     return (committed, rows.results) if written else None
-
-
-def text(value: Any) -> Any:
-    """A text value as PostgreSQL can hold it: its text type has no NUL character, which JSON
-    allows (`\u0000`) and SQLite keeps. It becomes U+FFFD in text columns, on the way in and in
-    every lookup alike; the raw body and the payload (bytea) keep it as sent."""
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -19,7 +19,7 @@ from gateway.store.ledger_records import (
     StoredPosition,
 )
 from gateway.store.ledger_rows import ANOMALY_COLUMNS, ENTRY_COLUMNS, POSITION_COLUMNS, US, anomaly, entry, position
-from gateway.store.postgres._ingest import text
+from gateway.store.postgres._params import text, where
 from gateway.store.postgres._schema import Conn
 
 _STATUS = """
@@ -125,9 +125,8 @@ async def acknowledge(conn: Conn, anomaly_id: int, note: str, at: float) -> Stor
 
 
 async def positions(db: asyncpg.Pool, q: PositionQuery) -> list[StoredPosition]:
-    where, args = ledger_rows.where(ledger_rows.position_filters(q), lambda n: f"${n}")
-    args = [text(a) for a in args]
-    rows = await db.fetch(f"SELECT {POSITION_COLUMNS} FROM positions p{where} ORDER BY p.id DESC"
+    clauses, args = where(ledger_rows.position_filters(q))
+    rows = await db.fetch(f"SELECT {POSITION_COLUMNS} FROM positions p{clauses} ORDER BY p.id DESC"
                           f" LIMIT ${len(args) + 1}", *args, q.limit)
     return [position((r[0], r[1], bytes(r[2]))) for r in rows]
 
@@ -139,9 +138,8 @@ async def get_position(db: asyncpg.Pool, key: PositionKey) -> StoredPosition | N
 
 
 async def anomalies(db: asyncpg.Pool, q: AnomalyQuery) -> list[StoredAnomaly]:
-    where, args = ledger_rows.where(ledger_rows.anomaly_filters(q), lambda n: f"${n}")
-    args = [text(a) for a in args]
-    rows = await db.fetch(f"SELECT {ANOMALY_COLUMNS} FROM anomalies{where} ORDER BY id DESC"
+    clauses, args = where(ledger_rows.anomaly_filters(q))
+    rows = await db.fetch(f"SELECT {ANOMALY_COLUMNS} FROM anomalies{clauses} ORDER BY id DESC"
                           f" LIMIT ${len(args) + 1}", *args, q.limit)
     return [anomaly(r) for r in rows]
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import asyncpg
 
 from gateway.model import Event, load_payload
-from gateway.store import sql as filters
-from gateway.store.postgres._ingest import text
+from gateway.store import sql as sql_filters
+from gateway.store.postgres._params import where
 from gateway.store.postgres._schema import Conn
 from gateway.store.records import Claim, DeliveryRecord, DeliveryResult, DeliveryStats
 
@@ -151,10 +151,8 @@ async def stats(pool: asyncpg.Pool, plugin: str) -> DeliveryStats:
 async def listing(pool: asyncpg.Pool, plugin: str | None, status: str | None, event_id: int | None, limit: int,
                   delivery_id: int | None = None, source: str | None = None,
                   event_type: str | None = None) -> list[DeliveryRecord]:
-    where, args = filters.where(filters.delivery_filters(plugin, status, event_id, delivery_id, source, event_type),
-                                lambda n: f"${n}")
-    args = [text(a) for a in args]  # NUL: see _ingest.text
-    sql = _LIST + where + f" ORDER BY d.id DESC LIMIT ${len(args) + 1}"
+    clauses, args = where(sql_filters.delivery_filters(plugin, status, event_id, delivery_id, source, event_type))
+    sql = _LIST + clauses + f" ORDER BY d.id DESC LIMIT ${len(args) + 1}"
     return [
         DeliveryRecord(
             id=r[0], event_id=r[1], plugin=r[2], source=r[3], entity_id=r[4], event_type=r[5], status=r[6],

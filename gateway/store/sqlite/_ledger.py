@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import aiosqlite
 import orjson
 
-from gateway.store import ledger_rows
+from gateway.store import ledger_rows, sql
 from gateway.store.ledger_records import (
     AnomalyQuery,
     LedgerStatus,
@@ -124,7 +124,7 @@ def acknowledge(db: sqlite3.Connection, anomaly_id: int, note: str, at: float) -
 
 
 async def positions(db: aiosqlite.Connection, q: PositionQuery) -> list[StoredPosition]:
-    where, args = ledger_rows.where(ledger_rows.position_filters(q), lambda n: "?")
+    where, args = sql.where(ledger_rows.position_filters(q), lambda n: "?")
     rows = await db.execute_fetchall(
         f"SELECT {POSITION_COLUMNS} FROM positions p{where} ORDER BY p.id DESC LIMIT ?", (*args, q.limit))
     return [position(r) for r in rows]
@@ -137,7 +137,7 @@ async def get_position(db: aiosqlite.Connection, key: PositionKey) -> StoredPosi
 
 
 async def anomalies(db: aiosqlite.Connection, q: AnomalyQuery) -> list[StoredAnomaly]:
-    where, args = ledger_rows.where(ledger_rows.anomaly_filters(q), lambda n: "?")
+    where, args = sql.where(ledger_rows.anomaly_filters(q), lambda n: "?")
     rows = await db.execute_fetchall(
         f"SELECT {ANOMALY_COLUMNS} FROM anomalies{where} ORDER BY id DESC LIMIT ?", (*args, q.limit))
     return [anomaly(r) for r in rows]
