@@ -40,8 +40,9 @@ class Router:
         if not self._filters or event.quarantine_reason is not None:
             return tuple(p.name for p in plugins)
         names = []
+        documents: dict[str, Any] = {}  # the event in each shape, made once for all the plugins
         for plugin in plugins:
-            why = None if plugin.condition is None else self._refuses(plugin, source, event)
+            why = None if plugin.condition is None else self._refuses(plugin, source, event, documents)
             if why is None:
                 names.append(plugin.name)
             elif filtered is not None:
@@ -59,9 +60,11 @@ class Router:
         filtered: list[list[tuple[str, str]]] = [[] for _ in events]
         return [self.route(source, event, kept) for event, kept in zip(events, filtered, strict=True)], filtered
 
-    def _refuses(self, plugin: PluginConfig, source: str, event: ParsedEvent) -> str | None:
+    def _refuses(self, plugin: PluginConfig, source: str, event: ParsedEvent, documents: dict[str, Any]) -> str | None:
         try:
-            found = plugin.condition.search(self._document(plugin, source, event))
+            if plugin.shape not in documents:
+                documents[plugin.shape] = self._document(plugin, source, event)
+            found = plugin.condition.search(documents[plugin.shape])
         except Exception as exc:
             log.warning("plugin %s: where %r failed on a %s event: %s", plugin.name, plugin.where,
                         event.event_type, exc)
